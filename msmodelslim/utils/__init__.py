@@ -1,0 +1,1 @@
+"""Shared helpers: logging, argument checks, checkpoint I/O, calibration."""
