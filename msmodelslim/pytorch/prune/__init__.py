@@ -1,0 +1,1 @@
+"""Structured pruning (PruneTorch) and its building blocks."""

@@ -1,0 +1,207 @@
+"""Channel groups of generic models, from the torch-pruning dependency graph, under a time budget.
+
+torch-pruning traces the model with autograd and couples channels across residual adds, concatenations, splits,
+depthwise convolutions, normalisation layers, flatten -> Linear and ``nn.MultiheadAttention``. Its graph build can
+crash or never return on some models, so it runs in a forked child process (where available) that is killed when
+the budget is spent; the child sends back plain data only.
+"""
+import multiprocessing
+import os
+import threading
+import traceback
+
+import torch
+from torch import nn
+
+from msmodelslim.errors import ModelslimError
+from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
+from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
+
+DEFAULT_TRACE_TIMEOUT_S = 120.0
+
+
+class GraphTraceError(ModelslimError, RuntimeError):
+    """The dependency graph of a model could not be built (crash or time budget spent)."""
+
+    code = 501
+
+
+def _owner(model, qualified_name):
+    holder, _, attr = qualified_name.rpartition(".")
+    return (model.get_submodule(holder) if holder else model), holder, attr
+
+
+def _member_of_item(model, graph, item, names):
+    """Translate one torch-pruning group item into a Member, None (an operator, not a layer), or a str (a layer
+    that cannot be pruned safely)."""
+    target = item.dep.target.module
+    is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
+    idxs, roots = [int(i) for i in item.idxs], [int(r) for r in item.root_idxs]
+    if isinstance(target, nn.Parameter):
+        name = graph._param_to_name.get(target)
+        if name is None:
+            return None
+        owner, holder, attr = _owner(model, name)
+        spec = layer_spec(owner)
+        if spec is not None and list(spec.roles()) == [INPUT] and attr == "weight":
+            return Member(holder, INPUT, idxs, roots)
+        axis = next((u.pruning_dim for u in graph.unwrapped_parameters if u.parameters is target), None)
+        if axis is None:
+            return f"{name} (parameter)"
+        return Member(name, OUTPUT, idxs, roots, axis=axis)
+    name = names.get(target)
+    if name is None:
+        return None
+    spec = layer_spec(target)
+    if spec is None:
+        return f"{name} ({type(target).__name__})"
+    roles = spec.roles()
+    role = OUTPUT if is_out else INPUT
+    if role not in roles:
+        role = next(iter(roles))
+    return Member(name, role, idxs, roots)
+
+
+def _output_tensors(output):
+    """The tensors of a model output (tuples, lists, dicts and Hugging Face outputs), caches left out."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in _output_tensors(item)]
+    return []
+
+
+def _merge(members):
+    merged = {}
+    for member in members:
+        key = (member.target, member.role)
+        if key not in merged:
+            merged[key] = member
+            continue
+        seen = set(merged[key].idxs)
+        for i, r in zip(member.idxs, member.roots):
+            if i not in seen:
+                merged[key].idxs.append(i)
+                merged[key].roots.append(r)
+                seen.add(i)
+    return list(merged.values())
+
+
+def torch_pruning_groups(model, call):
+    """Channel groups of ``model`` from torch-pruning, traced by ``call(model)``; runs in this process."""
+    import warnings
+
+    import torch_pruning as tp
+
+    names = {module: name for name, module in model.named_modules()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=call, forward_fn=lambda m, c: _output_tensors(c(m)), verbose=False)
+    root_types = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
+    groups = []
+    for tp_group in graph.get_all_groups(root_module_types=root_types):
+        members, unsupported = [], []
+        for item in tp_group:
+            member = _member_of_item(model, graph, item, names)
+            if isinstance(member, str):
+                unsupported.append(member)
+            elif member is not None:
+                members.append(member)
+        if not members:
+            continue
+        root = tp_group[0]
+        size = len(set(int(r) for r in root.root_idxs))
+        group = ChannelGroup(name=members[0].target, size=size, members=_merge(members))
+        if unsupported:
+            group.protected = "contains layers that cannot be pruned safely: " + ", ".join(sorted(set(unsupported)))
+        groups.append(group)
+    return groups
+
+
+def _suspects(model):
+    """Modules with their own parameters that no pruning rule knows: the likeliest reasons a trace fails."""
+    found = []
+    for name, module in model.named_modules():
+        if list(module.parameters(recurse=False)) and layer_spec(module) is None:
+            found.append(f"{name} ({type(module).__name__})")
+    return found
+
+
+def _failure(model, what):
+    suspects = _suspects(model)
+    hint = ("Prune a part of the model that can be traced instead (e.g. PruneTorch(model.backbone, ...))"
+            + (f"; modules no pruning rule knows, the likeliest cause: {', '.join(suspects[:8])}" if suspects else "")
+            + "; or raise the budget with PruneTorch(..., trace_timeout=seconds).")
+    return GraphTraceError(f"The dependency graph of {type(model).__name__} {what}.", tip=hint)
+
+
+def _child(conn, model, call):
+    try:
+        torch.set_num_threads(1)  # forked children must not enter the parent's OpenMP pool
+        groups = torch_pruning_groups(model, call)
+        conn.send(("ok", [g.to_dict() for g in groups]))
+    except BaseException as exc:  # report every failure to the parent, then exit
+        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3)))
+    finally:
+        conn.close()
+        os._exit(0)
+
+
+def trace_groups(model, call, timeout_s=DEFAULT_TRACE_TIMEOUT_S):
+    """:func:`torch_pruning_groups` under a time budget of ``timeout_s`` seconds.
+
+    On Linux with a CPU model the work runs in a forked child that is killed when the budget is spent; otherwise
+    it runs in a background thread that is abandoned.
+
+    Raises:
+        GraphTraceError: the graph build crashed or did not finish in time; the message says what to exclude.
+    """
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if on_cpu and "fork" in multiprocessing.get_all_start_methods():
+        result = _run_forked(model, call, timeout_s)
+    else:
+        result = _run_threaded(model, call, timeout_s)
+    if result is None:
+        raise _failure(model, f"did not finish within {timeout_s:g} s")
+    if result[0] == "error":
+        raise _failure(model, f"could not be built ({result[1]})")
+    return [ChannelGroup.from_dict(d) for d in result[1]]
+
+
+def _run_forked(model, call, timeout_s):
+    ctx = multiprocessing.get_context("fork")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(child_conn, model, call), daemon=True)
+    process.start()
+    child_conn.close()
+    try:
+        if parent_conn.poll(timeout_s):
+            try:
+                return parent_conn.recv()
+            except EOFError:
+                return ("error", "the tracing process died", "")
+        return None
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join(5)
+        parent_conn.close()
+
+
+def _run_threaded(model, call, timeout_s):
+    box = []
+
+    def work():
+        try:
+            groups = torch_pruning_groups(model, call)
+            box.append(("ok", [g.to_dict() for g in groups]))
+        except Exception as exc:  # reported to the caller below
+            box.append(("error", f"{type(exc).__name__}: {exc}", ""))
+
+    thread = threading.Thread(target=work, daemon=True, name="msmodelslim-trace")
+    thread.start()
+    thread.join(timeout_s)
+    return box[0] if box else None

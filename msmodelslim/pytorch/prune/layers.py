@@ -1,0 +1,327 @@
+"""What pruning means for each kind of layer: which tensors a channel lives in, and how to slice them.
+
+A layer has up to two *roles*: ``"output"`` (its output channels/features) and ``"input"`` (its input
+channels/features). Normalisation layers, PReLU and other per-channel layers only have ``"input"`` (their single
+channel axis), as in the original msModelSlim ``desc``. Each role lists the tensors and axes that hold its
+channels; the same table drives parameter counting for planning, importance scoring and the final slicing, so the
+three can never disagree.
+
+Supported: ``nn.Linear``, ``nn.ConvNd`` and ``nn.ConvTransposeNd`` (ungrouped or depthwise), Hugging Face
+``Conv1D``, ``nn.BatchNormNd``, ``nn.InstanceNormNd``, ``nn.LayerNorm``, ``nn.GroupNorm``, ``nn.PReLU``,
+``nn.Embedding``, ``nn.MultiheadAttention``, any norm-like module with a 1-D ``weight`` (RMSNorm and friends), and
+a bare ``nn.Parameter`` along one axis.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+OUTPUT = "output"
+INPUT = "input"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Channels of a role live along ``axis`` of tensor ``tensor`` (a dotted path below the layer).
+
+    ``blocks`` > 1 means the axis holds that many consecutive copies of the channel dimension (the fused q/k/v
+    rows of ``nn.MultiheadAttention``): channel ``c`` is at ``c, c + n, c + 2n, ...``.
+    """
+
+    tensor: str
+    axis: int
+    blocks: int = 1
+
+
+def _is_conv1d(module):
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def _is_norm_like(module):
+    """A module with a 1-D weight and no children: RMSNorm, custom LayerNorms, scale layers."""
+    weight = getattr(module, "weight", None)
+    return (isinstance(weight, nn.Parameter) and weight.dim() == 1 and not list(module.children())
+            and not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)))
+
+
+class LayerSpec:
+    """Roles, sizes and slicing rules of one layer (see the module docstring)."""
+
+    kind = "layer"
+
+    def __init__(self, module):
+        self.module = module
+
+    def roles(self):
+        """``{role: [Axis, ...]}`` of this layer."""
+        raise NotImplementedError
+
+    def size(self, role):
+        """Number of channels of ``role`` in the layer as it is now."""
+        axis = self.roles()[role][0]
+        tensor = self.tensor(axis.tensor)
+        return tensor.shape[axis.axis] // axis.blocks
+
+    def tensor(self, path):
+        obj = self.module
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def check(self, kept):
+        """Message explaining why keeping ``kept = {role: count}`` channels is impossible, or None."""
+        for role, count in kept.items():
+            if count < 1:
+                return f"at least one {role} channel must stay"
+        return None
+
+    def apply(self, keep, slicer):
+        """Slice the layer in place to the channels ``keep = {role: LongTensor of kept indices}``."""
+        for role, index in keep.items():
+            for axis in self.roles()[role]:
+                holder, _, attr = axis.tensor.rpartition(".")
+                owner = self.tensor(holder) if holder else self.module
+                value = getattr(owner, attr, None)
+                if value is None:
+                    continue
+                setattr(owner, attr, slicer(value, axis, index))
+        self.update_attributes({role: int(index.numel()) for role, index in keep.items()})
+
+    def update_attributes(self, kept):
+        """Set the shape attributes (``out_features`` ...) that forward() reads."""
+
+
+def _weight_bias(weight_axis, with_bias=True, bias=True):
+    axes = [Axis("weight", weight_axis)]
+    if with_bias and bias:
+        axes.append(Axis("bias", 0))
+    return axes
+
+
+class LinearSpec(LayerSpec):
+    kind = "linear"
+
+    def roles(self):
+        return {OUTPUT: _weight_bias(0, self.module.bias is not None), INPUT: [Axis("weight", 1)]}
+
+    def update_attributes(self, kept):
+        if OUTPUT in kept:
+            self.module.out_features = kept[OUTPUT]
+        if INPUT in kept:
+            self.module.in_features = kept[INPUT]
+
+
+class Conv1DSpec(LayerSpec):
+    """Hugging Face ``Conv1D`` (GPT-2): a Linear whose weight is stored ``[in, out]``."""
+
+    kind = "conv1d"
+
+    def roles(self):
+        return {OUTPUT: _weight_bias(1, self.module.bias is not None), INPUT: [Axis("weight", 0)]}
+
+    def update_attributes(self, kept):
+        if OUTPUT in kept:
+            self.module.nf = kept[OUTPUT]
+        if INPUT in kept and hasattr(self.module, "nx"):
+            self.module.nx = kept[INPUT]
+
+
+class ConvSpec(LayerSpec):
+    """Ungrouped convolution (and transposed convolution, whose weight is ``[in, out, ...]``)."""
+
+    kind = "conv"
+
+    def roles(self):
+        out_axis, in_axis = (1, 0) if self.module.transposed else (0, 1)
+        return {OUTPUT: _weight_bias(out_axis, self.module.bias is not None), INPUT: [Axis("weight", in_axis)]}
+
+    def update_attributes(self, kept):
+        if OUTPUT in kept:
+            self.module.out_channels = kept[OUTPUT]
+        if INPUT in kept:
+            self.module.in_channels = kept[INPUT]
+
+
+class DepthwiseConvSpec(LayerSpec):
+    """Depthwise convolution: ``groups == in_channels == out_channels``; one role, ``output``."""
+
+    kind = "depthwise_conv"
+
+    def roles(self):
+        return {OUTPUT: _weight_bias(0, self.module.bias is not None)}
+
+    def update_attributes(self, kept):
+        count = kept[OUTPUT]
+        self.module.out_channels = self.module.in_channels = self.module.groups = count
+
+
+class NormSpec(LayerSpec):
+    """Per-channel layers: BatchNorm, InstanceNorm, GroupNorm, PReLU and 1-D-weight norms (RMSNorm ...)."""
+
+    kind = "norm"
+
+    def roles(self):
+        axes = [Axis(name, 0) for name in ("weight", "bias") if getattr(self.module, name, None) is not None]
+        if isinstance(self.module, (nn.modules.batchnorm._NormBase,)):
+            axes += [Axis(name, 0) for name in ("running_mean", "running_var")
+                     if getattr(self.module, name, None) is not None]
+        return {INPUT: axes}
+
+    def size(self, role):
+        for attr in ("num_features", "num_channels", "num_parameters"):
+            if hasattr(self.module, attr):
+                return getattr(self.module, attr)
+        return super().size(role)
+
+    def check(self, kept):
+        message = super().check(kept)
+        if message is None and isinstance(self.module, nn.GroupNorm) and kept[INPUT] % self.module.num_groups:
+            message = f"GroupNorm needs a multiple of num_groups={self.module.num_groups} channels"
+        return message
+
+    def update_attributes(self, kept):
+        count = kept[INPUT]
+        for attr in ("num_features", "num_channels", "num_parameters"):
+            if hasattr(self.module, attr):
+                setattr(self.module, attr, count)
+        if hasattr(self.module, "normalized_shape"):
+            self.module.normalized_shape = (count,)
+        if hasattr(self.module, "hidden_size") and isinstance(self.module.hidden_size, int):
+            self.module.hidden_size = count
+
+
+class LayerNormSpec(NormSpec):
+    kind = "layernorm"
+
+    def roles(self):
+        return {INPUT: [Axis(name, -1) for name in ("weight", "bias") if getattr(self.module, name, None) is not None]}
+
+    def size(self, role):
+        return self.module.normalized_shape[-1]
+
+    def update_attributes(self, kept):
+        self.module.normalized_shape = tuple(self.module.normalized_shape[:-1]) + (kept[INPUT],)
+
+
+class EmbeddingSpec(LayerSpec):
+    kind = "embedding"
+
+    def roles(self):
+        return {OUTPUT: [Axis("weight", 1)]}
+
+    def update_attributes(self, kept):
+        self.module.embedding_dim = kept[OUTPUT]
+
+
+class MultiheadAttentionSpec(LayerSpec):
+    """``nn.MultiheadAttention`` pruned along its embedding dimension, which must stay divisible by num_heads."""
+
+    kind = "multihead_attention"
+
+    def roles(self):
+        mha = self.module
+        axes = []
+        if mha.in_proj_weight is not None:
+            axes += [Axis("in_proj_weight", 0, blocks=3), Axis("in_proj_weight", 1)]
+        else:
+            axes += [Axis(f"{p}_proj_weight", 0) for p in "qkv"] + [Axis(f"{p}_proj_weight", 1) for p in "qkv"]
+        if mha.in_proj_bias is not None:
+            axes.append(Axis("in_proj_bias", 0, blocks=3))
+        axes += [Axis("out_proj.weight", 0), Axis("out_proj.weight", 1)]
+        if mha.out_proj.bias is not None:
+            axes.append(Axis("out_proj.bias", 0))
+        axes += [Axis(name, 2) for name in ("bias_k", "bias_v") if getattr(mha, name) is not None]
+        return {OUTPUT: axes}
+
+    def size(self, role):
+        return self.module.embed_dim
+
+    def check(self, kept):
+        message = super().check(kept)
+        if message is None and kept[OUTPUT] % self.module.num_heads:
+            message = f"embed_dim must stay divisible by num_heads={self.module.num_heads}"
+        return message
+
+    def update_attributes(self, kept):
+        mha, count = self.module, kept[OUTPUT]
+        mha.embed_dim = mha.kdim = mha.vdim = count
+        mha.head_dim = count // mha.num_heads
+        mha.out_proj.in_features = mha.out_proj.out_features = count
+
+
+class ParameterSpec(LayerSpec):
+    """A bare ``nn.Parameter`` (class token, position embedding, layer scale) pruned along one axis."""
+
+    kind = "parameter"
+
+    def __init__(self, parent, attr, axis):
+        super().__init__(parent)
+        self.attr = attr
+        self.axis = axis
+
+    def roles(self):
+        return {OUTPUT: [Axis(self.attr, self.axis)]}
+
+
+def layer_spec(module):
+    """The :class:`LayerSpec` of ``module``, or None when pruning it is not supported."""
+    if isinstance(module, nn.MultiheadAttention):
+        return MultiheadAttentionSpec(module) if module._qkv_same_embed_dim else None
+    if isinstance(module, nn.Linear):
+        return LinearSpec(module)
+    if _is_conv1d(module):
+        return Conv1DSpec(module)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if module.groups == 1:
+            return ConvSpec(module)
+        if module.groups == module.in_channels == module.out_channels and not module.transposed:
+            return DepthwiseConvSpec(module)
+        return None
+    if isinstance(module, nn.LayerNorm):
+        return LayerNormSpec(module) if len(module.normalized_shape) >= 1 else None
+    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm)):
+        return NormSpec(module)
+    if isinstance(module, nn.PReLU):
+        return NormSpec(module) if module.num_parameters > 1 else None
+    if isinstance(module, nn.Embedding):
+        return EmbeddingSpec(module)
+    if _is_norm_like(module):
+        return NormSpec(module)
+    return None
+
+
+def slice_tensor(value, axis, index):
+    """``value`` restricted to channels ``index`` along ``axis`` (a fresh tensor; Parameters stay Parameters)."""
+    dim = axis.axis % value.dim()
+    if axis.blocks > 1:
+        block = value.shape[dim] // axis.blocks
+        index = torch.cat([index + b * block for b in range(axis.blocks)])
+    data = torch.index_select(value.detach(), dim, index.to(value.device)).contiguous()
+    if isinstance(value, nn.Parameter):
+        sliced = nn.Parameter(data, requires_grad=value.requires_grad)
+        if value.grad is not None:
+            sliced.grad = torch.index_select(value.grad, dim, index.to(value.device)).contiguous()
+        return sliced
+    return data
+
+
+def spec_of(model, target, axis=None):
+    """The :class:`LayerSpec` of module ``target`` of ``model``, or of bare parameter ``target`` when ``axis`` is
+    given. Raises ``LookupError`` for an unknown name and ``TypeError`` for an unsupported layer."""
+    if axis is not None:
+        holder, _, attr = target.rpartition(".")
+        try:
+            parent = model.get_submodule(holder) if holder else model
+        except AttributeError:
+            raise LookupError(f"no module '{holder}'") from None
+        if not isinstance(getattr(parent, attr, None), nn.Parameter):
+            raise LookupError(f"no parameter '{target}'")
+        return ParameterSpec(parent, attr, axis)
+    try:
+        module = model.get_submodule(target)
+    except AttributeError:
+        raise LookupError(f"no module '{target}'") from None
+    spec = layer_spec(module)
+    if spec is None:
+        raise TypeError(f"module '{target}' ({type(module).__name__}) cannot be pruned")
+    return spec

@@ -1,0 +1,194 @@
+"""From a parameter budget to the units each group loses.
+
+The planner walks all units of all prunable groups from the least to the most important (a stable sort with
+group and unit indices as tie-breaks) and removes them group by group in batches that keep every group's channel
+count aligned, never removes more than ``max_group_ratio`` of a group, and stops when the exact parameter count of
+the model lands within a small tolerance of the target. Parameter counts are exact: each tensor's new shape is
+derived from the channels its layers keep, with tensors shared by several layers (tied embeddings) counted once.
+"""
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from msmodelslim.pytorch.prune.layers import spec_of
+
+TOLERANCE = 0.005  # fraction of the model's parameters the plan aims to land within, around the target
+REPORTED_MISS = 0.02  # a plan further above the target than this is reported with its reason
+
+
+class ParamCounter:
+    """Exact parameter count of a model as channels are removed from groups."""
+
+    def __init__(self, model, groups):
+        self.base_total = sum(p.numel() for p in model.parameters())
+        self._tensors = {}  # id -> [original shape, {axis: [(target, role, blocks)]}]
+        self._role_size = {}
+        self._removed = {}  # (target, role) -> channels removed so far
+        for group in groups:
+            for member in group.members:
+                key = (member.target, member.role)
+                if key in self._role_size:
+                    continue
+                spec = spec_of(model, member.target, member.axis)
+                self._role_size[key] = spec.size(member.role)
+                self._removed[key] = 0
+                for axis in spec.roles()[member.role]:
+                    tensor = spec.tensor(axis.tensor)
+                    if not isinstance(tensor, torch.nn.Parameter):
+                        continue
+                    entry = self._tensors.setdefault(id(tensor), [list(tensor.shape), {}])
+                    entry[1].setdefault(axis.axis % tensor.dim(), []).append((key, axis.blocks))
+        self._touched_total = sum(math.prod(shape) for shape, _ in self._tensors.values())
+        # unit -> channels of each member, per group
+        self._unit_counts = []
+        for group in groups:
+            counts = []
+            for member in group.members:
+                roots = torch.as_tensor(member.roots, dtype=torch.long)
+                counts.append(((member.target, member.role), torch.bincount(roots, minlength=group.size)))
+            self._unit_counts.append(counts)
+        self.current = self.base_total
+
+    def _total(self, removed):
+        total = self.base_total - self._touched_total
+        for shape, axes in self._tensors.values():
+            new_shape = list(shape)
+            for axis, holders in axes.items():
+                kept = min(self._role_size[key] - removed[key] for key, _ in holders)
+                new_shape[axis] = kept * holders[0][1]
+            total += math.prod(new_shape)
+        return total
+
+    def _with_units(self, group_index, units, sign=1):
+        removed = dict(self._removed)
+        index = torch.as_tensor(units, dtype=torch.long)
+        for key, counts in self._unit_counts[group_index]:
+            removed[key] += sign * int(counts[index].sum())
+        return removed
+
+    def evaluate(self, group_index, units):
+        """Parameter count if ``units`` of group ``group_index`` were removed as well."""
+        return self._total(self._with_units(group_index, units))
+
+    def commit(self, group_index, units, sign=1):
+        """Record ``units`` of group ``group_index`` as removed (``sign=-1``: as restored)."""
+        self._removed = self._with_units(group_index, units, sign)
+        self.current = self._total(self._removed)
+        return self.current
+
+    def uncommit(self, group_index, units):
+        """Record ``units`` of group ``group_index`` as kept again."""
+        return self.commit(group_index, units, sign=-1)
+
+
+@dataclass
+class Plan:
+    """What to remove: ``removed[g]`` is the sorted list of removed units of group ``g``."""
+
+    removed: dict
+    params_before: int
+    params_after: int
+    target: int
+    notes: list = field(default_factory=list)
+
+
+def allowed_kept(group, align, max_group_ratio):
+    """The unit counts a group may keep, in decreasing order (its full size first)."""
+    channel_multiple = align
+    for divisor in group.divisors:
+        channel_multiple = channel_multiple * divisor // math.gcd(channel_multiple, divisor)
+    step = channel_multiple // math.gcd(channel_multiple, group.unit_channels)
+    max_removed = int(group.size * max_group_ratio + 1e-9)
+    kept = [group.size]
+    k = (group.size - 1) // step
+    while k >= 1 and group.size - k * step <= max_removed:
+        kept.append(k * step)
+        k -= 1
+    return kept
+
+
+def _greedy(counter, groups, order, allowed, target, slack, close_on_overshoot):
+    """Remove units in ``order`` batch by batch until the count is within ``slack`` above ``target``.
+
+    A batch that would overshoot below ``target - slack`` closes its group when ``close_on_overshoot``; otherwise
+    it is taken and the walk stops (see :func:`_restore`).
+    """
+    removed = {g: [] for g in range(len(groups))}
+    pending = {g: [] for g in range(len(groups))}
+    closed = set()
+    for _, g, u in order:
+        if counter.current <= target + slack:
+            break
+        if g in closed:
+            continue
+        pending[g].append(u)
+        kept = groups[g].size - len(removed[g]) - len(pending[g])
+        if kept < min(allowed[g]):
+            closed.add(g)
+            continue
+        if kept not in allowed[g]:
+            continue
+        if close_on_overshoot and counter.evaluate(g, pending[g]) < target - slack:
+            closed.add(g)  # this batch overshoots; smaller groups may still land on the target
+            continue
+        counter.commit(g, pending[g])
+        removed[g], pending[g] = sorted(removed[g] + pending[g]), []
+    return removed
+
+
+def _restore(counter, groups, order, allowed, removed, target, slack):
+    """After an overshoot, give back the most important removed units, batch by batch, until the count is within
+    ``slack`` of ``target`` again (without going above it)."""
+    closed = set()
+    back = {g: [] for g in removed}
+    for _, g, u in reversed(order):
+        if counter.current >= target - slack:
+            break
+        if g in closed or u not in removed[g]:
+            continue
+        back[g].append(u)
+        kept = groups[g].size - len(removed[g]) + len(back[g])
+        if kept not in allowed[g]:
+            continue
+        remaining = sorted(set(removed[g]) - set(back[g]))
+        counter.uncommit(g, back[g])
+        if counter.current > target + slack:
+            counter.commit(g, back[g])
+            closed.add(g)
+            continue
+        removed[g], back[g] = remaining, []
+    return removed
+
+
+def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, tolerance=TOLERANCE):
+    """Choose the units to remove so the model keeps ``reserved_ratio`` of its parameters.
+
+    ``scores`` has one tensor per group (lower = removed first); protected groups are never touched. Two walks
+    are tried - one that skips batches overshooting the target, one that takes the overshoot and gives back the
+    most important units - and the one landing closer to the target wins (the first on a tie).
+    """
+    total = sum(p.numel() for p in model.parameters())
+    target = int(round(total * reserved_ratio))
+    slack = max(1, int(total * tolerance))
+    allowed = [set(allowed_kept(g, align, max_group_ratio)) for g in groups]
+    order = sorted((float(scores[g][u]), g, u) for g, group in enumerate(groups) if not group.protected
+                   for u in range(group.size))
+    best = None
+    for close in (True, False):
+        counter = ParamCounter(model, groups)
+        removed = _greedy(counter, groups, order, allowed, target, slack, close_on_overshoot=close)
+        if counter.current < target - slack:
+            removed = _restore(counter, groups, order, allowed, removed, target, slack)
+        if best is None or abs(counter.current - target) < abs(best[1] - target):
+            best = (removed, counter.current)
+        if abs(counter.current - target) <= slack:
+            break
+    removed, params = best
+    notes = []
+    if params > target + total * REPORTED_MISS:
+        notes.append(
+            f"kept {params / total:.1%} of the parameters instead of {reserved_ratio:.1%}: the alignment "
+            f"to {align} channels, node_reserved_ratio={max_group_ratio} and the protected layers allow no more")
+    return Plan(removed={g: u for g, u in removed.items() if u}, params_before=total, params_after=params,
+                target=target, notes=notes)

@@ -1,0 +1,313 @@
+"""``PruneTorch``: importance-based structured pruning of any PyTorch model, with a replayable ``desc``.
+
+Usage (as documented by msModelSlim)::
+
+    from msmodelslim.pytorch.prune.prune_torch import PruneTorch
+    desc = PruneTorch(model, torch.ones([1, 3, 224, 224])).prune(0.8)      # keep ~80 % of the parameters
+    PruneTorch(fresh_model, torch.ones([1, 3, 224, 224])).prune_by_desc(desc)
+
+Whole channels, neurons and attention heads are removed, so the model becomes physically smaller. Generic models
+are grouped by the torch-pruning dependency graph; Hugging Face transformer families (BERT, RoBERTa, ViT, GPT-2,
+Llama, Mistral, Qwen2, OPT) by explicit structure rules. See the README for the ``desc`` format.
+"""
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from msmodelslim.pytorch.prune import desc as desc_format
+from msmodelslim.pytorch.prune.graph import DEFAULT_TRACE_TIMEOUT_S, trace_groups
+from msmodelslim.pytorch.prune.groups import tie_groups
+from msmodelslim.pytorch.prune.importance import BUILTIN, group_importance
+from msmodelslim.pytorch.prune.layers import OUTPUT, spec_of
+from msmodelslim.pytorch.prune.measure import count_params, profile
+from msmodelslim.pytorch.prune.planner import plan_pruning
+from msmodelslim.pytorch.prune.structure import StructureEngine, detect_family
+from msmodelslim.utils.calibration import CallParams, as_call_params, eval_mode
+from msmodelslim.utils.logging import logger
+from msmodelslim.utils.report import format_table
+
+__all__ = ["PruneTorch", "CallParams"]
+
+ENGINES = ("auto", "torch-pruning", "structure")
+
+
+def _abnormal_ratio(ratio):
+    return ratio < 0.4 or ratio >= 1
+
+
+class PruneTorch:
+    """Structured pruning of ``network`` traced with the sample ``inputs``.
+
+    Args:
+        network: the ``torch.nn.Module`` to prune (in place).
+        inputs: a sample input: a Tensor (``network(x)``), a list or tuple (``network(*x)``) or
+            ``CallParams(*args, **kwargs)``.
+        align: channel counts stay multiples of this (default 16, as the original).
+        engine: ``"auto"`` (structure rules for recognised transformer families, torch-pruning otherwise),
+            ``"torch-pruning"`` or ``"structure"``.
+        trace_timeout: seconds the torch-pruning graph build may take before a clear error.
+        prune_hidden: for transformer families, whether the hidden size (residual stream) may be pruned.
+        uniform_layers: for transformer families, every layer keeps the same number of heads and of FFN neurons
+            (each layer choosing which), so the Hugging Face config still describes the pruned model.
+
+    Raises:
+        ValueError: ``network`` is not a ``torch.nn.Module``, or a bad ``align``/``engine``.
+        TypeError: ``inputs`` is None or of another type.
+    """
+
+    def __init__(self, network, inputs=None, align=16, engine="auto", trace_timeout=DEFAULT_TRACE_TIMEOUT_S,
+                 prune_hidden=True, uniform_layers=True):
+        if not isinstance(network, nn.Module):
+            raise ValueError("network must be torch.nn.Module or Dag")
+        if not isinstance(inputs, (torch.Tensor, list, tuple, CallParams)):
+            raise TypeError("inputs must be type Tensor, list, tuple, CallParams")
+        if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+            raise ValueError(f"align must be a positive int, got {align!r}.")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}.")
+        self._network = network
+        self._call = as_call_params(inputs)
+        self._align = align
+        self._engine_choice = engine
+        self._trace_timeout = trace_timeout
+        self._prune_hidden = prune_hidden
+        self._uniform_layers = uniform_layers
+        self._importance = "l1"
+        self._loss_fn = None
+        self._node_reserved_ratio = 0.5
+        self._groups = None
+        self._engine = None
+        self._last = None
+        self._order, calls, self._macs = profile(network, self._call)
+        self._reused = sorted(name for name, count in calls.items() if count > 1)
+
+    # ------------------------------------------------------------------------------------------ properties
+    @property
+    def network(self):
+        """The model being pruned."""
+        return self._network
+
+    @property
+    def dag(self):
+        """The channel groups of the model (list of ``ChannelGroup``), built on first use."""
+        return self._channel_groups()
+
+    groups = dag
+
+    # ------------------------------------------------------------------------------------------ setters
+    def set_importance_evaluation_function(self, fn, loss_fn=None):
+        """Choose how channels are ranked; returns ``self``.
+
+        ``fn`` is a callable ``fn(weight_slice) -> float`` (the original's interface) or one of ``"l1"`` (default),
+        ``"l2"``, ``"taylor"``, ``"bn_scale"``, ``"activation"``, ``"random"``. ``loss_fn(output) -> scalar`` lets
+        ``"taylor"`` compute gradients on the sample inputs.
+
+        Raises:
+            ValueError: ``fn`` is neither callable nor a known name.
+        """
+        if isinstance(fn, str):
+            if fn not in BUILTIN:
+                raise ValueError(f"importance evaluation function must be callable or one of {list(BUILTIN)}, "
+                                 f"got {fn!r}")
+        elif not callable(fn):
+            raise ValueError("importance evaluation function must callable")
+        if loss_fn is not None and not callable(loss_fn):
+            raise ValueError("loss_fn must be callable")
+        self._importance = fn
+        self._loss_fn = loss_fn
+        return self
+
+    def set_node_reserved_ratio(self, node_reserved_ratio):
+        """Set the largest fraction of one layer's channels that may be removed (default 0.5); returns ``self``.
+
+        Raises:
+            TypeError: not a float.
+            ValueError: not in (0, 1).
+        """
+        if not isinstance(node_reserved_ratio, float):
+            raise TypeError("node max prune ratio must be float")
+        if not 0 < node_reserved_ratio < 1:
+            raise ValueError("node max prune ratio must in (0, 1)")
+        self._node_reserved_ratio = node_reserved_ratio
+        return self
+
+    def set_align(self, align):
+        """Set the channel alignment (kept channel counts are multiples of it); returns ``self``."""
+        if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+            raise ValueError(f"align must be a positive int, got {align!r}.")
+        self._align = align
+        return self
+
+    # ------------------------------------------------------------------------------------------ planning
+    def _channel_groups(self):
+        if self._groups is not None:
+            return self._groups
+        family, layers = (None, {})
+        if self._engine_choice in ("auto", "structure") and hasattr(self._network, "config"):
+            family, layers = detect_family(self._network)
+        if self._engine_choice == "structure" and family is None:
+            raise ValueError(f"engine='structure' needs a recognised Hugging Face transformer family; "
+                             f"{type(self._network).__name__} is not one.")
+        if family is not None:
+            self._engine = StructureEngine(self._network, family, layers, prune_hidden=self._prune_hidden)
+            groups = self._engine.groups
+        else:
+            with eval_mode(self._network):
+                groups = trace_groups(self._network, self._call, timeout_s=self._trace_timeout)
+            self._engine = None
+        for name in self._reused:
+            for group in groups:
+                if not group.protected and name in group.member_targets():
+                    group.protected = f"layer {name} is called more than once per forward"
+        for group in groups:
+            if group.protected:
+                logger.info("Protected from pruning: %s - %s.", group.name, group.protected)
+        self._groups = groups
+        return groups
+
+    def _protected_names(self, un_prune_list):
+        names = set()
+        for item in un_prune_list:
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                raise ValueError("Element of un_prune_list must be str or int.")
+            if isinstance(item, int):
+                if -len(self._order) <= item < len(self._order):
+                    names.add(self._order[item])
+                else:
+                    logger.warning("un_prune_list index %d is out of range (%d prunable layers); ignored.",
+                                   item, len(self._order))
+            else:
+                names.add(item)
+        return names
+
+    def _is_protected(self, group, protected):
+        for member in group.members:
+            if member.target not in protected:
+                continue
+            spec = spec_of(self._network, member.target, member.axis)
+            if member.role == OUTPUT or len(spec.roles()) == 1:
+                return f"{member.target} is in un_prune_list"
+        return group.protected
+
+    def analysis(self, reserved_ratio=0.75, un_prune_list=None):
+        """Plan a pruning that keeps ``reserved_ratio`` of the parameters, without changing the model.
+
+        ``un_prune_list`` lists layers whose output channels stay (int: index among the Conv/Linear layers in
+        execution order, negative allowed; str: module name); default ``[0, -1]``, the first and last layers.
+
+        Returns:
+            ``(left_params, desc)``: the parameter count after pruning and the plan.
+
+        Raises:
+            TypeError: ``reserved_ratio`` is not a float, or ``un_prune_list`` not a list.
+            ValueError: an element of ``un_prune_list`` is neither int nor str.
+        """
+        if not isinstance(reserved_ratio, float):
+            raise TypeError("prune ratio must be float")
+        if un_prune_list is None:
+            un_prune_list = [0, -1]
+        if not isinstance(un_prune_list, list):
+            raise TypeError("un_prune_list must be a list.")
+        protected = self._protected_names(un_prune_list)
+        if _abnormal_ratio(reserved_ratio):
+            logger.warning("The prune ratio is abnormal. Please check.")
+        unknown = sorted(n for n in protected if n not in dict(self._network.named_modules()))
+        if unknown:
+            logger.warning("un_prune_list names no module called %s; ignored.", ", ".join(unknown))
+        groups = self._channel_groups()
+        scoped = [replace(g, protected=self._is_protected(g, protected)) for g in groups]
+        scores = group_importance(self._network, groups, self._importance, call=self._call, loss_fn=self._loss_fn)
+        keys = [g.kind if self._engine is not None and self._uniform_layers and g.kind in ("heads", "ffn") else None
+                for g in scoped]
+        plan_groups, plan_scores, untie = tie_groups(scoped, scores, keys)
+        plan = plan_pruning(self._network, plan_groups, plan_scores, min(max(reserved_ratio, 0.0), 1.0),
+                            self._node_reserved_ratio, self._align)
+        for note in plan.notes:
+            logger.info("Pruning stopped early: %s.", note)
+        removed = untie(plan.removed)
+        patches, fields = self._engine.patches(removed) if self._engine is not None else ({}, {})
+        desc = desc_format.build_desc(
+            self._network, groups, removed, engine=self._engine.engine if self._engine else "torch-pruning",
+            patches=patches, config=fields, params={"before": plan.params_before, "after": plan.params_after})
+        for target, entry in desc.items():
+            if target != desc_format.META_KEY and "output" in entry:
+                logger.info("node name: %s chn: %d -> %d", target, len(entry["output"][1]), entry["output"][0])
+        return plan.params_after, desc
+
+    def prune(self, reserved_ratio=0.75, un_prune_list=None):
+        """Plan like :meth:`analysis`, then apply the plan to the model in place; returns the ``desc``."""
+        _, desc = self.analysis(reserved_ratio, un_prune_list)
+        self.prune_by_desc(desc)
+        return desc
+
+    def prune_by_desc(self, desc):
+        """Apply a ``desc`` (from :meth:`prune`/:meth:`analysis`, possibly after a JSON round trip) in place.
+
+        The whole desc is validated first; the pruned model must run on the sample inputs; on any error the model
+        is left exactly as it was.
+
+        Raises:
+            TypeError: ``desc`` is not a dict.
+            ValueError: invalid characters, a model without parameters, or a desc that does not belong to the
+                model (the message names the first mismatching module).
+        """
+        before_params = count_params(self._network)
+        before_macs = sum(self._macs.values())
+        before_shapes = _role_sizes(self._network, desc)
+
+        def runs(model):
+            with eval_mode(model), torch.no_grad():
+                self._call(model)
+
+        desc_format.apply_desc(self._network, desc, check=runs)
+        after_params = count_params(self._network)
+        self._order, _, macs_after = profile(self._network, self._call)
+        self._last = {"params": (before_params, after_params), "macs": (before_macs, sum(macs_after.values())),
+                      "layers": before_shapes, "layer_macs": (dict(self._macs), macs_after)}
+        self._macs = macs_after
+        self._groups = None  # the model changed: groups are rebuilt on the next analysis
+        logger.info("Parameters: %d -> %d (%.2f%% pruned).", before_params, after_params,
+                    100.0 * (before_params - after_params) / max(before_params, 1))
+
+    # ------------------------------------------------------------------------------------------ report
+    def summary(self):
+        """A table of the last pruning: channels per changed layer, parameters and MACs before and after.
+
+        MACs count convolution and linear layers on the sample inputs. Returns an empty string before pruning.
+        """
+        if self._last is None:
+            return ""
+        rows = []
+        macs_before, macs_after = self._last["layer_macs"]
+        for target, sizes in self._last["layers"].items():
+            try:
+                spec = spec_of(self._network, target, sizes["axis"])
+            except (LookupError, TypeError):
+                continue
+            now = {role: spec.size(role) for role in sizes["roles"]}
+            cells = [f"{sizes['roles'][r]} -> {now[r]}" for r in ("output", "input") if r in now]
+            rows.append([target, spec.kind, *([cells[0], cells[1]] if len(cells) == 2 else [cells[0], ""]),
+                         macs_before.get(target, ""), macs_after.get(target, "")])
+        (p0, p1), (m0, m1) = self._last["params"], self._last["macs"]
+        rows.append(["(total)", "", "", "", m0, m1])
+        table = format_table(["layer", "kind", "channels", "input channels", "MACs before", "MACs after"], rows)
+        totals = (f"parameters: {p0:,} -> {p1:,} ({p1 / max(p0, 1):.1%}); "
+                  f"MACs: {m0:,} -> {m1:,} ({m1 / max(m0, 1):.1%})")
+        return table + "\n" + totals
+
+
+def _role_sizes(model, desc):
+    axes = (desc.get(desc_format.META_KEY) or {}).get("axes", {}) if isinstance(desc, dict) else {}
+    sizes = {}
+    if not isinstance(desc, dict):
+        return sizes
+    for target, entry in desc.items():
+        if target == desc_format.META_KEY or not isinstance(entry, dict):
+            continue
+        try:
+            spec = spec_of(model, target, axes.get(target))
+        except (LookupError, TypeError):
+            continue
+        sizes[target] = {"axis": axes.get(target), "roles": {role: spec.size(role) for role in spec.roles()}}
+    return sizes

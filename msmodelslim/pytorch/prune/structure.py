@@ -1,0 +1,283 @@
+"""Structure rules of Hugging Face transformer families: attention heads, FFN neurons and the hidden size.
+
+Generic graph tracing is fragile on current transformer implementations (torch-pruning crashes on GPT-2 and never
+returns on Llama), so recognised families are described by explicit rules instead. A family names, relative to one
+decoder/encoder layer, its query/key/value (or fused qkv) and output projections, its FFN up (and gate) and down
+projections and its normalisation layers. From the rules we derive the channel groups:
+
+* **heads** (one group per layer): a unit is a key/value head together with the query heads that share it
+  (grouped-query attention; a plain query head when there is no grouping); it covers the unit's rows of q, k, v
+  (thirds of a fused qkv) and the matching input columns of the output projection;
+* **ffn** (one group per layer): a unit is one neuron: a row of every up/gate projection and a column of the down
+  projection;
+* **hidden** (one group for the model): a unit is one channel of the residual stream, shared by the embeddings,
+  every normalisation layer, every projection's input or output on the stream, and the heads on top.
+
+The same rules serve the transformer weight pruning of checkpoints (``prune_model_weight``).
+"""
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
+from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
+from msmodelslim.utils.logging import logger
+
+
+@dataclass(frozen=True)
+class Family:
+    """Names of one transformer family's projections, relative to a layer (e.g. ``bert.encoder.layer.3.``)."""
+
+    name: str
+    q: str = None
+    k: str = None
+    v: str = None
+    qkv: str = None  # a fused projection whose output is [q | k | v]
+    o: str = None
+    up: tuple = ()
+    down: str = None
+    norms: tuple = ()
+    attention: str = None  # the attention module, whose head attributes forward() reads
+    head_attrs: tuple = ()  # (attribute, "heads" | "kv_heads" | "q_channels")
+    heads_field: str = "num_attention_heads"
+    kv_field: str = None
+    ffn_field: str = "intermediate_size"
+    explicit_head_dim: bool = False  # the config can carry head_dim, so the hidden size may change freely
+
+    def projections(self):
+        return [p for p in (self.q, self.k, self.v, self.qkv, self.o, *self.up, self.down) if p]
+
+
+FAMILIES = (
+    Family("bert", q="attention.self.query", k="attention.self.key", v="attention.self.value",
+           o="attention.output.dense", up=("intermediate.dense",), down="output.dense",
+           norms=("attention.output.LayerNorm", "output.LayerNorm"), attention="attention.self",
+           head_attrs=(("num_attention_heads", "heads"), ("all_head_size", "q_channels"))),
+    Family("vit", q="attention.q_proj", k="attention.k_proj", v="attention.v_proj", o="attention.o_proj",
+           up=("mlp.fc1",), down="mlp.fc2", norms=("layernorm_before", "layernorm_after"), attention="attention",
+           head_attrs=(("num_attention_heads", "heads"),)),
+    Family("vit", q="attention.attention.query", k="attention.attention.key", v="attention.attention.value",
+           o="attention.output.dense", up=("intermediate.dense",), down="output.dense",
+           norms=("layernorm_before", "layernorm_after"), attention="attention.attention",
+           head_attrs=(("num_attention_heads", "heads"), ("all_head_size", "q_channels"))),
+    Family("gpt2", qkv="attn.c_attn", o="attn.c_proj", up=("mlp.c_fc",), down="mlp.c_proj", norms=("ln_1", "ln_2"),
+           attention="attn", head_attrs=(("num_heads", "heads"), ("split_size", "q_channels")),
+           ffn_field="n_inner"),
+    Family("llama", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj",
+           up=("mlp.gate_proj", "mlp.up_proj"), down="mlp.down_proj",
+           norms=("input_layernorm", "post_attention_layernorm"), attention="self_attn",
+           kv_field="num_key_value_heads", explicit_head_dim=True),
+    Family("opt", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.out_proj",
+           up=("fc1",), down="fc2", norms=("self_attn_layer_norm", "final_layer_norm"), attention="self_attn",
+           head_attrs=(("num_heads", "heads"),), ffn_field="ffn_dim"),
+)
+
+_LAYER = re.compile(r"^(?P<prefix>.+\.)?(?P<index>\d+)\.(?P<rest>.+)$")
+
+
+def find_layers(names, family):
+    """``{layer prefix: index}`` of the layers (e.g. ``'model.layers.3.'``) that hold every projection of
+    ``family``, among the qualified ``names``."""
+    present = set(names)
+    candidates = {}
+    for name in names:
+        match = _LAYER.match(name)
+        if match:
+            candidates[name[: len(name) - len(match["rest"])]] = int(match["index"])
+    return {prefix: index for prefix, index in candidates.items()
+            if all(prefix + p in present for p in family.projections())}
+
+
+def detect_family(model):
+    """The :class:`Family` of a model and its layers ``{prefix: index}``, or ``(None, {})``."""
+    names = [name for name, _ in model.named_modules()]
+    for family in FAMILIES:
+        layers = find_layers(names, family)
+        if layers:
+            return family, dict(sorted(layers.items(), key=lambda item: item[1]))
+    return None, {}
+
+
+def head_geometry(config, q_out, k_out):
+    """``(heads, kv_heads, head_dim)`` of one layer from the config and its projection sizes."""
+    heads_cfg = getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads_cfg if heads_cfg and hidden else None)
+    if not head_dim or q_out % head_dim or k_out % head_dim:
+        raise ValueError(f"cannot infer the head size (q has {q_out} rows, k has {k_out})")
+    return q_out // head_dim, k_out // head_dim, head_dim
+
+
+def head_unit_indices(heads, kv_heads, head_dim):
+    """Per unit (a key/value head and its query heads): ``(q channel indices, k/v channel indices)``."""
+    rep = heads // kv_heads
+    units = []
+    for unit in range(kv_heads):
+        q = [h * head_dim + c for h in range(unit * rep, (unit + 1) * rep) for c in range(head_dim)]
+        kv = [unit * head_dim + c for c in range(head_dim)]
+        units.append((q, kv))
+    return units
+
+
+def _member(target, role, per_unit):
+    idxs, roots = [], []
+    for unit, indices in enumerate(per_unit):
+        idxs += indices
+        roots += [unit] * len(indices)
+    return Member(target, role, idxs, roots)
+
+
+def _head_group(model, family, prefix):
+    config = model.config
+    if family.qkv:
+        fused = layer_spec(model.get_submodule(prefix + family.qkv))
+        total = fused.size(OUTPUT)
+        heads, kv_heads, head_dim = head_geometry(config, total // 3, total // 3)
+        units = head_unit_indices(heads, kv_heads, head_dim)
+        width = total // 3
+        members = [_member(prefix + family.qkv, OUTPUT, [q + [width + i for i in q] + [2 * width + i for i in q]
+                                                         for q, _ in units])]
+    else:
+        q_out = layer_spec(model.get_submodule(prefix + family.q)).size(OUTPUT)
+        k_out = layer_spec(model.get_submodule(prefix + family.k)).size(OUTPUT)
+        heads, kv_heads, head_dim = head_geometry(config, q_out, k_out)
+        units = head_unit_indices(heads, kv_heads, head_dim)
+        members = [_member(prefix + family.q, OUTPUT, [q for q, _ in units]),
+                   _member(prefix + family.k, OUTPUT, [kv for _, kv in units]),
+                   _member(prefix + family.v, OUTPUT, [kv for _, kv in units])]
+    members.append(_member(prefix + family.o, INPUT, [q for q, _ in units]))
+    group = ChannelGroup(name=f"{prefix}heads", size=kv_heads, members=members, kind="heads",
+                         unit_channels=(heads // kv_heads) * head_dim)
+    return group, (heads, kv_heads, head_dim)
+
+
+def _ffn_group(model, family, prefix):
+    size = layer_spec(model.get_submodule(prefix + family.down)).size(INPUT)
+    per_unit = [[i] for i in range(size)]
+    members = [_member(prefix + up, OUTPUT, per_unit) for up in family.up]
+    members.append(_member(prefix + family.down, INPUT, per_unit))
+    return ChannelGroup(name=f"{prefix}ffn", size=size, members=members, kind="ffn")
+
+
+def _hidden_group(model, family, layers, hidden):
+    """The residual-stream group, or a protected one naming what could not be matched."""
+    per_unit = [[i] for i in range(hidden)]
+    members, unknown = [], []
+    covered = set()
+    for prefix in layers:
+        for name in (family.q, family.k, family.v, family.qkv, *family.up):
+            if name:
+                members.append(_member(prefix + name, INPUT, per_unit))
+        members.append(_member(prefix + family.o, OUTPUT, per_unit))
+        members.append(_member(prefix + family.down, OUTPUT, per_unit))
+        for norm in family.norms:
+            if prefix + norm in dict(model.named_modules()):
+                members.append(_member(prefix + norm, INPUT, per_unit))
+        covered.update(prefix + p for p in family.projections() + list(family.norms))
+    layer_prefixes = tuple(layers)
+    for name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if not own or name in covered:
+            continue
+        inside = name.startswith(layer_prefixes)
+        spec = layer_spec(module)
+        touches = [p for _, p in own if hidden in p.shape]
+        if spec is None:
+            for pname, param in own:
+                if param.dim() and param.shape[-1] == hidden and not inside:
+                    members.append(Member(f"{name}.{pname}" if name else pname, OUTPUT, list(range(hidden)),
+                                          list(range(hidden)), axis=param.dim() - 1))
+                elif hidden in param.shape:
+                    unknown.append(f"{name}.{pname}")
+            continue
+        roles = spec.roles()
+        matched = False
+        for role in roles:
+            if spec.size(role) == hidden:
+                members.append(_member(name, role, per_unit))
+                matched = True
+        if touches and not matched:
+            unknown.append(name)
+        elif inside and matched:
+            unknown.append(name)  # an extra layer inside a block: its coupling is not described by the rules
+    group = ChannelGroup(name="hidden", size=hidden, members=members, kind="hidden")
+    if unknown:
+        group.protected = "the hidden size also reaches " + ", ".join(unknown[:5])
+    return group
+
+
+class StructureEngine:
+    """Channel groups and attribute patches of a model of a recognised transformer family."""
+
+    def __init__(self, model, family, layers, prune_hidden=True):
+        self.model = model
+        self.family = family
+        self.layers = layers
+        self.groups = []
+        self._heads = {}  # group index -> (layer prefix, heads, kv_heads, head_dim)
+        for prefix in layers:
+            group, geometry = _head_group(model, family, prefix)
+            self._heads[len(self.groups)] = (prefix, *geometry)
+            self.groups.append(group)
+            self.groups.append(_ffn_group(model, family, prefix))
+        hidden = getattr(model.config, "hidden_size", None)
+        if hidden:
+            group = _hidden_group(model, family, layers, hidden)
+            if not prune_hidden:
+                group.protected = "hidden-size pruning is off"
+            self.groups.append(group)
+
+    @property
+    def engine(self):
+        return f"structure:{self.family.name}"
+
+    def patches(self, removed):
+        """``(module patches, config fields)`` that make forward() agree with the pruned shapes."""
+        family, config = self.family, self.model.config
+        patches, heads_kept, kv_kept, ffn_kept, hidden_kept = {}, set(), set(), set(), None
+        for g, group in enumerate(self.groups):
+            kept = group.size - len(removed.get(g, ()))
+            if group.kind == "heads":
+                prefix, heads, kv_heads, head_dim = self._heads[g]
+                new_kv = kept
+                new_heads = heads // kv_heads * new_kv
+                heads_kept.add(new_heads)
+                kv_kept.add(new_kv)
+                values = {"heads": new_heads, "kv_heads": new_kv, "q_channels": new_heads * head_dim}
+                attrs = {attr: values[what] for attr, what in family.head_attrs}
+                if attrs and g in removed:
+                    patches[prefix + family.attention] = attrs
+            elif group.kind == "ffn":
+                ffn_kept.add(kept)
+            elif group.kind == "hidden":
+                hidden_kept = kept
+        fields = {}
+        if len(heads_kept) == 1:
+            fields[family.heads_field] = heads_kept.pop()
+        if family.kv_field and len(kv_kept) == 1:
+            fields[family.kv_field] = kv_kept.pop()
+        if len(ffn_kept) == 1:
+            fields[family.ffn_field] = ffn_kept.pop()
+        if hidden_kept is not None and hidden_kept != config.hidden_size:
+            head_dim = next(iter(self._heads.values()))[3] if self._heads else None
+            if family.explicit_head_dim:
+                fields["hidden_size"] = hidden_kept
+                fields["head_dim"] = head_dim
+            elif head_dim and fields.get(family.heads_field, 0) * head_dim == hidden_kept:
+                fields["hidden_size"] = hidden_kept
+        fields = {k: v for k, v in fields.items() if hasattr(config, k) and getattr(config, k) != v}
+        if fields and not _config_accepts(config, fields):
+            fields = {}
+        return patches, fields
+
+
+def _config_accepts(config, fields):
+    """Whether the config class accepts ``fields`` (transformers validates e.g. hidden_size % heads)."""
+    try:
+        type(config)(**{**config.to_dict(), **fields})
+    except Exception as exc:  # transformers raises several types from its validators
+        logger.info("The model config cannot describe the pruned shapes (%s); rebuild the model from the desc "
+                    "(prune_by_desc) rather than from_pretrained.", str(exc).splitlines()[-1].strip())
+        return False
+    return True

@@ -1,0 +1,44 @@
+"""The generic graph engine never hangs and never crashes without a clear message."""
+import time
+
+import pytest
+import torch
+
+from msmodelslim.errors import ModelslimError
+from msmodelslim.pytorch.prune.graph import GraphTraceError
+from msmodelslim.pytorch.prune.prune_torch import CallParams, PruneTorch
+from zoo import hf
+
+
+def test_a_graph_that_never_finishes_is_stopped_within_the_budget():
+    model, batch = hf.llama()  # torch-pruning 1.6.1 loops forever grouping Llama
+    start = time.monotonic()
+    pruner = PruneTorch(model, CallParams(**batch), engine="torch-pruning", trace_timeout=5)
+    with pytest.raises(GraphTraceError) as info:
+        pruner.analysis(0.7)
+    assert time.monotonic() - start < 30
+    text = str(info.value)
+    assert "did not finish within 5 s" in text and "trace_timeout" in text
+    assert isinstance(info.value, ModelslimError)
+
+
+def test_a_graph_that_crashes_is_reported():
+    model, batch = hf.gpt2()  # torch-pruning 1.6.1 crashes on GPT-2's concat index mapping
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(GraphTraceError, match="could not be built"):
+        PruneTorch(model, CallParams(**batch), engine="torch-pruning").prune(0.7)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_the_same_models_prune_with_structure_rules():
+    for factory in (hf.llama, hf.gpt2):
+        model, batch = factory()
+        before = sum(p.numel() for p in model.parameters())
+        desc = PruneTorch(model, CallParams(**batch)).prune(0.7)
+        assert desc["__meta__"]["engine"].startswith("structure:")
+        assert sum(p.numel() for p in model.parameters()) < before
+
+
+def test_structure_engine_refuses_unknown_models():
+    with pytest.raises(ValueError, match="engine='structure'"):
+        PruneTorch(torch.nn.Linear(4, 4), torch.randn(1, 4), engine="structure").analysis(0.7)

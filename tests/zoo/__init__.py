@@ -1,0 +1,1 @@
+"""Reference architectures written in plain torch (torchvision is not installed here)."""
