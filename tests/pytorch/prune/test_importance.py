@@ -68,7 +68,10 @@ def test_scores_are_normalised_per_group():
     model = cnn.resnet18(10).eval()
     with torch.no_grad():
         model.layer4[0].conv1.weight.mul_(1000.0)  # one layer on a very different scale
-    pruner = PruneTorch(model, torch.randn(1, 3, 64, 64))
-    scores = group_importance(model, pruner.dag, "l1")
-    for score in scores:
-        assert score.mean().item() == pytest.approx(1.0)
+    x = torch.randn(1, 3, 64, 64)
+    pruner = PruneTorch(model, x)
+    for score, group in zip(group_importance(model, pruner.dag, "l1"), pruner.dag):
+        expected = (torch.arange(group.size, dtype=torch.float64) + 0.5) / group.size
+        assert torch.equal(score.sort().values, expected)  # weight criteria: ranks within the group
+    for score in group_importance(model, pruner.dag, "activation", call=pruner._call):
+        assert score.mean().item() == pytest.approx(1.0)  # activations: divided by the group mean

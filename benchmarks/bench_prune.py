@@ -1,0 +1,165 @@
+"""Structured pruning benchmark: coverage of the test zoo against plain torch-pruning, planning time, CPU latency
+of pruned models next to their MACs, and what the importance criteria keep on trained networks.
+
+Writes benchmarks/results/prune.md. Run: python benchmarks/bench_prune.py [--quick]
+"""
+import argparse
+import copy
+import json
+import subprocess
+import sys
+
+import torch
+
+from common import ROOT, latency, timed, write_result
+from msmodelslim import set_logger_level
+from msmodelslim.pytorch.prune.measure import profile
+from msmodelslim.pytorch.prune.prune_torch import PruneTorch
+from msmodelslim.utils.report import format_table
+from zoo import cnn
+from zoo.registry import UN_PRUNE, ZOO, logits
+
+BASELINE = ROOT / "benchmarks" / "_torch_pruning_baseline.py"
+BASELINE_TIMEOUT_S = 120
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def ours(name, ratio):
+    build = ZOO[name]
+    model, inputs = build()
+    before = count(model)
+    (pruner, desc), seconds = timed(lambda: _prune(model, inputs, ratio, UN_PRUNE.get(name)))
+    kept = count(model) / before
+    out = logits(model, inputs)
+    fresh, _ = build()
+    PruneTorch(fresh, inputs).prune_by_desc(json.loads(json.dumps(desc)))
+    fresh.load_state_dict(model.state_dict())
+    replayed = torch.equal(logits(fresh, inputs), out)
+    return {"kept": kept, "replayed": replayed, "seconds": seconds, "engine": desc["__meta__"]["engine"]}
+
+
+def _prune(model, inputs, ratio, un_prune):
+    pruner = PruneTorch(model, inputs)
+    return pruner, pruner.prune(ratio, un_prune)
+
+
+def baseline(name, ratio):
+    try:
+        proc = subprocess.run([sys.executable, str(BASELINE), name, str(ratio)], capture_output=True, text=True,
+                              timeout=BASELINE_TIMEOUT_S, cwd=BASELINE.parent)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {BASELINE_TIMEOUT_S} s (hangs)"}
+    except (IndexError, ValueError):
+        return {"error": "crashed without output"}
+
+
+def success(result, ratio):
+    return "error" not in result and abs(result["kept"] - ratio) <= 0.02 and result["replayed"]
+
+
+def coverage_section(names, ratio=0.5):
+    rows, ours_ok, base_ok = [], 0, 0
+    for name in names:
+        mine = ours(name, ratio)
+        theirs = baseline(name, ratio)
+        ours_ok += success(mine, ratio)
+        base_ok += success(theirs, ratio)
+        theirs_text = theirs["error"] if "error" in theirs else (
+            f"kept {theirs['kept']:.1%}, replay {'ok' if theirs['replayed'] else 'differs'}")
+        rows.append([name, mine["engine"], f"{mine['kept']:.1%}", "ok" if mine["replayed"] else "differs",
+                     f"{mine['seconds']:.2f}", "yes" if success(theirs, ratio) else "no", theirs_text])
+        print(rows[-1], flush=True)
+    table = format_table(["model", "engine", "kept params", "replay", "analysis+prune s",
+                          "torch-pruning ok", "torch-pruning result"], rows)
+    summary = (f"**Coverage at {ratio:.0%} of the parameters** (pruned to the budget within 2 points and replayed "
+               f"exactly on a fresh model): msmodelslim {ours_ok}/{len(names)}, "
+               f"plain torch-pruning BasePruner {base_ok}/{len(names)}.")
+    return summary + "\n\n" + table
+
+
+def latency_section(quick):
+    set_logger_level("warning")
+    from msmodelslim import assets
+
+    cases = [("EfficientNet-Lite0 (ImageNet weights)", assets.efficientnet_lite0, ["l1", "activation"]),
+             ("ResNet-50", lambda: cnn.resnet50(1000).eval(), ["l1"]),
+             ("VGG-16", lambda: cnn.VGG16(1000).eval(), ["l1"])]
+    rows = []
+    batch = 1 if quick else 8
+    for label, build, criteria in cases:
+        for criterion in criteria:
+            dense = build()
+            x = torch.randn(batch, 3, 224, 224)
+            sample = assets.sample_images()[:1] if "Efficient" in label else x[:1]
+            pruned = copy.deepcopy(dense)
+            PruneTorch(pruned, sample).set_importance_evaluation_function(criterion).prune(0.5)
+            with torch.inference_mode():
+                t_dense = latency(lambda: dense(x), repeat=3 if quick else 10)
+                t_pruned = latency(lambda: pruned(x), repeat=3 if quick else 10)
+            macs_dense = sum(profile(dense, lambda m: m(x[:1]))[2].values())
+            macs_pruned = sum(profile(pruned, lambda m: m(x[:1]))[2].values())
+            rows.append([label, criterion, f"{count(pruned) / count(dense):.1%}", f"{macs_pruned / macs_dense:.1%}",
+                         f"{t_dense * 1000:.1f}", f"{t_pruned * 1000:.1f}", f"{t_pruned / t_dense:.2f}"])
+            print(rows[-1], flush=True)
+    table = format_table(["model", "importance", "params kept", "MACs kept", f"dense ms (batch {batch})",
+                          "pruned ms", "latency ratio"], rows)
+    return table
+
+
+def criteria_section(quick):
+    from msmodelslim import assets
+    from zoo.digits import DigitsNet, accuracy, load, train
+
+    images, labels, train_idx, test_idx = load()
+    torch.manual_seed(0)
+    dense = DigitsNet()
+    train(dense, images, labels, train_idx, epochs=10)
+    rows = [["digits CNN", "dense", "100%", f"{accuracy(dense, images, labels, test_idx):.3f}", ""]]
+    sample = images[train_idx[:64]]
+    loss = torch.nn.CrossEntropyLoss()
+    for criterion in ("l1", "l2", "bn_scale", "taylor", "activation", "random"):
+        model = copy.deepcopy(dense)
+        pruner = PruneTorch(model, sample)
+        if criterion == "taylor":
+            pruner.set_importance_evaluation_function("taylor", loss_fn=lambda out: loss(out, labels[train_idx[:64]]))
+        else:
+            pruner.set_importance_evaluation_function(criterion)
+        pruner.prune(0.5)
+        before = accuracy(model, images, labels, test_idx)
+        train(model, images, labels, train_idx, epochs=2)
+        rows.append(["digits CNN", criterion, f"{count(model) / count(dense):.1%}", f"{before:.3f}",
+                     f"{accuracy(model, images, labels, test_idx):.3f}"])
+    photos = assets.sample_images(crops_per_image=8)
+    reference = assets.efficientnet_lite0()(photos).argmax(1)
+    for criterion in ("l1", "activation", "random"):
+        model = assets.efficientnet_lite0()
+        PruneTorch(model, photos[:2]).set_importance_evaluation_function(criterion).prune(0.8)
+        with torch.no_grad():
+            agree = (model(photos).argmax(1) == reference).float().mean().item()
+        rows.append(["EfficientNet-Lite0", criterion, f"{count(model) / 4652008:.1%}", f"{agree:.3f}", "-"])
+    return format_table(["model", "importance", "params kept", "accuracy / top-1 agreement before fine-tuning",
+                         "after 2 epochs"], rows) + (
+        "\n\nDigits: test accuracy on 397 held-out digits. EfficientNet-Lite0: top-1 agreement with the dense model on "
+        "16 crops of the two photographs scikit-learn ships (no ImageNet validation data is installable here).")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer models and repetitions")
+    args = parser.parse_args()
+    set_logger_level("warning")
+    names = list(ZOO)[:4] if args.quick else list(ZOO)
+    sections = [
+        ("Coverage and planning time on the test zoo", coverage_section(names)),
+        ("CPU latency at 50 % of the parameters", latency_section(args.quick)),
+        ("Importance criteria on trained networks", criteria_section(args.quick)),
+    ]
+    write_result("prune", "Structured pruning (PruneTorch)", sections)
+
+
+if __name__ == "__main__":
+    main()
