@@ -205,3 +205,55 @@ class ViT(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
         x = self.norm(self.blocks(x))
         return self.head(x[:, 0])
+
+
+class FusedAttention(nn.Module):
+    """timm-style attention: one fused qkv Linear, then a projection."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class FusedBlock(nn.Module):
+    def __init__(self, dim, heads, mlp):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = FusedAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential()
+        self.mlp.fc1 = nn.Linear(dim, mlp)
+        self.mlp.act = nn.GELU()
+        self.mlp.fc2 = nn.Linear(mlp, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class FusedViT(nn.Module):
+    """A timm-style Vision Transformer with fused qkv projections (``blocks.N.attn.qkv``)."""
+
+    def __init__(self, image=32, patch=8, dim=128, depth=4, heads=4, mlp=256, num_classes=10):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.ModuleList([FusedBlock(dim, heads, mlp) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])

@@ -68,6 +68,8 @@ FAMILIES = (
            up=("mlp.gate_proj", "mlp.up_proj"), down="mlp.down_proj",
            norms=("input_layernorm", "post_attention_layernorm"), attention="self_attn",
            kv_field="num_key_value_heads", explicit_head_dim=True),
+    Family("timm_vit", qkv="attn.qkv", o="attn.proj", up=("mlp.fc1",), down="mlp.fc2", norms=("norm1", "norm2"),
+           attention="attn", head_attrs=(("num_heads", "heads"),)),
     Family("opt", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.out_proj",
            up=("fc1",), down="fc2", norms=("self_attn_layer_norm", "final_layer_norm"), attention="self_attn",
            head_attrs=(("num_heads", "heads"),), ffn_field="ffn_dim"),
@@ -99,11 +101,20 @@ def detect_family(model):
     return None, {}
 
 
-def head_geometry(config, q_out, k_out):
-    """``(heads, kv_heads, head_dim)`` of one layer from the config and its projection sizes."""
-    heads_cfg = getattr(config, "num_attention_heads", None)
-    hidden = getattr(config, "hidden_size", None)
-    head_dim = getattr(config, "head_dim", None) or (hidden // heads_cfg if heads_cfg and hidden else None)
+def head_size(model, family, prefix):
+    """The size of one attention head of layer ``prefix``: from the attention module, else from the config."""
+    attention = model.get_submodule(prefix + family.attention)
+    for attr in ("head_dim", "attention_head_size"):
+        value = getattr(attention, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None)
+    return getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+
+
+def head_geometry(head_dim, q_out, k_out):
+    """``(heads, kv_heads, head_dim)`` of one layer from its head size and projection sizes."""
     if not head_dim or q_out % head_dim or k_out % head_dim:
         raise ValueError(f"cannot infer the head size (q has {q_out} rows, k has {k_out})")
     return q_out // head_dim, k_out // head_dim, head_dim
@@ -129,11 +140,11 @@ def _member(target, role, per_unit):
 
 
 def _head_group(model, family, prefix):
-    config = model.config
+    head_dim = head_size(model, family, prefix)
     if family.qkv:
         fused = layer_spec(model.get_submodule(prefix + family.qkv))
         total = fused.size(OUTPUT)
-        heads, kv_heads, head_dim = head_geometry(config, total // 3, total // 3)
+        heads, kv_heads, head_dim = head_geometry(head_dim, total // 3, total // 3)
         units = head_unit_indices(heads, kv_heads, head_dim)
         width = total // 3
         members = [_member(prefix + family.qkv, OUTPUT, [q + [width + i for i in q] + [2 * width + i for i in q]
@@ -141,7 +152,7 @@ def _head_group(model, family, prefix):
     else:
         q_out = layer_spec(model.get_submodule(prefix + family.q)).size(OUTPUT)
         k_out = layer_spec(model.get_submodule(prefix + family.k)).size(OUTPUT)
-        heads, kv_heads, head_dim = head_geometry(config, q_out, k_out)
+        heads, kv_heads, head_dim = head_geometry(head_dim, q_out, k_out)
         units = head_unit_indices(heads, kv_heads, head_dim)
         members = [_member(prefix + family.q, OUTPUT, [q for q, _ in units]),
                    _member(prefix + family.k, OUTPUT, [kv for _, kv in units]),

@@ -1,0 +1,1 @@
+"""Framework-neutral front doors of the toolkit."""

@@ -1,0 +1,1 @@
+"""Transformer weight pruning: PruneConfig and prune_model_weight."""

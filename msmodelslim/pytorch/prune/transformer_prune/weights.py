@@ -1,0 +1,213 @@
+"""``prune_model_weight`` for PyTorch: run the steps on a lazily read checkpoint, build the small model's complete
+state dict tensor by tensor (peak memory: the small model plus the largest checkpoint tensor), check it, load it."""
+import os
+
+import torch
+
+from msmodelslim.pytorch.prune.structure import detect_family
+from msmodelslim.pytorch.prune.transformer_prune import leading, selection
+from msmodelslim.pytorch.prune.transformer_prune.blocks import rename_blocks
+from msmodelslim.pytorch.prune.transformer_prune.entries import initial_entries
+from msmodelslim.pytorch.prune.transformer_prune.layout import build_layout
+from msmodelslim.utils.checkpoint import open_checkpoint
+from msmodelslim.utils.logging import logger
+
+MAX_LISTED = 20
+
+
+def _differing(shape_a, shape_b):
+    return [axis for axis, (a, b) in enumerate(zip(shape_a, shape_b)) if a != b]
+
+
+class _Run:
+    """State of one prune_model_weight call."""
+
+    def __init__(self, model, config, checkpoint, path):
+        self.model = model
+        self.config = config
+        self.checkpoint = checkpoint
+        self.path = path
+        self.small_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        self.entries = initial_entries(checkpoint)
+        self.layouts = []
+
+    def shape(self, key):
+        entry = self.entries.get(key)
+        return entry.shape(self.checkpoint) if entry is not None else None
+
+    def mismatched(self):
+        return [k for k in self.entries if k in self.small_shapes and self.shape(k) != self.small_shapes[k]]
+
+    # ---------------------------------------------------------------------------------------- original steps
+    def leading_step(self, fused_keys):
+        for key in self.mismatched():
+            entry, big, small = self.entries[key], self.shape(key), self.small_shapes[key]
+            if len(big) != len(small):
+                continue  # reported by the final check
+            if fused_keys and any(q in key for q in fused_keys):
+                self.entries[key] = leading.fused_thirds(entry, key, big, small)
+            else:
+                self.entries[key] = leading.leading_slice(entry, big, small)
+
+    # ---------------------------------------------------------------------------------------- importance steps
+    def importance_step(self, fused_keys):
+        family, layers = detect_family(self.model)
+        if family is None:
+            logger.warning("%s is not a recognised transformer family: mismatched tensors keep their first "
+                           "rows/columns.", type(self.model).__name__)
+            self.leading_step(fused_keys)
+            return
+        layout = build_layout(self.model, family, layers, self.shape)
+        if self.config.importance == "activation":
+            scores = selection.activation_scores(layout, lambda k: self.entries[k].source, self._stats())
+            missing = [g for g in layout.groups() if g.changes and not _scored(g, scores)]
+            if missing:
+                logger.warning("No activation statistics for %s; using weight norms there.",
+                               ", ".join(g.name for g in missing[:5]))
+                weight = selection.weight_scores(layout, self._read)
+                scores = {**weight, **scores}
+        else:
+            scores = selection.weight_scores(layout, self._read)
+        selection.apply_scores(layout, scores)
+        for key in self.mismatched():
+            entry, big, small = self.entries[key], self.shape(key), self.small_shapes[key]
+            if len(big) != len(small):
+                continue
+            for axis in _differing(big, small):
+                owner = layout.axes.get((key, axis))
+                if owner is not None:
+                    group, view, _ = owner
+                    entry = entry.select(axis, group.index(view))
+                elif fused_keys and any(q in key for q in fused_keys):
+                    entry = leading.fused_thirds(entry, key, entry.shape(self.checkpoint), small)
+                else:
+                    logger.warning("'%s' axis %d (%d -> %d) follows no structure rule: keeping its first %d.",
+                                   key, axis, big[axis], small[axis], small[axis])
+                    entry = entry.select(axis, range(min(big[axis], small[axis])))
+            self.entries[key] = entry
+        self.layouts.append(layout)
+
+    def _read(self, key):
+        return self.entries[key].read(self.checkpoint)
+
+    def _stats(self):
+        if getattr(self, "_activation_stats", None) is None:
+            big = self.config.importance_model or _load_big_model(self.model, self.path)
+            self._activation_stats = selection.collect_activation_stats(big, self.config.importance_dataset)
+        return self._activation_stats
+
+    # ---------------------------------------------------------------------------------------- final state dict
+    def build_state_dict(self):
+        """The complete state dict of the small model, checked before anything is read."""
+        tied = _tied_keys(self.model)
+        missing, conflicts, plan = [], [], {}
+        for key, shape in self.small_shapes.items():
+            source_key = key if key in self.entries else next((k for k in tied.get(key, ()) if k in self.entries),
+                                                               None)
+            if source_key is None:
+                missing.append(key)
+            elif self.shape(source_key) != shape:
+                conflicts.append((key, self.shape(source_key), shape))
+            else:
+                plan[key] = source_key
+        if missing or conflicts:
+            message = _describe_problems(self.path, missing, conflicts)
+            if self.config.strict:
+                raise ValueError(message + " The model was not changed.")
+            logger.warning("%s Loading the rest (strict=False).", message)
+        state, cache = {}, {}
+        for key, source_key in plan.items():
+            if source_key not in cache:
+                cache[source_key] = self.entries[source_key].read(self.checkpoint)
+            state[key] = cache[source_key]
+        return state
+
+    def report(self):
+        """What was kept: ``layers`` {small id: checkpoint id}, per layer ``heads`` (checkpoint head ids) and
+        ``ffn`` [kept, of], and ``hidden`` [kept, of]."""
+        params = self.config.prune_blocks_params
+        layers = dict(sorted(params[0]["layer_id_map"].items())) if params else {}
+        report = {"layers": layers, "heads": {}, "ffn": {}, "hidden": None}
+        for layout in self.layouts:
+            for group in layout.heads:
+                report["heads"][layout.layer_of_group[group.name]] = [h for _, hs in group.keep for h in hs]
+            for group in layout.ffn:
+                report["ffn"][layout.layer_of_group[group.name]] = [group.small, group.big]
+            report["hidden"] = [layout.hidden.small, layout.hidden.big]
+        return report
+
+
+def _scored(group, scores):
+    return any(slot[0] == id(group) for slot in scores)
+
+
+def _tied_keys(model):
+    """``{key: [other keys sharing its storage]}`` of the model's state dict (tied embeddings)."""
+    by_storage = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        by_storage.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(key)
+    return {k: [o for o in keys if o != k] for keys in by_storage.values() if len(keys) > 1 for k in keys}
+
+
+def _describe_problems(path, missing, conflicts):
+    parts = [f"The checkpoint {path} cannot fill the model."]
+    if missing:
+        parts.append(f"{len(missing)} parameter(s) would stay uninitialised: {', '.join(missing[:MAX_LISTED])}"
+                     + (" ..." if len(missing) > MAX_LISTED else "") + ".")
+    if conflicts:
+        listed = "; ".join(f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in conflicts[:MAX_LISTED])
+        parts.append(f"{len(conflicts)} shape conflict(s) (key: checkpoint shape vs model shape): {listed}"
+                     + (" ..." if len(conflicts) > MAX_LISTED else "") + ".")
+        parts.append("Check the steps (e.g. 'prune_blocks' before the intra-block step) and the layer map.")
+    return " ".join(parts)
+
+
+def _load_big_model(model, path):
+    """The big model of a Hugging Face checkpoint directory, of the small model's class."""
+    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))):
+        raise ValueError("importance 'activation' needs the big model: pass set_importance('activation', dataset, "
+                         "model=big_model), or give a Hugging Face checkpoint directory (with config.json) as "
+                         "weight_file_path.")
+    if not hasattr(type(model), "from_pretrained"):
+        raise ValueError(f"{type(model).__name__} cannot load {path}: pass the big model to set_importance().")
+    logger.info("Loading the big model from %s for activation importance.", path)
+    return type(model).from_pretrained(path, dtype=torch.float32).eval()
+
+
+def prune_model_weight_torch(model, config, path):
+    """Backend of :func:`prune_model_weight` on a validated model, config and path."""
+    logger.info("Start pruning the weights of %s into %s.", path, type(model).__name__)
+    fused_keys = getattr(config, "qkv_keys", None)
+    with open_checkpoint(path) as checkpoint:
+        run = _Run(model, config, checkpoint, path)
+        for step in config.prune_state_dict_steps:
+            if step == "prune_blocks":
+                run.entries = rename_blocks(run.entries, config.prune_blocks_params)
+                continue
+            if step == "prune_vit_intra_block" and fused_keys is None:
+                fused_keys = config.get("qkv_keys")  # raises like the original when unset
+            keys = fused_keys if step == "prune_vit_intra_block" else None
+            if config.importance == "first":
+                run.leading_step(keys)
+            else:
+                run.importance_step(keys)
+        state = run.build_state_dict()
+        report = run.report()
+    result = model.load_state_dict(state, strict=False)
+    config.report = report
+    _log_report(report, result)
+    logger.info("Finished pruning the weights into %s.", type(model).__name__)
+
+
+def _log_report(report, result):
+    if report["layers"]:
+        logger.info("Layers (model <- checkpoint): %s", ", ".join(f"{k} <- {v}" for k, v in report["layers"].items()))
+    for prefix, heads in report["heads"].items():
+        kept, total = report["ffn"][prefix]
+        logger.info("%s: checkpoint heads kept %s, FFN neurons %d of %d", prefix, heads, kept, total)
+    if report["hidden"]:
+        logger.info("Hidden channels kept: %d of %d", *report["hidden"])
+    if result.missing_keys:
+        logger.warning("Parameters left at their initial values: %s", ", ".join(result.missing_keys[:MAX_LISTED]))
+
+
