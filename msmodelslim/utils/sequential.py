@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from msmodelslim.errors import ModelslimError
 from msmodelslim.utils.calibration import as_call_params, first_tensor, model_device
 from msmodelslim.utils.logging import logger
 
@@ -38,11 +39,19 @@ def find_blocks(model):
     return best
 
 
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")
+
+
+def _is_cache(value):
+    return hasattr(value, "update") and hasattr(value, "get_seq_length")
+
+
 def _sanitise(kwargs):
-    """No key/value caches while calibrating: every block is called once per batch, out of the model's loop."""
+    """No key/value caches while calibrating: a block may be called several times on the same inputs, and a cache
+    would grow with every call."""
     kwargs = dict(kwargs)
-    for key in ("past_key_values", "past_key_value", "layer_past"):
-        if key in kwargs:
+    for key, value in kwargs.items():
+        if key in CACHE_ARGUMENTS or _is_cache(value):
             kwargs[key] = None
     if "use_cache" in kwargs:
         kwargs["use_cache"] = False
@@ -71,6 +80,8 @@ def capture_block_inputs(model, block, batches, where="dataset"):
                     as_call_params(batch, f"{where}[{index}]").to(device)(model)
                 except _Captured:
                     pass
+                except ModelslimError:
+                    raise
                 except Exception as exc:
                     raise RuntimeError(f"{where}[{index}]: the model failed on this batch ({type(exc).__name__}: "
                                        f"{exc})") from exc
@@ -89,22 +100,62 @@ def _with_hidden(args, kwargs, hidden):
     return args, kwargs
 
 
+def blocks_chain(model, blocks, batch):
+    """Whether each block's output is exactly the next block's input on ``batch`` (nothing runs between them),
+    so that running the blocks one after another reproduces the model."""
+    seen_in, seen_out = {}, {}
+    handles = []
+    for index, (_, block) in enumerate(blocks):
+        def pre(module, args, kwargs, _i=index):
+            seen_in.setdefault(_i, args[0] if args else kwargs.get("hidden_states"))
+
+        def post(module, args, output, _i=index):
+            seen_out.setdefault(_i, first_tensor(output))
+
+        handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(block.register_forward_hook(post))
+    try:
+        with torch.no_grad():
+            as_call_params(batch).to(model_device(model))(model)
+    except Exception:  # a failing batch is reported by the calibration itself, with its index
+        return True
+    finally:
+        for handle in handles:
+            handle.remove()
+    for index in range(len(blocks) - 1):
+        out, nxt = seen_out.get(index), seen_in.get(index + 1)
+        if out is None or nxt is None or out.shape != nxt.shape or not torch.equal(out, nxt):
+            return False
+    return True
+
+
 class BlockStep:
     """One block during :func:`iterate_blocks`: its ``name``, ``module``, ``inputs`` and, once run, ``outputs``."""
 
-    def __init__(self, index, name, module, inputs):
+    def __init__(self, index, name, module, inputs, where="dataset"):
         self.index = index
         self.name = name
         self.module = module
         self.inputs = inputs
+        self.where = where
         self.outputs = None
 
     def run(self, keep=True):
-        """Run the block on every input (no grad); keep the outputs for the next block when ``keep``."""
+        """Run the block on every input (no grad); keep the outputs for the next block when ``keep``.
+
+        Raises:
+            RuntimeError: the block fails on a batch (named by its index).
+        """
         outputs = []
         with torch.no_grad():
-            for args, kwargs in self.inputs:
-                outputs.append(first_tensor(self.module(*args, **kwargs)))
+            for index, (args, kwargs) in enumerate(self.inputs):
+                try:
+                    outputs.append(first_tensor(self.module(*args, **kwargs)))
+                except ModelslimError:
+                    raise
+                except Exception as exc:
+                    raise RuntimeError(f"{self.where}[{index}]: block '{self.name}' failed on this batch "
+                                       f"({type(exc).__name__}: {exc})") from exc
         if keep:
             self.outputs = outputs
         return outputs
@@ -121,7 +172,7 @@ def iterate_blocks(model, blocks, batches, where="dataset", progress="blocks"):
     inputs = capture_block_inputs(model, blocks[0][1], batches, where)
     disable = not logger.isEnabledFor(20)  # the bar follows the msmodelslim logger: hidden above INFO
     for index, (name, block) in enumerate(tqdm(blocks, desc=progress, disable=disable)):
-        step = BlockStep(index, name, block, inputs)
+        step = BlockStep(index, name, block, inputs, where)
         yield step
         outputs = step.outputs if step.outputs is not None else step.run(keep=False)
         inputs = [_with_hidden(args, kwargs, hidden) for (args, kwargs), hidden in zip(inputs, outputs)]

@@ -1,0 +1,97 @@
+"""Sparse tool: one-shot unstructured and N:M sparsity of Linear layers from calibration data.
+
+Usage (as documented by msModelSlim)::
+
+    from msmodelslim.pytorch.sparse.sparse_tools import SparseConfig, Compressor
+    sparse_config = SparseConfig(method="magnitude", sparse_ratio=0.5)
+    prune_compressor = Compressor(model, sparse_config)
+    prune_compressor.compress(dataset=[torch.randn(64, 100)])
+
+``magnitude`` is Wanda (|W|·‖X‖), ``hessian`` SparseGPT, ``par``/``par_v2`` a Wanda mask refined by DSnoT-style
+prune-and-regrow. Every calibration batch is used; decoders and encoders are processed block by block.
+"""
+from torch import nn
+
+from msmodelslim.pytorch.sparse.sparse_tools.config import SparseConfig
+from msmodelslim.pytorch.sparse.sparse_tools.engine import Sparsifier
+from msmodelslim.pytorch.sparse.sparse_tools.export import load_sparse, save_sparse
+from msmodelslim.utils.logging import logger
+from msmodelslim.utils.report import format_table
+
+__all__ = ["SparseConfig", "Compressor", "SparsityReport", "load_sparse"]
+
+
+class SparsityReport:
+    """Per-layer results of a compression: ``layers`` (list of LayerResult) and the overall sparsity."""
+
+    def __init__(self, results, config):
+        self.layers = list(results)
+        self.config = config
+        weights = sum(r.shape[0] * r.shape[1] for r in self.layers)
+        zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in self.layers)
+        self.overall_sparsity = zeros / weights if weights else 0.0
+
+    def table(self):
+        """The per-layer table as text."""
+        rows = [[r.name, f"{r.shape[0]}x{r.shape[1]}", r.stage or "-", f"{r.target:.3f}", f"{r.sparsity:.4f}",
+                 f"{r.relative_error:.4f}"] for r in self.layers]
+        return format_table(["layer", "shape", "stage", "target", "sparsity", "relative error"], rows)
+
+    def __str__(self):
+        return (f"{self.config!r}\n{self.table()}\noverall sparsity of the sparsified layers: "
+                f"{self.overall_sparsity:.4f}")
+
+
+class Compressor:
+    """Sparsify the Linear layers of ``model`` (in place) as ``cfg`` says.
+
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module`` or ``cfg`` not a ``SparseConfig``.
+    """
+
+    def __init__(self, model, cfg):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be Module, not {type(model).__name__}.")
+        if not isinstance(cfg, SparseConfig):
+            raise TypeError(f"cfg must be SparseConfig, not {type(cfg).__name__}.")
+        self.model = model
+        self.cfg = cfg
+        self.logger = logger
+        self.model_wrapper = None
+        self.is_compressed = False
+        self._results = []
+
+    @property
+    def compressed_model(self):
+        """The model after :meth:`compress`, else None."""
+        return self.model if self.is_compressed else None
+
+    def compress(self, dataset):
+        """Sparsify the model in place from ``dataset``, a list of calibration batches (a Tensor is fed as
+        ``model(x)``, a list/tuple as ``model(*x)``, a dict as ``model(**x)``). Returns None.
+
+        Every ``nn.Linear`` (and Hugging Face ``Conv1D``) whose name does not contain ``lm_head`` is sparsified,
+        except names matching ``cfg.ignore``. On any error the weights are restored.
+
+        Raises:
+            TypeError: ``dataset`` is not a list, or a batch of an unsupported type (named by its index).
+            ValueError: an empty dataset, NaN/inf activations (the layer is named), or a failing layer.
+            RuntimeError: the model fails on a batch (named by its index).
+        """
+        logger.info("Start sparsifying %s with %r.", type(self.model).__name__, self.cfg)
+        self._results = Sparsifier(self.model, self.cfg, dataset).run()
+        self.is_compressed = True
+        report = self.report()
+        logger.info("Finished: %d layers, overall sparsity %.4f.", len(report.layers), report.overall_sparsity)
+
+    def report(self):
+        """A :class:`SparsityReport`: per-layer sparsity, target and relative reconstruction error
+        ||WX - W'X|| / ||WX|| on up to 128 sampled calibration tokens, and the overall sparsity."""
+        return SparsityReport(self._results, self.cfg)
+
+    def export(self, path):
+        """Save the model's weights to ``path`` (``.safetensors``) in the compact sparse format (see README);
+        load them back with ``load_sparse(path)``, bit for bit."""
+        names = [f"{r.name}.weight" for r in self._results]
+        save_sparse(self.model.state_dict(), path, names=names,
+                    metadata={"sparsity_structure": self.cfg.pattern, "method": self.cfg.algorithm})

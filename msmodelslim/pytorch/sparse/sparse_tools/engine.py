@@ -1,0 +1,284 @@
+"""The calibration engine of the sparse tool: which layers, in which order, with which statistics.
+
+Models made of repeated blocks (decoders, encoders) are processed block by block (``utils.sequential``): the
+statistics of a block's layers are gathered from its inputs, the layers are sparsified, and the block's outputs
+are recomputed with the sparse weights before feeding the next block, as SparseGPT and Wanda do. Other models, and
+layers outside the blocks, are sparsified layer by layer in execution order, one pass over the calibration data
+each. Either way every layer sees the already sparsified layers before it. Progressive mode repeats this per
+stage. On any error every weight is restored.
+"""
+import fnmatch
+import re
+from dataclasses import dataclass
+
+import numpy
+import torch
+from torch import nn
+
+from msmodelslim.errors import ModelslimError
+from msmodelslim.pytorch.sparse.sparse_tools import allocation, stages
+from msmodelslim.pytorch.sparse.sparse_tools.methods import NEEDS, PRUNERS, UPDATES_WEIGHTS, wanda
+from msmodelslim.pytorch.sparse.sparse_tools.stats import LayerStats
+from msmodelslim.utils.calibration import as_call_params, eval_mode, first_tensor, hooks, model_device
+from msmodelslim.utils.logging import logger
+from msmodelslim.utils.sequential import blocks_chain, find_blocks, iterate_blocks
+
+
+def _is_conv1d(module):
+    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and hasattr(module, "nf")
+
+
+def target_layers(model, ignore=()):
+    """``{name: module}`` of the layers to sparsify: every ``nn.Linear`` (and Hugging Face ``Conv1D``) whose name
+    does not contain ``lm_head`` and matches no ``ignore`` pattern (glob, or ``re:<regex>``)."""
+    def ignored(name):
+        for pattern in ignore:
+            if pattern.startswith("re:") and re.search(pattern[3:], name):
+                return True
+            if not pattern.startswith("re:") and fnmatch.fnmatchcase(name, pattern):
+                return True
+        return False
+
+    return {name: module for name, module in model.named_modules()
+            if (isinstance(module, nn.Linear) or _is_conv1d(module)) and "lm_head" not in name and not ignored(name)}
+
+
+def weight_matrix(module):
+    """A float32 copy of the weight as ``[out, in]`` (Conv1D stores it transposed)."""
+    weight = module.weight.detach()
+    return (weight.T if _is_conv1d(module) else weight).to(torch.float32, copy=True)
+
+
+def set_weight_matrix(module, matrix):
+    target = module.weight
+    with torch.no_grad():
+        target.copy_((matrix.T if _is_conv1d(module) else matrix).to(target.dtype))
+
+
+@dataclass
+class LayerResult:
+    """What sparsifying one layer did."""
+
+    name: str
+    shape: tuple
+    stage: str
+    target: float
+    sparsity: float
+    relative_error: float
+
+
+class _Backup:
+    """The original values of every weight changed so far; restores them all on error."""
+
+    def __init__(self):
+        self._saved = {}
+
+    def save(self, module, mask=None):
+        if module in self._saved:
+            return
+        weight = module.weight.detach()
+        if mask is None:  # the method rewrites the whole weight
+            self._saved[module] = ("full", weight.to("cpu", copy=True))
+        else:  # only the masked weights become zero: keep them and the mask (one bit per weight)
+            matrix_mask = mask.T if _is_conv1d(module) else mask
+            packed = numpy.packbits(matrix_mask.cpu().numpy(), axis=None)
+            self._saved[module] = ("masked", packed, weight[matrix_mask].to("cpu", copy=True))
+
+    def restore(self):
+        for module, saved in self._saved.items():
+            weight = module.weight
+            with torch.no_grad():
+                if saved[0] == "full":
+                    weight.copy_(saved[1].to(weight.device))
+                else:
+                    bits = numpy.unpackbits(saved[1], count=weight.numel()).astype(bool)
+                    mask = torch.from_numpy(bits).reshape(weight.shape).to(weight.device)
+                    weight[mask] = saved[2].to(weight.device, weight.dtype)
+        self._saved.clear()
+
+
+def check_dataset(dataset):
+    """Validate the calibration data up front.
+
+    Raises:
+        TypeError: not a list, or a batch that is not a Tensor, list, tuple or dict (named by its index).
+        ValueError: an empty list.
+    """
+    if not isinstance(dataset, list):
+        raise TypeError(f"dataset must be list, not {type(dataset).__name__}.")
+    if not dataset:
+        raise ValueError("dataset is empty: give at least one calibration batch (e.g. [torch.randn(64, 100)]).")
+    for index, batch in enumerate(dataset):
+        as_call_params(batch, f"dataset[{index}]")
+
+
+def run_dataset(model, dataset):
+    """Feed every batch to the model (no grad); a failure names the batch."""
+    device = model_device(model)
+    with torch.no_grad():
+        for index, batch in enumerate(dataset):
+            try:
+                as_call_params(batch, f"dataset[{index}]").to(device)(model)
+            except ModelslimError:
+                raise
+            except Exception as exc:
+                raise RuntimeError(f"dataset[{index}]: the model failed on this batch ({type(exc).__name__}: "
+                                   f"{exc})") from exc
+
+
+class Sparsifier:
+    """Sparsify ``model`` in place from ``dataset`` according to ``config`` (a SparseConfig)."""
+
+    def __init__(self, model, config, dataset):
+        self.model = model
+        self.config = config
+        self.dataset = dataset
+        self.layers = target_layers(model, config.ignore)
+        self.results = []
+        self._backup = _Backup()
+        self._ratios = {}
+        self._block_list = None
+
+    # ------------------------------------------------------------------------------------------- statistics
+    def _collect(self, names, runner, needs):
+        stats = {}
+        for name in names:
+            module = self.layers[name]
+            columns = weight_matrix(module).shape[1]
+            stats[name] = LayerStats(name, columns, module.weight.device, hessian="hessian" in needs,
+                                     moments="moments" in needs)
+
+        def record(name, module, inputs, output):
+            stats[name].add(first_tensor(inputs))
+
+        with hooks([(n, self.layers[n]) for n in names], record):
+            runner()
+        return stats
+
+    def _blocks(self):
+        """The model's blocks, if running them one after another reproduces the model (else [])."""
+        if self._block_list is None:
+            blocks = find_blocks(self.model)
+            if blocks and not blocks_chain(self.model, blocks, self.dataset[0]):
+                logger.info("%s runs code between its blocks: sparsifying from whole passes over the data.",
+                            type(self.model).__name__)
+                blocks = []
+            self._block_list = blocks
+        return self._block_list
+
+    def _sweeps(self, names, needs, progress, visit):
+        """Call ``visit(stats)`` on the statistics of ``names``, sequentially: block by block when the model has
+        blocks (each block's outputs computed after ``visit``), then layer by layer, in execution order, for the
+        other layers (one pass over the data each), so that every layer sees the already sparsified ones."""
+        blocks = self._blocks()
+        inside = {block_name: [n for n in names if n.startswith(block_name + ".")] for block_name, _ in blocks}
+        in_blocks = {n for members in inside.values() for n in members}
+        if in_blocks:
+            for step in iterate_blocks(self.model, blocks, self.dataset, progress=progress):
+                members = inside.get(step.name)
+                if members:
+                    visit(self._collect(members, lambda: step.run(keep=False), needs))
+        for name in self._execution_order([n for n in names if n not in in_blocks]):
+            visit(self._collect([name], lambda: run_dataset(self.model, self.dataset), needs))
+
+    def _execution_order(self, names):
+        """``names`` sorted by when the layers first run on the first batch (never-called layers last)."""
+        if len(names) < 2:
+            return names
+        order = []
+
+        def record(name, module, inputs, output):
+            if name not in order:
+                order.append(name)
+
+        with hooks([(n, self.layers[n]) for n in names], record), torch.no_grad():
+            run_dataset(self.model, self.dataset[:1])
+        return order + [n for n in names if n not in order]
+
+    # ------------------------------------------------------------------------------------------- allocation
+    def _allocate(self):
+        names = list(self.layers)
+        ratio = self.config.layer_ratio
+        self._ratios = {name: ratio for name in names}
+        if self.config.uniform:
+            return
+        groups, outliers, sizes = [], [], []
+        blocks = self._blocks()
+
+        def visit(stats):
+            by_group = {}
+            for name, layer_stats in stats.items():
+                block = next((b for b, _ in blocks if name.startswith(b + ".")), name)
+                by_group.setdefault(block, []).append((name, layer_stats))
+            for block, members in by_group.items():
+                metrics = [wanda.scores(weight_matrix(self.layers[n]), s) for n, s in members]
+                groups.append([n for n, _ in members])
+                outliers.append(allocation.outlier_fraction(metrics, self.config.owl_m))
+                sizes.append(sum(m.numel() for m in metrics))
+
+        with eval_mode(self.model):
+            self._sweeps(names, {"sq"}, "OWL outlier ratios", visit)
+        ratios = allocation.owl_ratios(outliers, sizes, self.config.sparse_ratio, self.config.owl_lambda)
+        for members, group_ratio in zip(groups, ratios):
+            for name in members:
+                self._ratios[name] = group_ratio
+        logger.info("OWL ratios per group (outlier fraction -> sparsity): %s",
+                    ", ".join(f"{o:.4f}->{r:.3f}" for o, r in zip(outliers, ratios)))
+
+    # ------------------------------------------------------------------------------------------- pruning
+    def _prune(self, stats, stage):
+        algorithm = self.config.algorithm
+        options = {"blocksize": self.config.blocksize, "percdamp": self.config.percdamp, "variant": algorithm,
+                   "max_swaps": self.config.max_swaps, "swap_threshold": self.config.swap_threshold}
+        for name, layer_stats in stats.items():
+            module = self.layers[name]
+            weight = weight_matrix(module)
+            try:
+                new, mask = PRUNERS[algorithm](weight, layer_stats, self._ratios[name], self.config.n_m, options)
+            except ValueError as exc:
+                raise ValueError(f"Layer '{name}': {exc}") from exc
+            self._backup.save(module, None if algorithm in UPDATES_WEIGHTS else mask)
+            set_weight_matrix(module, new)
+            self.results.append(LayerResult(name, tuple(weight.shape), stage, self._ratios[name],
+                                            float(mask.float().mean()), _relative_error(weight, new, layer_stats)))
+
+    def run(self):
+        """Sparsify every target layer; returns the per-layer results. Restores all weights on any error."""
+        if not self.layers:
+            logger.warning("%s has no Linear layer to sparsify; nothing changed.", type(self.model).__name__)
+            return []
+        check_dataset(self.dataset)
+        plan = self._stages()
+        needs = NEEDS[self.config.algorithm] | {"sq"}
+        try:
+            with eval_mode(self.model):
+                self._allocate()
+                for stage, names in plan:
+                    if stage == stages.OTHER and self.config.progressive:
+                        logger.info("Progressive mode: %d layer(s) fit no stage and are sparsified last: %s",
+                                    len(names), ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+                    self._sweeps(names, needs, f"sparsify ({stage})" if stage else "sparsify",
+                                 lambda stats, s=stage: self._prune(stats, s))
+        except BaseException:
+            self._backup.restore()
+            self.results = []
+            raise
+        return self.results
+
+    def _stages(self):
+        if not self.config.progressive:
+            return [("", list(self.layers))]
+        by_stage = {stage: [] for stage in stages.ORDER}
+        for name in self.layers:
+            by_stage[stages.stage_of(name)].append(name)
+        return [(stage, names) for stage, names in by_stage.items() if names]
+
+
+def _relative_error(weight, new, stats):
+    """||W X - W' X|| / ||W X|| on the sampled calibration inputs (0 when there are none)."""
+    sample = stats.sample.to(weight.device)
+    if sample.numel() == 0:
+        return 0.0
+    reference = sample @ weight.T
+    norm = reference.norm()
+    return float((sample @ (weight - new).T).norm() / norm) if norm > 0 else 0.0
