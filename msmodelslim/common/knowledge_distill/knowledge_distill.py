@@ -1,0 +1,207 @@
+"""Knowledge distillation: ``KnowledgeDistillConfig`` and ``get_distill_model``.
+
+Usage (as documented by msModelSlim)::
+
+    from msmodelslim.common.knowledge_distill.knowledge_distill import KnowledgeDistillConfig, get_distill_model
+    distill_config = KnowledgeDistillConfig()
+    distill_config.add_output_soft_label({
+        "t_output_idx": 1, "s_output_idx": 1,
+        "loss_func": [{"func_name": "KDCrossEntropy", "func_weight": 1, "temperature": 1}]})
+    distill_model = get_distill_model(teacher_model, student_model, distill_config)
+    loss, student_outputs, teacher_outputs = distill_model(input_ids, segment_ids, input_mask)
+    student_model = distill_model.get_student_model()
+"""
+import copy
+
+import torch
+from torch import nn
+
+from msmodelslim.utils.checks import is_int
+
+DEFAULT_HARD_LABEL_WEIGHT = 0.5
+
+
+def _type_name(value):
+    return type(value).__name__
+
+
+def _check_index(config, key):
+    value = config[key]
+    if isinstance(value, str):
+        return
+    if not is_int(value):
+        raise TypeError(f'config["{key}"] must be int, not {_type_name(value)}.')
+    if value < 0:
+        raise ValueError(f'config["{key}"] = {value} is smaller than 0.')
+
+
+def _normalise_loss_funcs(loss_funcs):
+    """Validate the ``loss_func`` entries and return normalised copies (the caller's dicts stay untouched)."""
+    if not isinstance(loss_funcs, list):
+        raise TypeError(f"loss_func must be a list of dicts, not {_type_name(loss_funcs)}.")
+    normalised = []
+    for entry in loss_funcs:
+        if not isinstance(entry, dict):
+            raise TypeError(f"Each loss_func entry must be a dict, not {_type_name(entry)}.")
+        entry = dict(entry)
+        if not entry.get("func_name"):
+            raise ValueError("loss_func must have func_name")
+        if not entry.get("func_weight"):
+            raise ValueError("loss_func must have func_weight")
+        temperature = entry.get("temperature")
+        if temperature:
+            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+                raise TypeError(f"temperature must be int or float, not {_type_name(temperature)}.")
+            if temperature <= 0:
+                raise ValueError("Value of temperature is invalid.")
+        else:
+            entry["temperature"] = None
+        func_param = entry.get("func_param")
+        if func_param:
+            if not isinstance(func_param, list):
+                raise TypeError("func_param must be list")
+        else:
+            entry["func_param"] = []
+        normalised.append(entry)
+    return normalised
+
+
+class KnowledgeDistillConfig:
+    """What to distill: soft labels between outputs and between intermediate modules, the hard-label weight, and
+    custom losses. Every method returns the config, so calls chain."""
+
+    def __init__(self):
+        self.train_teacher = False
+        self.model_parallel = False
+        self.hard_label_loss_weight = DEFAULT_HARD_LABEL_WEIGHT
+        self.output_replace_idx = 0
+        self.inter_matches = []
+        self.output_matches = []
+        self.custom_loss_func = {}
+        self.teacher_dtype = None
+        self.inter_match_keys = ["t_module", "s_module", "t_output_idx", "s_output_idx", "loss_func"]
+        self.output_match_keys = ["t_output_idx", "s_output_idx", "loss_func"]
+
+    def set_hard_label(self, weight, index):
+        """Weight of the hard-label loss in ``get_total_loss`` (0 < weight < 1) and the index of the student output
+        holding it (used by MindSpore).
+
+        Raises:
+            TypeError: ``weight`` not a float or ``index`` not an int.
+            ValueError: ``weight`` outside (0, 1) or ``index`` negative.
+        """
+        if not isinstance(weight, float):
+            raise TypeError(f"weight must be float, not {_type_name(weight)}.")
+        if not 0 < weight < 1:
+            raise ValueError(f"weight must be between 0 and 1, but input {weight}")
+        if not is_int(index):
+            raise TypeError(f"index must be int, not {_type_name(index)}.")
+        if index < 0:
+            raise ValueError(f"index must be greater than 0, but input {index}")
+        self.hard_label_loss_weight = weight
+        if index:
+            self.output_replace_idx = index
+        return self
+
+    def _check_match(self, config, keys, kind):
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be dict, not {_type_name(config)}.")
+        missing = [key for key in keys if key not in config]
+        if missing:
+            raise ValueError(f"config must have key: {missing}")
+        for key in ("t_output_idx", "s_output_idx"):
+            _check_index(config, key)
+        match = dict(config)
+        match["loss_func"] = _normalise_loss_funcs(config["loss_func"])
+        adaptor = match.get("adaptor", False)
+        if adaptor not in (False, True, None) and not (
+                isinstance(adaptor, (list, tuple)) and len(adaptor) == 2 and all(is_int(v) and v > 0 for v in adaptor)):
+            raise ValueError(f"{kind} 'adaptor' must be True or [student_width, teacher_width], got {adaptor!r}.")
+        return match
+
+    def add_output_soft_label(self, config):
+        """Match the model outputs: ``{"t_output_idx", "s_output_idx", "loss_func"}``. Indices are ints (positions
+        in a tuple or in a Hugging Face output's non-None fields) or str keys (``"logits"``).
+
+        Raises:
+            TypeError / ValueError: as the original for missing keys and bad indices or loss entries.
+        """
+        self.output_matches.append(self._check_match(config, self.output_match_keys, "add_output_soft_label"))
+        return self
+
+    def add_inter_soft_label(self, config):
+        """Match the outputs of intermediate modules: keys of :meth:`add_output_soft_label` plus ``t_module`` and
+        ``s_module`` (names from ``named_modules()``); optional ``"adaptor": True`` (or ``[student_width,
+        teacher_width]``) learns a linear map from the student's width to the teacher's.
+
+        Raises:
+            TypeError: a module name that is not a str.
+        """
+        match = self._check_match(config, self.inter_match_keys, "add_inter_soft_label")
+        for key in ("t_module", "s_module"):
+            if not isinstance(match[key], str):
+                raise TypeError(f'config["{key}"] must be str, not {_type_name(match[key])}.')
+        self.inter_matches.append(match)
+        return self
+
+    def add_custom_loss_func(self, name, instance):
+        """Register a loss under ``name`` for this config only: an ``nn.Module`` instance, or an ``nn.Module``
+        subclass built with the entry's ``func_param``.
+
+        Raises:
+            TypeError: ``name`` not a str, or ``instance`` not an ``nn.Module``.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"name must be str, not {_type_name(name)}.")
+        is_class = isinstance(instance, type) and issubclass(instance, nn.Module)
+        if not isinstance(instance, nn.Module) and not is_class:
+            raise TypeError("`instance` must be a PyTorch `nn.Module` or MindSpore `nn.Cell`. ")
+        self.custom_loss_func[name] = instance
+        return self
+
+    def set_teacher_train(self):
+        """Run the teacher in train mode (dropout on); it still never receives gradients."""
+        self.train_teacher = True
+        return self
+
+    def set_teacher_dtype(self, dtype):
+        """Cast the teacher to ``dtype`` (e.g. ``torch.float16``) in ``get_distill_model``; by default it is never
+        cast."""
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype, not {_type_name(dtype)}.")
+        self.teacher_dtype = dtype
+        return self
+
+    def get_soft_label_shape(self):
+        """``{t_module: shape, s_module: shape}`` of the intermediate matches that give a ``shape`` (MindSpore)."""
+        shapes = {}
+        for match in self.inter_matches:
+            if "shape" in match:
+                shapes[match["t_module"]] = match["shape"]
+                shapes[match["s_module"]] = match["shape"]
+        return shapes
+
+
+def get_distill_model(teacher, student, config):
+    """Wrap ``teacher`` and ``student`` into a ``DistillDualModels`` whose forward returns
+    ``(distill_loss, student_outputs, teacher_outputs)``.
+
+    The student is put in train mode; the teacher in eval mode (unless ``set_teacher_train()``), never cast
+    (unless ``set_teacher_dtype``) and always run without gradients.
+
+    Raises:
+        ValueError: a missing or non-PyTorch teacher, an unknown loss name, or an unknown module name.
+        TypeError: a student that is not an ``nn.Module`` or a config of another type; a loss class that does not
+            accept its ``func_param``.
+    """
+    if teacher is None:
+        raise ValueError("The model can't be None!")
+    if not isinstance(teacher, nn.Module):
+        raise ValueError(f"The model must be a MindSpore or PyTorch model, not {_type_name(teacher)}.")
+    if not isinstance(student, nn.Module):
+        raise TypeError(f"model must be a Torch.nn.Module instance. Not {type(student)}")
+    if not isinstance(config, KnowledgeDistillConfig):
+        raise TypeError(f"config must be KnowledgeDistillConfig, not {_type_name(config)}.")
+    from msmodelslim.pytorch.knowledge_distill.dual_model import DistillDualModels
+
+    return DistillDualModels(teacher, student, copy.copy(config))

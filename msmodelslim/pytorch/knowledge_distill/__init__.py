@@ -1,0 +1,1 @@
+"""Knowledge distillation for PyTorch: the loss library, DistillDualModels and a Hugging Face Trainer."""
