@@ -1,4 +1,6 @@
 # make test  : create .venv on first use, install everything pinned, run the test suite
+# make demo  : same set-up, then the end-to-end demo on real pretrained models (./msmodelslim-demo/)
+# make bench : same set-up, then every benchmark script (tables in benchmarks/results/)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: test venv clean
+.PHONY: test demo bench venv clean
 
 venv: $(STAMP)
 
@@ -26,6 +28,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/msmodelslim demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache msmodelslim-demo

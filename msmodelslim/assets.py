@@ -216,21 +216,13 @@ def wiki_split():
     return train, test
 
 
-def wiki_token_chunks(tokenizer, split="test", num_chunks=16, seq_len=512):
-    """Consecutive ``seq_len``-token chunks of a Wikipedia split, as a ``[num_chunks, seq_len]`` LongTensor.
-
-    The split's extracts are joined with blank lines and tokenized once without special tokens (the perplexity
-    protocol of the README). ``split`` is ``"train"`` or ``"test"``.
+def token_chunks(tokenizer, texts, num_chunks, seq_len, name="the text"):
+    """Consecutive ``seq_len``-token chunks of ``texts`` joined with blank lines and tokenized once without special
+    tokens, as a ``[num_chunks, seq_len]`` LongTensor (the perplexity protocol of the README).
 
     Raises:
-        ValueError: unknown split, or the split is too short for the request.
+        ValueError: the texts are too short for the request.
     """
-    import torch
-
-    train, test = wiki_split()
-    texts = {"train": train, "test": test}.get(split)
-    if texts is None:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     needed = num_chunks * seq_len
     # Tokenise only as much text as the request needs (about 4 characters per token, with a wide margin).
     joined, chars = [], 0
@@ -241,8 +233,21 @@ def wiki_token_chunks(tokenizer, split="test", num_chunks=16, seq_len=512):
             break
     ids = tokenizer("\n\n".join(joined), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     if ids.numel() < needed:
-        raise ValueError(f"The {split} split has {ids.numel()} tokens, fewer than {num_chunks} x {seq_len}.")
+        raise ValueError(f"{name} has {ids.numel()} tokens, fewer than {num_chunks} x {seq_len}.")
     return ids[:needed].view(num_chunks, seq_len).clone()
+
+
+def wiki_token_chunks(tokenizer, split="test", num_chunks=16, seq_len=512):
+    """:func:`token_chunks` of a Wikipedia split (``"train"`` or ``"test"``).
+
+    Raises:
+        ValueError: unknown split, or the split is too short for the request.
+    """
+    train, test = wiki_split()
+    texts = {"train": train, "test": test}.get(split)
+    if texts is None:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    return token_chunks(tokenizer, texts, num_chunks, seq_len, name=f"The {split} split")
 
 
 def bbc_news():

@@ -2,6 +2,7 @@
 benchmarks and the demo: a mean-pooling classifier, tokenised splits, a training loop with or without a teacher."""
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from msmodelslim.utils.logging import logger
 
@@ -22,20 +23,29 @@ class SentenceClassifier(nn.Module):
         return self.head(pooled)
 
 
-def bbc_splits(tokenizer, train_size=300, test_size=200, max_length=128, seed=0):
-    """A seeded subset of BBC News tokenised to ``max_length``: ``(train, test, class names)``, each split a dict
-    of ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+def bbc_splits(tokenizer, sizes=(300, 200), max_length=128, seed=0):
+    """Disjoint, seeded subsets of BBC News with the given ``sizes``, tokenised to ``max_length``: a list of
+    splits (dicts of ``input_ids``, ``attention_mask`` and ``labels`` tensors), then the class names."""
     from msmodelslim import assets
 
     docs, labels, classes = assets.bbc_news()
     order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
-    splits = []
-    for part in (order[:train_size], order[train_size:train_size + test_size]):
+    if sum(sizes) > len(order):
+        raise ValueError(f"BBC News has {len(order)} articles, fewer than {sum(sizes)}.")
+    splits, start = [], 0
+    for size in sizes:
+        part = order[start:start + size]
+        start += size
         encoded = tokenizer([docs[i] for i in part], padding="max_length", truncation=True, max_length=max_length,
                             return_tensors="pt")
         splits.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                        "labels": torch.tensor([labels[i] for i in part])})
-    return splits[0], splits[1], classes
+    return splits, classes
+
+
+def concat(*splits):
+    """One split made of several."""
+    return {key: torch.cat([split[key] for split in splits]) for key in splits[0]}
 
 
 def batches(split, batch_size, seed=None):
@@ -96,6 +106,8 @@ def train(model, split, epochs=2, batch_size=16, lr=5e-5, head_lr=1e-3, seed=0, 
         {"params": [p for p in parameters if id(p) in head or id(p) in adaptors], "lr": head_lr}])
     model.train()
     last = 0.0
+    steps_per_epoch = -(-len(split["labels"]) // batch_size)
+    progress = tqdm(total=epochs * steps_per_epoch, desc="training", disable=not logger.isEnabledFor(20))
     for epoch in range(epochs):
         total, steps = 0.0, 0
         for batch in batches(split, batch_size, seed=seed * 1000 + epoch):
@@ -109,7 +121,9 @@ def train(model, split, epochs=2, batch_size=16, lr=5e-5, head_lr=1e-3, seed=0, 
             loss.backward()
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
+            progress.update(1)
         last = total / max(steps, 1)
         logger.debug("epoch %d: loss %.4f", epoch, last)
+    progress.close()
     model.eval()
     return last

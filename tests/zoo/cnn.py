@@ -257,3 +257,13 @@ class FusedViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x)[:, 0])
+
+
+def small_resnet():
+    """A no-argument factory for the command line: ResNet-18 with 10 classes."""
+    return resnet18(10)
+
+
+def broken_factory():
+    """A factory that fails, for the command line's internal-error path."""
+    raise RuntimeError("the factory failed")

@@ -1,0 +1,1 @@
+"""The ``msmodelslim`` command line: one module per subcommand."""

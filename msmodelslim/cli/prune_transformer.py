@@ -1,0 +1,110 @@
+"""``msmodelslim prune-transformer WEIGHTS``: load a big checkpoint into a smaller model of the same architecture."""
+import json
+import os
+import re
+
+from msmodelslim.cli.common import UsageError, atomic_directory, existing_path
+
+STEPS = ("prune_blocks", "prune_bert_intra_block", "prune_vit_intra_block")
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "prune-transformer", help="prune a transformer checkpoint into a smaller model",
+        description="Build the small model from a config (JSON file or Hugging Face directory), fill it with the "
+                    "checkpoint's weights by prune_model_weight, and save it with save_pretrained.")
+    parser.add_argument("weights", help="the big checkpoint: a Hugging Face directory, .safetensors, .pt/.bin ...")
+    parser.add_argument("--small-config", required=True, help="config.json of the small model, or its directory")
+    parser.add_argument("--steps", default="prune_blocks,prune_bert_intra_block",
+                        help="comma-separated steps (default prune_blocks,prune_bert_intra_block)")
+    parser.add_argument("--layer-map", help="small:checkpoint layer pairs, e.g. 0:0,1:2,2:5 (for prune_blocks)")
+    parser.add_argument("--pattern", help="regex with one group capturing the layer id (default: from the model)")
+    parser.add_argument("--importance", default="first", choices=("first", "weight", "activation"))
+    parser.add_argument("--calib-samples", type=int, default=32, help="texts for activation importance")
+    parser.add_argument("--out", required=True, help="output directory (written only if the job succeeds)")
+    parser.set_defaults(run=run)
+
+
+def parse_layer_map(text):
+    """``"0:0,1:2"`` -> ``{0: 0, 1: 2}``."""
+    mapping = {}
+    for pair in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pair)
+        if match is None:
+            raise UsageError(f"--layer-map must look like 0:0,1:2,2:5 (small:checkpoint), got {text!r}")
+        mapping[int(match[1])] = int(match[2])
+    return mapping
+
+
+def _small_model(config_path):
+    import transformers
+
+    existing_path(config_path, "--small-config")
+    try:
+        config = transformers.AutoConfig.from_pretrained(config_path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--small-config '{config_path}' is not a Hugging Face config: {exc}") from None
+    architecture = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, architecture, None) if architecture else None
+    return (cls(config) if cls is not None else transformers.AutoModel.from_config(config)).eval()
+
+
+def _layer_pattern(model):
+    from msmodelslim.pytorch.prune.structure import detect_family
+
+    _, layers = detect_family(model)
+    if not layers:
+        raise UsageError("cannot tell where the layers are in this model: give --pattern")
+    prefix = next(iter(layers))
+    stem = re.escape(prefix[: prefix.rstrip(".").rfind(".") + 1])
+    return stem + r"(\d+)\."
+
+
+def run(args):
+    from msmodelslim.common.prune.transformer_prune.prune_model import PruneConfig, prune_model_weight
+
+    existing_path(args.weights, "WEIGHTS")
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown or not steps:
+        raise UsageError(f"--steps must be a comma-separated list of {', '.join(STEPS)}, got {args.steps!r}")
+    if "prune_blocks" in steps and not args.layer_map:
+        raise UsageError("--steps prune_blocks needs --layer-map")
+    layer_map = parse_layer_map(args.layer_map) if args.layer_map else None
+    model = _small_model(args.small_config)
+    config = PruneConfig().set_steps(steps)
+    if layer_map is not None:
+        config.add_blocks_params(args.pattern or _layer_pattern(model), layer_map)
+    tokenizer = _tokenizer(args.weights)
+    if args.importance == "activation":
+        if tokenizer is None:
+            raise UsageError("--importance activation needs WEIGHTS to be a Hugging Face directory with a tokenizer")
+        from msmodelslim import assets
+
+        texts = assets.wiki_split()[0][: args.calib_samples]
+        dataset = [dict(tokenizer(texts[i:i + 8], padding=True, truncation=True, max_length=128,
+                                  return_tensors="pt")) for i in range(0, len(texts), 8)]
+        config.set_importance("activation", dataset)
+    else:
+        config.set_importance(args.importance)
+    prune_model_weight(model, config, os.path.abspath(args.weights))
+    with atomic_directory(args.out) as staging:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        with open(os.path.join(staging, "prune_report.json"), "w", encoding="utf-8") as handle:
+            json.dump({"steps": steps, "importance": args.importance, "kept": config.report}, handle, indent=1)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{type(model).__name__} with {params:,} parameters filled from {args.weights} "
+          f"({args.importance} importance); written to {os.path.abspath(args.out)}")
+
+
+def _tokenizer(weights):
+    if not os.path.isdir(weights):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(weights)
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,78 @@
+"""``msmodelslim sparse MODEL``: sparsify a causal language model, measure it, save it."""
+import os
+
+from msmodelslim.cli.common import (UsageError, atomic_directory, calibration_texts, directory_size, load_causal_lm,
+                                    positive_ratio, token_chunks)
+
+METHODS = ("magnitude", "hessian", "par", "par_v2", "wanda", "sparsegpt", "dsnot", "weight_magnitude")
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "sparse", help="one-shot sparsity of a causal language model",
+        description="Sparsify every Linear layer but lm_head of a causal language model from calibration text; "
+                    "save it as a Hugging Face directory and a compact sparse file; report perplexity before and "
+                    "after on held-out Wikipedia text, per-layer sparsity and file sizes.")
+    parser.add_argument("model", help="a Hugging Face model directory or a .gguf file")
+    parser.add_argument("--method", default="magnitude", choices=METHODS, help="sparsification method")
+    parser.add_argument("--ratio", type=positive_ratio, default=0.5, help="fraction of zeros (default 0.5)")
+    parser.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")
+    parser.add_argument("--owl", action="store_true", help="non-uniform per-layer ratios (OWL, uniform=False)")
+    parser.add_argument("--progressive", action="store_true", help="sparsify in stages (MLP, attention out, q/k/v)")
+    parser.add_argument("--calib", default="wiki", help="'wiki', a .txt file or a .jsonl file (default wiki)")
+    parser.add_argument("--samples", type=int, default=16, help="calibration sequences (default 16)")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    parser.add_argument("--eval-samples", type=int, default=8, help="held-out sequences for perplexity (default 8)")
+    parser.add_argument("--out", required=True, help="output directory (written only if the job succeeds)")
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    from msmodelslim import assets
+    from msmodelslim.pytorch.sparse.sparse_tools import Compressor, SparseConfig
+    from msmodelslim.utils.checkpoint import save_state_dict
+    from msmodelslim.utils.evaluation import perplexity
+
+    if min(args.samples, args.seq_len, args.eval_samples) < 1:
+        raise UsageError("--samples, --seq-len and --eval-samples must be positive")
+    try:
+        config = SparseConfig(method=args.method, sparse_ratio=args.ratio, pattern=args.pattern,
+                              uniform=not args.owl, progressive=args.progressive)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    model, tokenizer = load_causal_lm(args.model)
+    calibration = token_chunks(tokenizer, calibration_texts(args.calib), args.samples, args.seq_len)
+    held_out = assets.wiki_token_chunks(tokenizer, "test", args.eval_samples, args.seq_len)
+    before = perplexity(model, held_out)
+    compressor = Compressor(model, config)
+    compressor.compress([{"input_ids": chunk.unsqueeze(0)} for chunk in calibration])
+    after = perplexity(model, held_out)
+    report = compressor.report()
+    with atomic_directory(args.out) as staging:
+        model.save_pretrained(os.path.join(staging, "model"))
+        tokenizer.save_pretrained(os.path.join(staging, "model"))
+        compact = os.path.join(staging, "model.sparse.safetensors")
+        compressor.export(compact)
+        dense = os.path.join(staging, ".dense-size.safetensors")
+        save_state_dict(model.state_dict(), dense)
+        sizes = (os.path.getsize(dense), os.path.getsize(compact), directory_size(os.path.join(staging, "model")))
+        os.remove(dense)
+        text = _report(args, config, before, after, report, sizes)
+        with open(os.path.join(staging, "report.md"), "w", encoding="utf-8") as handle:
+            handle.write(text)
+    print(text.split("\n## Layers")[0])
+    print(f"Written to {os.path.abspath(args.out)}")
+
+
+def _report(args, config, before, after, report, sizes):
+    dense, compact, directory = sizes
+    return "\n".join([
+        f"# Sparse model: {os.path.basename(os.path.normpath(args.model))}", "",
+        f"- configuration: `{config!r}`",
+        f"- calibration: {args.samples} x {args.seq_len} tokens from `{args.calib}`",
+        f"- perplexity on {args.eval_samples} x {args.seq_len} held-out Wikipedia tokens: "
+        f"{before:.2f} -> {after:.2f}",
+        f"- overall sparsity of the {len(report.layers)} sparsified layers: {report.overall_sparsity:.4f}",
+        f"- files: dense weights {dense / 2**20:.1f} MiB, compact `model.sparse.safetensors` {compact / 2**20:.1f} MiB "
+        f"({compact / dense:.1%}), Hugging Face directory `model/` {directory / 2**20:.1f} MiB", "",
+        "## Layers", "", report.table(), ""])
