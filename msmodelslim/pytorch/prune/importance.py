@@ -44,7 +44,8 @@ def _to_units(member, per_channel, size):
     """Sum of ``per_channel`` over each unit's indices of ``member``, and the number of indices per unit."""
     idxs = torch.as_tensor(member.idxs, dtype=torch.long)
     roots = torch.as_tensor(member.roots, dtype=torch.long)
-    totals = torch.zeros(size, dtype=torch.float64).index_add_(0, roots, per_channel[idxs].double())
+    per_channel = per_channel.detach().double().cpu()  # scores are small; they live on the CPU whatever the model
+    totals = torch.zeros(size, dtype=torch.float64).index_add_(0, roots, per_channel[idxs])
     counts = torch.zeros(size, dtype=torch.float64).index_add_(0, roots, torch.ones(len(idxs), dtype=torch.float64))
     return totals, counts
 

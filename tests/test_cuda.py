@@ -1,0 +1,105 @@
+"""The capabilities on a CUDA device (skipped where there is none): work happens where the model is."""
+import json
+
+import pytest
+import torch
+
+from msmodelslim.common.knowledge_distill.knowledge_distill import KnowledgeDistillConfig, get_distill_model
+from msmodelslim.pytorch.prune.prune_torch import CallParams, PruneTorch
+from msmodelslim.pytorch.sparse.sparse_tools import Compressor, SparseConfig, load_sparse
+from zoo import cnn, hf
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")
+
+
+def to_cuda(batch):
+    return {k: v.to(CUDA) for k, v in batch.items()}
+
+
+def test_prune_torch_generic_and_transformer_models_on_cuda():
+    torch.manual_seed(0)
+    model = cnn.resnet18(10).eval().to(CUDA)
+    x = torch.randn(2, 3, 64, 64, device=CUDA)
+    before = sum(p.numel() for p in model.parameters())
+    desc = PruneTorch(model, x).prune(0.5)
+    assert abs(sum(p.numel() for p in model.parameters()) / before - 0.5) <= 0.02
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    fresh = cnn.resnet18(10).eval().to(CUDA)
+    PruneTorch(fresh, x).prune_by_desc(json.loads(json.dumps(desc)))
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+    llama, batch = hf.llama()
+    llama = llama.to(CUDA)
+    PruneTorch(llama, CallParams(**to_cuda(batch))).prune(0.6)
+    with torch.no_grad():
+        assert torch.isfinite(llama(**to_cuda(batch)).logits).all()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "hessian", "par_v2"])
+def test_sparse_on_cuda_matches_cpu(method):
+    cpu_model, batch = hf.llama()
+    cuda_model, _ = hf.llama()
+    cuda_model.load_state_dict(cpu_model.state_dict())
+    cuda_model = cuda_model.to(CUDA)
+    Compressor(cpu_model, SparseConfig(method=method)).compress([batch])
+    Compressor(cuda_model, SparseConfig(method=method)).compress([to_cuda(batch)])
+    for (name, a), (_, b) in zip(cpu_model.named_parameters(), cuda_model.named_parameters()):
+        assert b.device.type == "cuda"
+        if name.endswith("proj.weight"):
+            agreement = ((a == 0) == (b.cpu() == 0)).float().mean().item()
+            assert agreement > 0.98, (name, agreement)
+            assert abs((b == 0).float().mean().item() - 0.5) < 1e-6
+
+
+def test_export_from_cuda(tmp_path):
+    model, batch = hf.llama()
+    model = model.to(CUDA)
+    compressor = Compressor(model, SparseConfig(method="hessian"))
+    compressor.compress([to_cuda(batch)])
+    compressor.export(tmp_path / "m.sparse.safetensors")
+    loaded = load_sparse(tmp_path / "m.sparse.safetensors")
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded[name], value.cpu()), name
+
+
+def test_distillation_on_cuda_keeps_the_teacher_fp32():
+    import transformers as T
+
+    common = dict(vocab_size=100, num_attention_heads=4, intermediate_size=64, num_labels=3)
+    teacher = T.BertForSequenceClassification(T.BertConfig(hidden_size=64, num_hidden_layers=2, **common)).to(CUDA)
+    student = T.BertForSequenceClassification(T.BertConfig(hidden_size=32, num_hidden_layers=1, **common)).to(CUDA)
+    config = (KnowledgeDistillConfig()
+              .add_output_soft_label({"t_output_idx": "logits", "s_output_idx": "logits",
+                                      "loss_func": [{"func_name": "KDKLDiv", "func_weight": 1, "temperature": 2}]})
+              .add_inter_soft_label({"t_module": "bert.encoder.layer.1", "s_module": "bert.encoder.layer.0",
+                                     "t_output_idx": 0, "s_output_idx": 0, "adaptor": True,
+                                     "loss_func": [{"func_name": "HiddenMse", "func_weight": 1}]}))
+    model = get_distill_model(teacher, student, config)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+    ids = torch.randint(0, 100, (4, 12), device=CUDA)
+    loss, _, _ = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    loss.backward()
+    optimizer.step()
+    assert all(p.dtype == torch.float32 and p.device.type == "cuda" for p in teacher.parameters())
+    assert model.adaptors["inter0"].weight.device.type == "cuda"
+
+
+def test_prune_model_weight_with_activation_importance_on_cuda(tmp_path):
+    import transformers as T
+
+    from msmodelslim.common.prune.transformer_prune.prune_model import PruneConfig, prune_model_weight
+    from msmodelslim.utils.checkpoint import save_state_dict
+
+    big, batch = hf.llama()
+    save_state_dict(big.state_dict(), tmp_path / "big.safetensors")
+    config = big.config.to_dict()
+    config.update(intermediate_size=192, num_hidden_layers=1)
+    small = T.LlamaForCausalLM(T.LlamaConfig(**{k: v for k, v in config.items() if k != "architectures"})).to(CUDA)
+    prune_config = PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"]).add_blocks_params(
+        r"model\.layers\.(\d+)\.", {0: 1}).set_importance("activation", [to_cuda(batch)], model=big.to(CUDA))
+    prune_model_weight(small, prune_config, str(tmp_path / "big.safetensors"))
+    assert prune_config.report["ffn"]["model.layers.0."] == [192, 384]
+    with torch.no_grad():
+        assert torch.isfinite(small(**to_cuda(batch)).logits).all()
