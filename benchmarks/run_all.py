@@ -1,6 +1,8 @@
-"""Run every benchmark script, each in its own process, and regenerate benchmarks/results/*.md.
+"""Run every benchmark script, each in its own process, regenerate benchmarks/results/*.md, and copy the tables
+into the README's Benchmarks section (between its two marker comments).
 
-Run: python benchmarks/run_all.py [--quick] [names ...]   (names: prune transformer_prune sparse distill)
+Run: python benchmarks/run_all.py [--quick] [--readme-only] [names ...]
+     (names: prune transformer_prune sparse distill)
 """
 import argparse
 import pathlib
@@ -9,6 +11,8 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 SCRIPTS = {"prune": "bench_prune.py", "transformer_prune": "bench_transformer_prune.py", "sparse": "bench_sparse.py",
            "distill": "bench_distill.py"}
 
@@ -17,7 +21,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {', '.join(SCRIPTS)}")
     parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
+    parser.add_argument("--readme-only", action="store_true", help="only copy the existing tables into the README")
     args = parser.parse_args()
+    if args.readme_only:
+        update_readme()
+        return
     unknown = [name for name in args.names if name not in SCRIPTS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}")
@@ -29,8 +37,25 @@ def main():
         if subprocess.run(command, cwd=HERE).returncode:
             failed.append(name)
         print(f"== {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    update_readme()
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
+
+
+def update_readme():
+    """Replace the README's Benchmarks section with the current result files (headings moved two levels down)."""
+    parts = []
+    for name in SCRIPTS:
+        path = HERE / "results" / f"{name}.md"
+        if path.exists():
+            text = path.read_text().strip()
+            parts.append("\n".join("##" + line if line.startswith("#") else line for line in text.splitlines()))
+    readme = README.read_text()
+    if START not in readme or END not in readme:
+        sys.exit(f"README.md has no {START} ... {END} markers")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(head + START + "\n" + "\n\n".join(parts) + "\n" + END + tail)
 
 
 if __name__ == "__main__":

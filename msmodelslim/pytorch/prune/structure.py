@@ -176,6 +176,7 @@ def _hidden_group(model, family, layers, hidden):
     per_unit = [[i] for i in range(hidden)]
     members, unknown = [], []
     covered = set()
+    names = {name for name, _ in model.named_modules()}
     for prefix in layers:
         for name in (family.q, family.k, family.v, family.qkv, *family.up):
             if name:
@@ -183,7 +184,7 @@ def _hidden_group(model, family, layers, hidden):
         members.append(_member(prefix + family.o, OUTPUT, per_unit))
         members.append(_member(prefix + family.down, OUTPUT, per_unit))
         for norm in family.norms:
-            if prefix + norm in dict(model.named_modules()):
+            if prefix + norm in names:
                 members.append(_member(prefix + norm, INPUT, per_unit))
         covered.update(prefix + p for p in family.projections() + list(family.norms))
     layer_prefixes = tuple(layers)
