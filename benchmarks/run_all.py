@@ -1,5 +1,5 @@
-"""Run every benchmark script, each in its own process, regenerate benchmarks/results/*.md, and copy the tables
-into the README's Benchmarks section (between its two marker comments).
+"""Run every benchmark script, each in its own process, regenerate benchmarks/results/*.md and their charts
+(*.png), and copy the tables and charts into the README's Benchmarks section (between its two marker comments).
 
 Run: python benchmarks/run_all.py [--quick] [--readme-only] [names ...]
      (names: prune transformer_prune sparse distill)
@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 import time
+
+import plots
 
 HERE = pathlib.Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -21,35 +23,42 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {', '.join(SCRIPTS)}")
     parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
-    parser.add_argument("--readme-only", action="store_true", help="only copy the existing tables into the README")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="only redraw the charts and copy the existing tables into the README")
     args = parser.parse_args()
     if args.readme_only:
-        update_readme()
+        update_readme(redraw=list(SCRIPTS))
         return
     unknown = [name for name in args.names if name not in SCRIPTS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}")
-    failed = []
-    for name in args.names or list(SCRIPTS):
+    failed, names = [], args.names or list(SCRIPTS)
+    for name in names:
         start = time.perf_counter()
         command = [sys.executable, str(HERE / SCRIPTS[name])] + (["--quick"] if args.quick else [])
         print(f"== {name}: {' '.join(command[1:])}", flush=True)
         if subprocess.run(command, cwd=HERE).returncode:
             failed.append(name)
         print(f"== {name}: {time.perf_counter() - start:.0f} s", flush=True)
-    update_readme()
+    update_readme(redraw=[name for name in names if name not in failed])
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
 
 
-def update_readme():
-    """Replace the README's Benchmarks section with the current result files (headings moved two levels down)."""
+def update_readme(redraw=()):
+    """Redraw the charts of the benchmarks named in ``redraw``, then replace the README's Benchmarks section with
+    the current result files (headings moved two levels down) and their charts."""
+    for name in redraw:
+        plots.draw(name)
     parts = []
     for name in SCRIPTS:
         path = HERE / "results" / f"{name}.md"
         if path.exists():
             text = path.read_text().strip()
-            parts.append("\n".join("##" + line if line.startswith("#") else line for line in text.splitlines()))
+            charts = sorted(path.parent.glob(f"{name}_*.png"))
+            lines = ["##" + line if line.startswith("#") else line for line in text.splitlines()]
+            lines += [""] + [f"![{chart.stem}](benchmarks/results/{chart.name})" for chart in charts] if charts else []
+            parts.append("\n".join(lines))
     readme = README.read_text()
     if START not in readme or END not in readme:
         sys.exit(f"README.md has no {START} ... {END} markers")

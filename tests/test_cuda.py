@@ -4,10 +4,11 @@ import json
 import pytest
 import torch
 
-from msmodelslim.common.knowledge_distill.knowledge_distill import KnowledgeDistillConfig, get_distill_model
+from msmodelslim.common.knowledge_distill.knowledge_distill import get_distill_model
 from msmodelslim.pytorch.prune.prune_torch import CallParams, PruneTorch
 from msmodelslim.pytorch.sparse.sparse_tools import Compressor, SparseConfig, load_sparse
 from zoo import cnn, hf
+from zoo.distill_pair import logits_and_hidden_config, tiny_bert_pair
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -65,17 +66,8 @@ def test_export_from_cuda(tmp_path):
 
 
 def test_distillation_on_cuda_keeps_the_teacher_fp32():
-    import transformers as T
-
-    common = dict(vocab_size=100, num_attention_heads=4, intermediate_size=64, num_labels=3)
-    teacher = T.BertForSequenceClassification(T.BertConfig(hidden_size=64, num_hidden_layers=2, **common)).to(CUDA)
-    student = T.BertForSequenceClassification(T.BertConfig(hidden_size=32, num_hidden_layers=1, **common)).to(CUDA)
-    config = (KnowledgeDistillConfig()
-              .add_output_soft_label({"t_output_idx": "logits", "s_output_idx": "logits",
-                                      "loss_func": [{"func_name": "KDKLDiv", "func_weight": 1, "temperature": 2}]})
-              .add_inter_soft_label({"t_module": "bert.encoder.layer.1", "s_module": "bert.encoder.layer.0",
-                                     "t_output_idx": 0, "s_output_idx": 0, "adaptor": True,
-                                     "loss_func": [{"func_name": "HiddenMse", "func_weight": 1}]}))
+    teacher, student = (m.to(CUDA) for m in tiny_bert_pair())
+    config = logits_and_hidden_config()
     model = get_distill_model(teacher, student, config)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
     ids = torch.randint(0, 100, (4, 12), device=CUDA)

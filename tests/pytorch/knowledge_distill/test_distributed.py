@@ -6,29 +6,18 @@ import sys
 
 import torch
 
+TESTS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = r"""
 import os, sys, torch, torch.distributed as dist
-import transformers as T
-from msmodelslim.common.knowledge_distill.knowledge_distill import KnowledgeDistillConfig, get_distill_model
-
-def build():
-    torch.manual_seed(0)
-    common = dict(vocab_size=100, num_attention_heads=4, intermediate_size=64, max_position_embeddings=32, num_labels=3)
-    teacher = T.BertForSequenceClassification(T.BertConfig(hidden_size=64, num_hidden_layers=2, **common))
-    student = T.BertForSequenceClassification(T.BertConfig(hidden_size=32, num_hidden_layers=1, **common))
-    return teacher.eval(), student
+from msmodelslim.common.knowledge_distill.knowledge_distill import get_distill_model
+from zoo.distill_pair import logits_and_hidden_config, tiny_bert_pair
 
 def main(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    teacher, student = build()
+    teacher, student = tiny_bert_pair()
     torch.save({"teacher": teacher.state_dict(), "student": student.state_dict()}, f"{out}/start_{rank}.pt")
-    config = (KnowledgeDistillConfig()
-              .add_output_soft_label({"t_output_idx": "logits", "s_output_idx": "logits",
-                                      "loss_func": [{"func_name": "KDKLDiv", "func_weight": 1, "temperature": 2}]})
-              .add_inter_soft_label({"t_module": "bert.encoder.layer.1", "s_module": "bert.encoder.layer.0",
-                                     "t_output_idx": 0, "s_output_idx": 0, "adaptor": True,
-                                     "loss_func": [{"func_name": "HiddenMse", "func_weight": 1}]}))
+    config = logits_and_hidden_config()
     distill = get_distill_model(teacher, student, config)
     ddp = distill.to_ddp()
     optimizer = torch.optim.AdamW(distill.trainable_parameters(), lr=1e-2)
@@ -61,8 +50,9 @@ def _free_port():
 def test_two_processes_keep_identical_students(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    python_path = os.pathsep.join(filter(None, (TESTS, os.environ.get("PYTHONPATH"))))
     proc = subprocess.run([sys.executable, str(script), _free_port(), str(tmp_path)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path})
     assert proc.returncode == 0, proc.stderr[-3000:]
     start = torch.load(tmp_path / "start_0.pt", weights_only=True)
     ends = [torch.load(tmp_path / f"end_{rank}.pt", weights_only=True) for rank in (0, 1)]
