@@ -17,16 +17,20 @@ def add_parser(subparsers):
     parser.add_argument("--small-config", required=True, help="config.json of the small model, or its directory")
     parser.add_argument("--steps", default="prune_blocks,prune_bert_intra_block",
                         help="comma-separated steps (default prune_blocks,prune_bert_intra_block)")
-    parser.add_argument("--layer-map", help="small:checkpoint layer pairs, e.g. 0:0,1:2,2:5 (for prune_blocks)")
+    parser.add_argument("--layer-map", help="small:checkpoint layer pairs, e.g. 0:0,1:2,2:5, or 'auto' (the layers of "
+                                            "highest block influence on calibration text) for prune_blocks")
     parser.add_argument("--pattern", help="regex with one group capturing the layer id (default: from the model)")
     parser.add_argument("--importance", default="first", choices=("first", "weight", "activation"))
-    parser.add_argument("--calib-samples", type=int, default=32, help="texts for activation importance")
+    parser.add_argument("--calib-samples", type=int, default=32,
+                        help="calibration texts for activation importance and --layer-map auto")
     parser.add_argument("--out", required=True, help="output directory (written only if the job succeeds)")
     parser.set_defaults(run=run)
 
 
 def parse_layer_map(text):
-    """``"0:0,1:2"`` -> ``{0: 0, 1: 2}``."""
+    """``"0:0,1:2"`` -> ``{0: 0, 1: 2}``; ``"auto"`` stays ``"auto"``."""
+    if text.strip() == "auto":
+        return "auto"
     mapping = {}
     for pair in text.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pair)
@@ -76,17 +80,17 @@ def run(args):
     if layer_map is not None:
         config.add_blocks_params(args.pattern or _layer_pattern(model), layer_map)
     tokenizer = _tokenizer(args.weights)
-    if args.importance == "activation":
+    dataset = None
+    if args.importance == "activation" or layer_map == "auto":
         if tokenizer is None:
-            raise UsageError("--importance activation needs WEIGHTS to be a Hugging Face directory with a tokenizer")
+            raise UsageError("--importance activation and --layer-map auto need WEIGHTS to be a Hugging Face "
+                             "directory with a tokenizer")
         from msmodelslim import assets
 
         texts = assets.wiki_split()[0][: args.calib_samples]
         dataset = [dict(tokenizer(texts[i:i + 8], padding=True, truncation=True, max_length=128,
                                   return_tensors="pt")) for i in range(0, len(texts), 8)]
-        config.set_importance("activation", dataset)
-    else:
-        config.set_importance(args.importance)
+    config.set_importance(args.importance, dataset)
     prune_model_weight(model, config, os.path.abspath(args.weights))
     with atomic_directory(args.out) as staging:
         model.save_pretrained(staging)

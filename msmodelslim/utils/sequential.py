@@ -92,6 +92,11 @@ def capture_block_inputs(model, block, batches, where="dataset"):
     return captured
 
 
+def block_hidden(args, kwargs):
+    """The hidden states a block is called with: its first positional argument, else ``hidden_states``."""
+    return args[0] if args else kwargs.get("hidden_states")
+
+
 def _with_hidden(args, kwargs, hidden):
     if args:
         return (hidden,) + tuple(args[1:]), kwargs
@@ -107,7 +112,7 @@ def blocks_chain(model, blocks, batch):
     handles = []
     for index, (_, block) in enumerate(blocks):
         def pre(module, args, kwargs, _i=index):
-            seen_in.setdefault(_i, args[0] if args else kwargs.get("hidden_states"))
+            seen_in.setdefault(_i, block_hidden(args, kwargs))
 
         def post(module, args, output, _i=index):
             seen_out.setdefault(_i, first_tensor(output))

@@ -67,6 +67,24 @@ def test_prune_transformer_end_to_end(tmp_path):
     assert (out / "tokenizer.json").exists() or (out / "vocab.txt").exists()
 
 
+def test_prune_transformer_auto_layer_map(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from msmodelslim import assets
+
+    config = BertConfig.from_pretrained(assets.minilm_l6_dir())
+    config.num_hidden_layers = 2
+    small_config = tmp_path / "small.json"
+    small_config.write_text(config.to_json_string())
+    out = tmp_path / "small"
+    proc = cli("prune-transformer", str(assets.minilm_l6_dir()), "--small-config", str(small_config),
+               "--steps", "prune_blocks", "--layer-map", "auto", "--calib-samples", "8", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    layers = json.loads((out / "prune_report.json").read_text())["kept"]["layers"]
+    assert list(layers) == ["0", "1"] and layers["0"] < layers["1"] <= 5
+    assert BertModel.from_pretrained(out).config.num_hidden_layers == 2
+
+
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory):
     """A tiny random Llama that speaks SmolLM2's tokenizer, saved as a Hugging Face directory."""

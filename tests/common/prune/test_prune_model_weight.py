@@ -297,6 +297,8 @@ def test_prune_config_validation():
         config.add_blocks_params(r"(layer)\.(\d+)\.", {0: 0})
     with pytest.raises(TypeError, match="layer_id_map must be dict, not list."):
         config.add_blocks_params(r"layer\.(\d+)\.", [0])
+    with pytest.raises(TypeError, match="layer_id_map must be dict, not str."):
+        config.add_blocks_params(r"layer\.(\d+)\.", "all")
     with pytest.raises(TypeError, match="layer_after must be int, not str."):
         config.add_blocks_params(r"layer\.(\d+)\.", {"0": 0})
     with pytest.raises(TypeError, match="layer_before must be int, not bool."):
@@ -309,6 +311,8 @@ def test_prune_config_validation():
         config.set_importance("magnitude")
     with pytest.raises(ValueError, match="needs dataset"):
         config.set_importance("activation")
+    with pytest.raises(ValueError, match="non-empty list"):
+        config.set_importance("weight", [])
     with pytest.raises(TypeError, match="qkv_keys must be a list of str"):
         config.set_qkv_keys("qkv")
 
@@ -365,5 +369,57 @@ def test_activation_needs_the_big_model(big_bert):
     small = T.BertForQuestionAnswering(bert_config(num_hidden_layers=12, intermediate_size=128))
     config = PruneConfig().set_steps(["prune_bert_intra_block"]).set_importance(
         "activation", [{"input_ids": torch.randint(0, 200, (2, 8))}])
-    with pytest.raises(ValueError, match="needs the big model"):
+    with pytest.raises(ValueError, match="need the big model"):
         prune_model_weight(small, config, weight_file)
+
+
+def identity_blocks_llama(layers, identity):
+    """A tiny random Llama whose ``identity`` layers add nothing to the residual stream (zero output projections)."""
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(vocab_size=128, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=64)
+    model = T.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for index in identity:
+            model.model.layers[index].self_attn.o_proj.weight.zero_()
+            model.model.layers[index].mlp.down_proj.weight.zero_()
+    return model
+
+
+def test_auto_layer_map_keeps_the_layers_that_change_the_hidden_states(tmp_path):
+    big = identity_blocks_llama(6, identity=(1, 2, 4))
+    path = tmp_path / "big.safetensors"
+    save_state_dict(big.state_dict(), path)
+    small = T.LlamaForCausalLM(T.LlamaConfig(**{**big.config.to_dict(), "num_hidden_layers": 3}))
+    calibration = [torch.randint(0, 128, (2, 16)) for _ in range(2)]
+    config = (PruneConfig().set_steps(["prune_blocks"]).add_blocks_params(r"model\.layers\.(\d+)\.", "auto")
+              .set_importance("first", calibration, model=big))
+    prune_model_weight(small, config, str(path))
+    assert config.report["layers"] == {0: 0, 1: 3, 2: 5}
+    assert config.prune_blocks_params[0]["layer_id_map"] == "auto"  # the config is reusable as given
+    for small_id, big_id in config.report["layers"].items():
+        assert torch.equal(small.model.layers[small_id].mlp.up_proj.weight, big.model.layers[big_id].mlp.up_proj.weight)
+    # dropping blocks that do nothing leaves the function unchanged
+    ids = calibration[0]
+    assert torch.allclose(small(input_ids=ids).logits, big(input_ids=ids).logits, atol=1e-5)
+
+
+def test_auto_layer_map_refuses_missing_calibration_and_foreign_patterns(tmp_path):
+    big = identity_blocks_llama(4, identity=())
+    path = tmp_path / "big.safetensors"
+    save_state_dict(big.state_dict(), path)
+    small = T.LlamaForCausalLM(T.LlamaConfig(**{**big.config.to_dict(), "num_hidden_layers": 2}))
+    before = snapshot(small)
+    config = PruneConfig().set_steps(["prune_blocks"]).add_blocks_params(r"model\.layers\.(\d+)\.", "auto")
+    with pytest.raises(ValueError, match="needs calibration data"):
+        prune_model_weight(small, config, str(path))
+    config = (PruneConfig().set_steps(["prune_blocks"]).add_blocks_params(r"encoder\.layer\.(\d+)\.", "auto")
+              .set_importance("first", [torch.randint(0, 128, (1, 8))], model=big))
+    with pytest.raises(ValueError, match="matches no parameter of the small model"):
+        prune_model_weight(small, config, str(path))
+    deeper = T.LlamaForCausalLM(T.LlamaConfig(**{**big.config.to_dict(), "num_hidden_layers": 5}))
+    config = (PruneConfig().set_steps(["prune_blocks"]).add_blocks_params(r"model\.layers\.(\d+)\.", "auto")
+              .set_importance("first", [torch.randint(0, 128, (1, 8))], model=big))
+    with pytest.raises(ValueError, match="the big model only 4"):
+        prune_model_weight(deeper, config, str(path))
+    assert unchanged(small, before)

@@ -20,6 +20,7 @@ from msmodelslim.utils.checks import check_input_path, is_int
 
 STEPS = ("prune_blocks", "prune_bert_intra_block", "prune_vit_intra_block")
 IMPORTANCE = ("first", "weight", "activation")
+AUTO = "auto"
 
 
 class PruneConfig:
@@ -56,10 +57,12 @@ class PruneConfig:
 
         ``pattern`` is a regular expression matched at the start of each checkpoint key, with exactly one capture
         group, the layer id; ``layer_id_map`` maps a small-model layer id to the checkpoint layer id it takes
-        (several small layers may take the same one).
+        (several small layers may take the same one). ``layer_id_map="auto"`` keeps, for each layer the small
+        model has, a checkpoint layer of highest block influence on the calibration data of
+        :meth:`set_importance` (in order), measured in the big model.
 
         Raises:
-            TypeError: ``pattern`` not a str, ``layer_id_map`` not a dict, or ids not ints.
+            TypeError: ``pattern`` not a str, ``layer_id_map`` not a dict or ``"auto"``, or ids not ints.
             ValueError: ``pattern`` is not a valid expression with exactly one capture group.
         """
         if not isinstance(pattern, str):
@@ -70,8 +73,11 @@ class PruneConfig:
             raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
         if groups != 1:
             raise ValueError(f"pattern {pattern!r} must have exactly one capture group (the layer id), not {groups}.")
+        if layer_id_map == AUTO:
+            self.prune_blocks_params.append({"pattern": pattern, "layer_id_map": AUTO})
+            return self
         if not isinstance(layer_id_map, dict):
-            raise TypeError(f"layer_id_map must be dict, not {type(layer_id_map).__name__}.")
+            raise TypeError(f"layer_id_map must be dict, not {type(layer_id_map).__name__}. (or the string 'auto')")
         for layer_after, layer_before in layer_id_map.items():
             if not is_int(layer_after):
                 raise TypeError(f"layer_after must be int, not {type(layer_after).__name__}.")
@@ -97,15 +103,19 @@ class PruneConfig:
         ``"first"`` (default): the first rows/columns, as the original. ``"weight"``: data-free weight norms.
         ``"activation"``: mean activations on ``dataset`` (a list of batches: Tensor, list/tuple or dict) in the
         big ``model``; without ``model``, it is loaded from the checkpoint when that is a Hugging Face directory.
+        ``dataset`` and ``model`` also serve ``layer_id_map="auto"``, whatever the kind.
 
         Raises:
-            ValueError: an unknown kind, or ``"activation"`` without a non-empty dataset list.
+            ValueError: an unknown kind; ``"activation"`` without a dataset; a dataset that is not a non-empty list.
             TypeError: ``model`` is not a ``torch.nn.Module``.
         """
         if kind not in IMPORTANCE:
             raise ValueError(f"importance must be one of {list(IMPORTANCE)}, got {kind!r}.")
-        if kind == "activation" and (not isinstance(dataset, list) or not dataset):
+        if kind == "activation" and dataset is None:
             raise ValueError("importance 'activation' needs dataset: a non-empty list of calibration batches.")
+        if dataset is not None and (not isinstance(dataset, list) or not dataset):
+            raise ValueError(f"dataset must be a non-empty list of calibration batches, got {type(dataset).__name__}"
+                             f"{' (empty)' if isinstance(dataset, list) else ''}.")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
         self.importance, self.importance_dataset, self.importance_model = kind, dataset, model
@@ -154,6 +164,10 @@ def prune_model_weight(model, config, weight_file_path):
     for step in config.prune_state_dict_steps:
         if step not in STEPS:
             raise ValueError(f"Step {step} not exist! Step must in {list(STEPS)}")
+    auto = any(params["layer_id_map"] == AUTO for params in config.prune_blocks_params)
+    if auto and "prune_blocks" in config.prune_state_dict_steps and config.importance_dataset is None:
+        raise ValueError("layer_id_map='auto' needs calibration data: call set_importance(kind, dataset=[batches]) "
+                         "(and model=big_model unless the checkpoint is a Hugging Face directory).")
     path = check_input_path(weight_file_path)
     from msmodelslim.pytorch.prune.transformer_prune.weights import prune_model_weight_torch
 

@@ -5,7 +5,7 @@ import os
 import torch
 
 from msmodelslim.pytorch.prune.structure import detect_family
-from msmodelslim.pytorch.prune.transformer_prune import leading, selection
+from msmodelslim.pytorch.prune.transformer_prune import depth, leading, selection
 from msmodelslim.pytorch.prune.transformer_prune.blocks import rename_blocks
 from msmodelslim.pytorch.prune.transformer_prune.entries import initial_entries
 from msmodelslim.pytorch.prune.transformer_prune.layout import build_layout
@@ -30,6 +30,8 @@ class _Run:
         self.small_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         self.entries = initial_entries(checkpoint)
         self.layouts = []
+        self.blocks_params = config.prune_blocks_params
+        self._big_model = self._activation_stats = None
 
     def shape(self, key):
         entry = self.entries.get(key)
@@ -90,11 +92,25 @@ class _Run:
     def _read(self, key):
         return self.entries[key].read(self.checkpoint)
 
+    def _big(self):
+        if self._big_model is None:
+            self._big_model = self.config.importance_model or _load_big_model(self.model, self.path)
+        return self._big_model
+
     def _stats(self):
-        if getattr(self, "_activation_stats", None) is None:
-            big = self.config.importance_model or _load_big_model(self.model, self.path)
-            self._activation_stats = selection.collect_activation_stats(big, self.config.importance_dataset)
+        if self._activation_stats is None:
+            self._activation_stats = selection.collect_activation_stats(self._big(), self.config.importance_dataset)
         return self._activation_stats
+
+    # ---------------------------------------------------------------------------------------- prune_blocks
+    def blocks_step(self):
+        """Resolve ``layer_id_map="auto"`` passes (the config itself is left as given), then rename the keys."""
+        self.blocks_params = [
+            {**params, "layer_id_map": depth.choose_layer_map(self.model, self._big(), self.config.importance_dataset,
+                                                              params["pattern"])}
+            if params["layer_id_map"] == "auto" else params
+            for params in self.config.prune_blocks_params]
+        self.entries = rename_blocks(self.entries, self.blocks_params)
 
     # ---------------------------------------------------------------------------------------- final state dict
     def build_state_dict(self):
@@ -125,7 +141,7 @@ class _Run:
     def report(self):
         """What was kept: ``layers`` {small id: checkpoint id}, per layer ``heads`` (checkpoint head ids) and
         ``ffn`` [kept, of], and ``hidden`` [kept, of]."""
-        params = self.config.prune_blocks_params
+        params = self.blocks_params
         layers = dict(sorted(params[0]["layer_id_map"].items())) if params else {}
         report = {"layers": layers, "heads": {}, "ffn": {}, "hidden": None}
         for layout in self.layouts:
@@ -165,9 +181,9 @@ def _describe_problems(path, missing, conflicts):
 def _load_big_model(model, path):
     """The big model of a Hugging Face checkpoint directory, of the small model's class."""
     if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))):
-        raise ValueError("importance 'activation' needs the big model: pass set_importance('activation', dataset, "
-                         "model=big_model), or give a Hugging Face checkpoint directory (with config.json) as "
-                         "weight_file_path.")
+        raise ValueError("importance 'activation' and layer_id_map='auto' need the big model: pass "
+                         "set_importance(kind, dataset, model=big_model), or give a Hugging Face checkpoint directory "
+                         "(with config.json) as weight_file_path.")
     if not hasattr(type(model), "from_pretrained"):
         raise ValueError(f"{type(model).__name__} cannot load {path}: pass the big model to set_importance().")
     logger.info("Loading the big model from %s for activation importance.", path)
@@ -182,7 +198,7 @@ def prune_model_weight_torch(model, config, path):
         run = _Run(model, config, checkpoint, path)
         for step in config.prune_state_dict_steps:
             if step == "prune_blocks":
-                run.entries = rename_blocks(run.entries, config.prune_blocks_params)
+                run.blocks_step()
                 continue
             if step == "prune_vit_intra_block" and fused_keys is None:
                 fused_keys = config.get("qkv_keys")  # raises like the original when unset
