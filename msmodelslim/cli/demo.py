@@ -78,7 +78,7 @@ def sparsify_smollm(quick, staging):
     calibration = [{"input_ids": c.unsqueeze(0)}
                    for c in assets.wiki_token_chunks(tokenizer, "train", samples, seq_len)]
     held_out = assets.wiki_token_chunks(tokenizer, "test", eval_samples, seq_len)
-    methods = ("weight_magnitude", "hessian") if quick else ("weight_magnitude", "magnitude", "hessian")
+    methods = ("weight_magnitude", "hessian")
     results = {"perplexity": {}, "calibration": f"{samples} x {seq_len}", "held_out": f"{eval_samples} x {seq_len}"}
     for method in ("dense",) + methods:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
