@@ -41,14 +41,19 @@ def similarity_agreement(a, b):
     return torch.corrcoef(torch.stack([(a @ a.T)[upper[0], upper[1]], (b @ b.T)[upper[0], upper[1]]]))[0, 1].item()
 
 
-def minilm_section(quick):
+def minilm_setup(quick):
+    """The MiniLM-L6 teacher, its tokenizer, 64 Wikipedia calibration extracts, held-out extracts with the
+    teacher's embeddings of them, and the BBC probe subset."""
     teacher, tokenizer = assets.minilm_l6()
     train, test = assets.wiki_split()
     calibration = [dict(tokenizer(train[i:i + 16], padding=True, truncation=True, max_length=128,
                                   return_tensors="pt")) for i in range(0, 64, 16)]
     held_out = test[:100 if quick else 300]
-    reference = sentence_embeddings(teacher, tokenizer, held_out)
-    docs, labels = bbc_subset()
+    return teacher, tokenizer, calibration, held_out, sentence_embeddings(teacher, tokenizer, held_out), bbc_subset()
+
+
+def minilm_section(quick):
+    teacher, tokenizer, calibration, held_out, reference, (docs, labels) = minilm_setup(quick)
     rows = [["MiniLM-L6 (teacher)", "-", "1.000", "1.000", f"{bbc_probe(teacher, tokenizer, docs, labels):.3f}", "-"]]
     shapes = [("3 layers, FFN 768", {"num_hidden_layers": 3, "intermediate_size": 768}, {0: 0, 1: 2, 2: 5}),
               ("6 layers, hidden 256, 8 heads", {"hidden_size": 256, "num_attention_heads": 8},
@@ -116,13 +121,7 @@ def smollm_section(quick):
 def depth_section(quick):
     """Which checkpoint layers a shallower model keeps: hand-picked maps against layer_id_map="auto"."""
     rows = []
-    teacher, tokenizer = assets.minilm_l6()
-    train, test = assets.wiki_split()
-    calibration = [dict(tokenizer(train[i:i + 16], padding=True, truncation=True, max_length=128,
-                                  return_tensors="pt")) for i in range(0, 64, 16)]
-    held_out = test[:100 if quick else 300]
-    reference = sentence_embeddings(teacher, tokenizer, held_out)
-    docs, labels = bbc_subset()
+    teacher, tokenizer, calibration, held_out, reference, (docs, labels) = minilm_setup(quick)
     for label, layer_map in (("first 3 (0, 1, 2)", {0: 0, 1: 1, 2: 2}), ("spread (0, 2, 5)", {0: 0, 1: 2, 2: 5}),
                              ("auto", "auto")):
         config = T.BertConfig.from_pretrained(assets.minilm_l6_dir())
