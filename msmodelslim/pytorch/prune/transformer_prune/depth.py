@@ -21,7 +21,8 @@ def block_influence(model, dataset, pattern):
     """``{layer id: influence}`` for each repeated block of ``model`` whose name ``pattern`` matches.
 
     Raises:
-        ValueError: ``model`` has no repeated blocks, or ``pattern`` matches none of their names.
+        ValueError: ``model`` has no repeated blocks, ``pattern`` matches none of their names, or a block's
+            output is not hidden states shaped like its input.
     """
     regex = re.compile(pattern)
     blocks = find_blocks(model)
@@ -42,6 +43,9 @@ def block_influence(model, dataset, pattern):
             total, count = 0.0, 0
             for (args, kwargs), output in zip(step.inputs, outputs):
                 hidden = block_hidden(args, kwargs)
+                if not isinstance(hidden, torch.Tensor) or hidden.shape != output.shape:
+                    raise ValueError(f"layer_id_map='auto': block '{step.name}' does not map hidden states to hidden "
+                                     "states of the same shape; give layer_id_map explicitly.")
                 width = hidden.shape[-1]
                 cosine = torch.nn.functional.cosine_similarity(hidden.reshape(-1, width).float(),
                                                                output.reshape(-1, width).float(), dim=-1)
