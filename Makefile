@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(VENV)/bin/msmodelslim demo $(DEMO_ARGS)
+	$(VENV)/bin/msmodelslim demo --overwrite $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

@@ -1,18 +1,19 @@
-"""What every subcommand shares: user errors, atomic output directories, calibration text, model loading."""
+"""What every subcommand shares: user errors, the --out options, reading calibration text and models."""
 import argparse
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 
 from msmodelslim.errors import ModelslimError
 
 
 class UsageError(ModelslimError, ValueError):
-    """A mistake in the command line: printed as one line, exit code 2."""
+    """A mistake in the command line or an unusable input: printed as one line, exit code 2."""
 
     code = 2
+
+    def __str__(self):
+        return self.message
 
 
 def positive_ratio(text):
@@ -32,45 +33,80 @@ def existing_path(text, what):
     return text
 
 
+def add_output_arguments(parser, help_text="output directory (written only if the job succeeds)", **kwargs):
+    """``--out`` and ``--overwrite``, the same for every subcommand."""
+    parser.add_argument("--out", help=f"{help_text}; refused if it exists and is not empty, unless --overwrite",
+                        **kwargs)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it holds an earlier msmodelslim result (never other directories)")
+
+
 @contextlib.contextmanager
-def atomic_directory(out):
-    """Yield a temporary directory beside ``out``; on success it replaces ``out``, on failure it disappears."""
-    out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+def reading(what, path):
+    """Turn any error raised while reading the user's input ``path`` into a one-line UsageError naming ``what``.
+
+    KeyboardInterrupt passes through unchanged.
+    """
     try:
-        yield staging
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+        yield
+    except UsageError:
+        raise
+    except ModelslimError as exc:
+        raise UsageError(f"{what}: {exc.message}") from exc
+    except Exception as exc:  # transformers, safetensors, gguf, tokenizers ... raise many types on bad files
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"{what} '{path}' cannot be read: {first_line}") from exc
 
 
 def calibration_texts(source):
     """Texts for calibration: ``wiki`` (the Wikipedia train split), a ``.txt`` file (blank-line separated) or a
-    ``.jsonl`` file (one ``{"text": ...}`` per line)."""
+    ``.jsonl`` file (one ``{"text": ...}`` per line).
+
+    Raises:
+        UsageError: the file is missing, a directory, not UTF-8, of another kind, or a line is not a text record;
+            the message names the file and the line.
+    """
     from msmodelslim import assets
 
     if source == "wiki":
         return assets.wiki_split()[0]
+    if not source.endswith((".txt", ".jsonl")):
+        raise UsageError(f"--calib must be 'wiki', a .txt or a .jsonl file, got '{source}'")
     existing_path(source, "--calib file")
-    with open(source, encoding="utf-8") as handle:
-        if source.endswith(".jsonl"):
-            texts = []
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        texts.append(json.loads(line)["text"])
-                    except (ValueError, KeyError, TypeError):
-                        raise UsageError(f"--calib {source}: line {number} is not a JSON object with a 'text' "
-                                         f"field") from None
-            return texts
-        if source.endswith(".txt"):
-            return [part for part in handle.read().split("\n\n") if part.strip()]
-    raise UsageError(f"--calib must be 'wiki', a .txt or a .jsonl file, got '{source}'")
+    if not os.path.isfile(source):
+        raise UsageError(f"--calib '{source}' is not a regular file")
+    text = _read_utf8(source)
+    if source.endswith(".txt"):
+        return [part for part in text.split("\n\n") if part.strip()]
+    return _jsonl_texts(source, text)
+
+
+def _read_utf8(path):
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UsageError(f"--calib '{path}' is not UTF-8 text: byte {exc.start} (line {line}) cannot be "
+                         f"decoded") from None
+
+
+def _jsonl_texts(path, text):
+    texts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        value = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(value, str):
+            raise UsageError(f"--calib '{path}', line {number}: expected a JSON object with a string 'text' "
+                             f"field, got {line.strip()[:80]!r}")
+        texts.append(value)
+    return texts
 
 
 def token_chunks(tokenizer, texts, samples, seq_len):
@@ -84,25 +120,93 @@ def token_chunks(tokenizer, texts, samples, seq_len):
 
 
 def load_causal_lm(path):
-    """``(model, tokenizer)`` from a Hugging Face directory or a GGUF file, in float32 and eval mode."""
+    """``(model, tokenizer)`` from a Hugging Face directory or a GGUF file, in float32 and eval mode.
+
+    Never runs code shipped with the model (``trust_remote_code=False``).
+
+    Raises:
+        UsageError: the path is missing, holds no weights, cannot be read (corrupt, truncated, custom code), or is
+            not a causal language model (a head that would be initialised at random is refused).
+    """
+    existing_path(path, "MODEL")
+    if path.endswith(".gguf"):
+        with reading("MODEL", path):
+            return _load_gguf(path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UsageError(f"MODEL must be a Hugging Face directory (with config.json) or a .gguf file, got '{path}'")
+    from msmodelslim.utils.checkpoint import resolve_weight_path
+
+    with reading("MODEL", path):
+        resolve_weight_path(path)
+        _check_causal_lm_config(path)
+    return _load_hf_causal_lm(path)
+
+
+def refuse_remote_code(what, path):
+    """msmodelslim never runs Python code shipped with a model: a config that asks for it (``auto_map``) is refused.
+
+    Raises:
+        UsageError: ``config.json`` or ``tokenizer_config.json`` of ``path`` (a directory or a config file) has an
+            ``auto_map`` entry.
+    """
+    files = [path] if os.path.isfile(path) else [os.path.join(path, n) for n in ("config.json",
+                                                                                    "tokenizer_config.json")]
+    for name in files:
+        if not os.path.isfile(name):
+            continue
+        with reading(what, name), open(name, encoding="utf-8") as handle:
+            content = json.load(handle)
+        if isinstance(content, dict) and content.get("auto_map"):
+            raise UsageError(f"{what} '{path}' asks to run its own Python code ({os.path.basename(name)} has "
+                             f"'auto_map'); msmodelslim never runs code shipped with a model")
+
+
+def _check_causal_lm_config(path):
+    from transformers import AutoConfig
+
+    refuse_remote_code("MODEL", path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
+        raise UsageError(f"MODEL '{path}' is a {architectures[0]}, not a causal language model; `msmodelslim "
+                         f"sparse` measures next-token perplexity. Sparsify other models with the Python API "
+                         f"(Compressor)")
+
+
+def _load_hf_causal_lm(path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    existing_path(path, "MODEL")
-    if path.endswith(".gguf"):
-        folder, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        config = quantized.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config  # a GGUF-tagged config cannot be saved
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(quantized.state_dict())
-        return model.eval(), tokenizer
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UsageError(f"MODEL must be a Hugging Face directory (with config.json) or a .gguf file, got '{path}'")
-    return (AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(path))
+    with reading("MODEL", path):
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False,
+                                                           output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    missing = [key for key in info.get("missing_keys", ()) if not _is_tied(model, key)]
+    if missing:
+        raise UsageError(f"MODEL '{path}' does not hold a complete causal language model: {len(missing)} weight(s) "
+                         f"would be initialised at random ({', '.join(sorted(missing)[:3])} ...)")
+    return model.eval(), tokenizer
+
+
+def _is_tied(model, key):
+    """A missing key that is a tied copy of a stored one (lm_head tied to the embeddings) is not missing."""
+    tied = getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or {}
+    return key in tied
+
+
+def _load_gguf(path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # a GGUF-tagged config cannot be saved
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    return model.eval(), tokenizer
 
 
 def directory_size(path):

@@ -8,7 +8,8 @@ import copy
 import os
 import time
 
-from msmodelslim.cli.common import atomic_directory
+from msmodelslim.cli.common import add_output_arguments
+from msmodelslim.cli.output import OutputDirectory
 
 DEFAULT_OUT = "msmodelslim-demo"
 
@@ -17,7 +18,7 @@ def add_parser(subparsers):
     parser = subparsers.add_parser("demo", help="run the end-to-end demo on real pretrained models",
                                    description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a reduced version (under 2 minutes)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"report directory (default ./{DEFAULT_OUT})")
+    add_output_arguments(parser, f"report directory (default ./{DEFAULT_OUT})", default=DEFAULT_OUT)
     parser.set_defaults(run=run)
 
 
@@ -213,8 +214,14 @@ def _summary(efficientnet, sparse, distill):
 
 
 def run(args):
+    """Check ``--out``, run the three parts of the demo, write the report and plots."""
+    with OutputDirectory(args.out, (), args.overwrite, "demo") as output:
+        _run(args, output)
+
+
+def _run(args, output):
     started = time.perf_counter()
-    with atomic_directory(args.out) as staging:
+    with output.writing() as staging:
         efficientnet = prune_efficientnet(args.quick)
         sparse = sparsify_smollm(args.quick, staging)
         distill = prune_and_distill_minilm(args.quick)

@@ -1,10 +1,13 @@
 """``msmodelslim``: the command-line entry point.
 
-Exit codes: 0 success; 2 a mistake in the command (one line on stderr); 1 an internal failure. ``--verbose``
-prints the traceback. Output directories are written only when a job succeeds.
+Exit codes: 0 success; 2 a mistake in the command or an unusable input (one line on stderr); 1 an internal
+failure; 130 interrupted by SIGINT (Ctrl-C); 143 stopped by SIGTERM. ``--verbose`` prints the traceback and the
+dependencies' logs. Output directories are written only when a job succeeds (see ``msmodelslim.cli.output``).
 """
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import traceback
 
@@ -45,19 +48,56 @@ def _raised_by_us(exc):
     return bool(frames) and f"{os.sep}msmodelslim{os.sep}" in frames[-1].filename
 
 
-def main(argv=None):
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every clean-up (staging directories, restores) runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _quiet_dependencies(verbose):
+    """Keep transformers' and the hub's progress bars and INFO logs from burying the final error line."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:  # already imported (the CLI called from Python)
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+
+
+def main(argv=None):
+    """Run the command line; returns the exit code (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_dependencies(args.verbose)
     from msmodelslim import set_logger_level
 
     set_logger_level("debug" if args.verbose else "info")
     try:
-        args.run(args)
-    except KeyboardInterrupt:
-        print("msmodelslim: interrupted", file=sys.stderr)
-        return 130
+        with _sigterm_as_interrupt():
+            args.run(args)
+    except KeyboardInterrupt as exc:
+        stopped_by = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"msmodelslim: {stopped_by}; nothing was written", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # every failure ends in one line and an exit code
         if args.verbose:
             traceback.print_exc()

@@ -3,7 +3,10 @@ import importlib
 import json
 import os
 
-from msmodelslim.cli.common import UsageError, atomic_directory, existing_path, positive_ratio
+import sys
+
+from msmodelslim.cli.common import UsageError, add_output_arguments, existing_path, positive_ratio, reading
+from msmodelslim.cli.output import OutputDirectory
 
 
 def add_parser(subparsers):
@@ -12,24 +15,33 @@ def add_parser(subparsers):
         description="Build the model with FACTORY (package.module:callable returning an nn.Module), optionally "
                     "load weights, prune it to --ratio of its parameters, and write desc.json, the pruned "
                     "weights (model.safetensors) and summary.md.")
-    parser.add_argument("factory", help="package.module:callable returning a torch.nn.Module")
+    parser.add_argument("factory", help="package.module:callable returning a torch.nn.Module (the current "
+                                        "directory is searched first, as with python -m)")
     parser.add_argument("--input-shape", required=True, help="sample input shape, e.g. 1,3,224,224")
     parser.add_argument("--ratio", type=positive_ratio, required=True, help="fraction of the parameters to keep")
     parser.add_argument("--weights", help="weights to load first (.safetensors, .pt ...)")
     parser.add_argument("--importance", default="l1", choices=("l1", "l2", "bn_scale", "activation", "random"))
     parser.add_argument("--align", type=int, default=16, help="channel alignment (default 16)")
-    parser.add_argument("--out", required=True, help="output directory (written only if the job succeeds)")
+    add_output_arguments(parser, required=True)
     parser.set_defaults(run=run)
 
 
 def build(factory):
+    """Import ``package.module:callable`` (the current directory first, as ``python -m`` does) and call it.
+
+    Raises:
+        UsageError: malformed FACTORY, the module cannot be imported, no such callable, or it returns no Module.
+    """
     module_name, _, attribute = factory.partition(":")
     if not module_name or not attribute:
         raise UsageError(f"FACTORY must look like package.module:callable, got {factory!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"cannot import '{module_name}' for FACTORY: {exc}") from None
+        raise UsageError(f"cannot import '{module_name}' for FACTORY: {exc} (searched the current directory and "
+                         f"PYTHONPATH)") from None
     target = getattr(module, attribute, None)
     if not callable(target):
         raise UsageError(f"'{module_name}' has no callable '{attribute}'")
@@ -41,25 +53,79 @@ def build(factory):
     return model
 
 
+def parse_input_shape(text):
+    """``"1,3,224,224"`` -> ``[1, 3, 224, 224]``.
+
+    Raises:
+        UsageError: not comma-separated ints, or a negative size.
+    """
+    try:
+        shape = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--input-shape must be comma-separated ints, e.g. 1,3,224,224, got {text!r}") from None
+    if any(size < 0 for size in shape):
+        raise UsageError(f"--input-shape sizes must not be negative, got {text!r}")
+    return shape
+
+
+def _load_weights(model, path):
+    """Load ``--weights`` into ``model``; a file that does not fit the model is a UsageError naming the keys."""
+    from msmodelslim.utils.checkpoint import load_state_dict
+
+    with reading("--weights", path):
+        state = load_state_dict(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    problems = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+    if problems:
+        raise UsageError(f"--weights '{path}' does not fit the model built by FACTORY ({'; '.join(problems)})")
+    model.load_state_dict(state)
+
+
+def _check_sample(model, sample, args):
+    import torch
+
+    if sample.numel() == 0 and args.importance == "activation":
+        raise UsageError(f"--importance activation needs a non-empty sample input, got --input-shape "
+                         f"{args.input_shape}")
+    try:
+        with torch.no_grad():
+            model(sample)
+    except Exception as exc:  # the user's model rejects this shape: a mistake in --input-shape
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"the model fails on a random input of --input-shape {args.input_shape}: "
+                         f"{first_line}") from exc
+
+
 def run(args):
+    """Check everything the command line says, then build, prune and write ``--out``."""
+    shape = parse_input_shape(args.input_shape)
+    if args.weights:
+        existing_path(args.weights, "--weights")
+    with OutputDirectory(args.out, (args.weights,), args.overwrite, "prune") as output:
+        _prune(args, shape, output)
+
+
+def _prune(args, shape, output):
     import torch
 
     from msmodelslim.pytorch.prune.prune_torch import PruneTorch
-    from msmodelslim.utils.checkpoint import load_state_dict, save_state_dict
+    from msmodelslim.utils.checkpoint import save_state_dict
 
-    try:
-        shape = [int(v) for v in args.input_shape.split(",")]
-    except ValueError:
-        raise UsageError(f"--input-shape must be comma-separated ints, e.g. 1,3,224,224, got {args.input_shape!r}")
-    if args.weights:
-        existing_path(args.weights, "--weights")
     model = build(args.factory).eval()
     if args.weights:
-        model.load_state_dict(load_state_dict(args.weights))
-    pruner = PruneTorch(model, torch.randn(*shape), align=args.align).set_importance_evaluation_function(
-        args.importance)
+        _load_weights(model, args.weights)
+    try:
+        sample = torch.randn(*shape)
+    except RuntimeError as exc:
+        raise UsageError(f"--input-shape {args.input_shape} cannot be allocated: {str(exc)[:200]}") from None
+    _check_sample(model, sample, args)
+    pruner = PruneTorch(model, sample, align=args.align).set_importance_evaluation_function(args.importance)
     desc = pruner.prune(args.ratio)
-    with atomic_directory(args.out) as staging:
+    with output.writing() as staging:
         with open(os.path.join(staging, "desc.json"), "w", encoding="utf-8") as handle:
             json.dump(desc, handle)
         save_state_dict(model.state_dict(), os.path.join(staging, "model.safetensors"))

@@ -3,7 +3,8 @@ import json
 import os
 import re
 
-from msmodelslim.cli.common import UsageError, atomic_directory, existing_path
+from msmodelslim.cli.common import UsageError, add_output_arguments, existing_path, reading, refuse_remote_code
+from msmodelslim.cli.output import OutputDirectory
 
 STEPS = ("prune_blocks", "prune_bert_intra_block", "prune_vit_intra_block")
 
@@ -23,12 +24,16 @@ def add_parser(subparsers):
     parser.add_argument("--importance", default="first", choices=("first", "weight", "activation"))
     parser.add_argument("--calib-samples", type=int, default=32,
                         help="calibration texts for activation importance and --layer-map auto")
-    parser.add_argument("--out", required=True, help="output directory (written only if the job succeeds)")
+    add_output_arguments(parser, required=True)
     parser.set_defaults(run=run)
 
 
 def parse_layer_map(text):
-    """``"0:0,1:2"`` -> ``{0: 0, 1: 2}``; ``"auto"`` stays ``"auto"``."""
+    """``"0:0,1:2"`` -> ``{0: 0, 1: 2}``; ``"auto"`` stays ``"auto"``.
+
+    Raises:
+        UsageError: a pair is malformed, or a small-model layer is given twice.
+    """
     if text.strip() == "auto":
         return "auto"
     mapping = {}
@@ -36,21 +41,46 @@ def parse_layer_map(text):
         match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pair)
         if match is None:
             raise UsageError(f"--layer-map must look like 0:0,1:2,2:5 (small:checkpoint), got {text!r}")
-        mapping[int(match[1])] = int(match[2])
+        small, big = int(match[1]), int(match[2])
+        if small in mapping:
+            raise UsageError(f"--layer-map gives small-model layer {small} twice ({small}:{mapping[small]} and "
+                             f"{pair.strip()}) in {text!r}")
+        mapping[small] = big
     return mapping
+
+
+def _check_pattern(pattern):
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as exc:
+        raise UsageError(f"--pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    if groups != 1:
+        raise UsageError(f"--pattern {pattern!r} must have exactly one group capturing the layer id, it has "
+                         f"{groups}")
+
+
+def _check_small_layers(layer_map, pattern, model):
+    """Every small-model layer of ``--layer-map`` must exist in the small model."""
+    present = {int(m[1]) for name, _ in model.named_parameters() for m in [re.match(pattern, name)] if m}
+    unknown = sorted(set(layer_map) - present)
+    if present and unknown:  # nothing matched: the pattern names checkpoint keys only, the loader will tell
+        raise UsageError(f"--layer-map names small-model layer(s) {unknown}, but the small model has layers "
+                         f"{sorted(present)}")
 
 
 def _small_model(config_path):
     import transformers
 
     existing_path(config_path, "--small-config")
+    refuse_remote_code("--small-config", config_path)
     try:
-        config = transformers.AutoConfig.from_pretrained(config_path)
+        config = transformers.AutoConfig.from_pretrained(config_path, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise UsageError(f"--small-config '{config_path}' is not a Hugging Face config: {exc}") from None
     architecture = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, architecture, None) if architecture else None
-    return (cls(config) if cls is not None else transformers.AutoModel.from_config(config)).eval()
+    with reading("--small-config", config_path):
+        return (cls(config) if cls is not None else transformers.AutoModel.from_config(config)).eval()
 
 
 def _layer_pattern(model):
@@ -65,9 +95,10 @@ def _layer_pattern(model):
 
 
 def run(args):
-    from msmodelslim.common.prune.transformer_prune.prune_model import PruneConfig, prune_model_weight
-
+    """Check everything the command line says, then build the small model, fill it and write ``--out``."""
     existing_path(args.weights, "WEIGHTS")
+    if args.calib_samples < 1:
+        raise UsageError(f"--calib-samples must be a positive number of texts, got {args.calib_samples}")
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = [s for s in steps if s not in STEPS]
     if unknown or not steps:
@@ -75,10 +106,22 @@ def run(args):
     if "prune_blocks" in steps and not args.layer_map:
         raise UsageError("--steps prune_blocks needs --layer-map")
     layer_map = parse_layer_map(args.layer_map) if args.layer_map else None
+    if args.pattern is not None:
+        _check_pattern(args.pattern)
+    with OutputDirectory(args.out, (args.weights, args.small_config), args.overwrite, "prune-transformer") as output:
+        _prune(args, steps, layer_map, output)
+
+
+def _prune(args, steps, layer_map, output):
+    from msmodelslim.common.prune.transformer_prune.prune_model import PruneConfig, prune_model_weight
+
     model = _small_model(args.small_config)
     config = PruneConfig().set_steps(steps)
     if layer_map is not None:
-        config.add_blocks_params(args.pattern or _layer_pattern(model), layer_map)
+        pattern = args.pattern or _layer_pattern(model)
+        if layer_map != "auto":
+            _check_small_layers(layer_map, pattern, model)
+        config.add_blocks_params(pattern, layer_map)
     tokenizer = _tokenizer(args.weights)
     dataset = None
     if args.importance == "activation" or layer_map == "auto":
@@ -92,7 +135,7 @@ def run(args):
                                   return_tensors="pt")) for i in range(0, len(texts), 8)]
     config.set_importance(args.importance, dataset)
     prune_model_weight(model, config, os.path.abspath(args.weights))
-    with atomic_directory(args.out) as staging:
+    with output.writing() as staging:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
@@ -109,6 +152,6 @@ def _tokenizer(weights):
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(weights)
+        return AutoTokenizer.from_pretrained(weights, trust_remote_code=False)
     except (OSError, ValueError):
         return None

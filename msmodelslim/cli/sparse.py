@@ -1,8 +1,9 @@
 """``msmodelslim sparse MODEL``: sparsify a causal language model, measure it, save it."""
 import os
 
-from msmodelslim.cli.common import (UsageError, atomic_directory, calibration_texts, directory_size, load_causal_lm,
-                                    positive_ratio, token_chunks)
+from msmodelslim.cli.common import (UsageError, add_output_arguments, calibration_texts, directory_size,
+                                    load_causal_lm, positive_ratio, token_chunks)
+from msmodelslim.cli.output import OutputDirectory
 
 METHODS = ("magnitude", "hessian", "par", "par_v2", "wanda", "sparsegpt", "dsnot", "weight_magnitude")
 
@@ -23,32 +24,42 @@ def add_parser(subparsers):
     parser.add_argument("--samples", type=int, default=16, help="calibration sequences (default 16)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
     parser.add_argument("--eval-samples", type=int, default=8, help="held-out sequences for perplexity (default 8)")
-    parser.add_argument("--out", required=True, help="output directory (written only if the job succeeds)")
+    add_output_arguments(parser, required=True)
     parser.set_defaults(run=run)
 
 
 def run(args):
-    from msmodelslim import assets
-    from msmodelslim.pytorch.sparse.sparse_tools import Compressor, SparseConfig
-    from msmodelslim.utils.checkpoint import save_state_dict
-    from msmodelslim.utils.evaluation import perplexity
-
+    """Check everything the command line says, then sparsify, measure and write ``--out``."""
     if min(args.samples, args.seq_len, args.eval_samples) < 1:
         raise UsageError("--samples, --seq-len and --eval-samples must be positive")
+    from msmodelslim.pytorch.sparse.sparse_tools import SparseConfig
+
     try:
         config = SparseConfig(method=args.method, sparse_ratio=args.ratio, pattern=args.pattern,
                               uniform=not args.owl, progressive=args.progressive)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+    calib_file = None if args.calib == "wiki" else args.calib
+    with OutputDirectory(args.out, (args.model, calib_file), args.overwrite, "sparse") as output:
+        _sparsify(args, config, output)
+
+
+def _sparsify(args, config, output):
+    from msmodelslim import assets
+    from msmodelslim.pytorch.sparse.sparse_tools import Compressor
+    from msmodelslim.utils.checkpoint import save_state_dict
+    from msmodelslim.utils.evaluation import perplexity
+
+    texts = calibration_texts(args.calib)
     model, tokenizer = load_causal_lm(args.model)
-    calibration = token_chunks(tokenizer, calibration_texts(args.calib), args.samples, args.seq_len)
+    calibration = token_chunks(tokenizer, texts, args.samples, args.seq_len)
     held_out = assets.wiki_token_chunks(tokenizer, "test", args.eval_samples, args.seq_len)
     before = perplexity(model, held_out)
     compressor = Compressor(model, config)
     compressor.compress([{"input_ids": chunk.unsqueeze(0)} for chunk in calibration])
     after = perplexity(model, held_out)
     report = compressor.report()
-    with atomic_directory(args.out) as staging:
+    with output.writing() as staging:
         model.save_pretrained(os.path.join(staging, "model"))
         tokenizer.save_pretrained(os.path.join(staging, "model"))
         compact = os.path.join(staging, "model.sparse.safetensors")

@@ -12,6 +12,8 @@ Usage (as documented by msModelSlim)::
     student_model = distill_model.get_student_model()
 """
 import copy
+import math
+import numbers
 
 import torch
 from torch import nn
@@ -35,8 +37,72 @@ def _check_index(config, key):
         raise ValueError(f'config["{key}"] = {value} is smaller than 0.')
 
 
+def _is_real(value):
+    """A real number (int, float, numpy scalar) that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_func_weight(entry):
+    """``func_weight`` must be a finite number > 0.
+
+    Raises:
+        ValueError: missing or zero (the original's "loss_func must have func_weight"), negative, NaN or infinite.
+        TypeError: not an int or float (a str, a bool, a tensor ...).
+    """
+    weight = entry.get("func_weight")
+    missing = weight is None or (isinstance(weight, (str, bytes, bool)) and not weight)
+    if missing or (_is_real(weight) and weight == 0):
+        raise ValueError("loss_func must have func_weight")
+    if not _is_real(weight):
+        raise TypeError(f"loss_func func_weight must be int or float, not {_type_name(weight)} ({weight!r}).")
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"loss_func func_weight must be a finite number > 0, got {weight!r}.")
+
+
+def _check_temperature(entry):
+    """Return the entry's temperature: ``None`` when missing or None, else a finite number > 0.
+
+    Raises:
+        TypeError: not an int or float (a bool included).
+        ValueError: zero, negative, NaN or infinite.
+    """
+    temperature = entry.get("temperature")
+    if temperature is None:
+        return None
+    if not _is_real(temperature):
+        raise TypeError(f"temperature must be int or float, not {_type_name(temperature)}.")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"Value of temperature is invalid: {temperature!r} (a finite number > 0 is required).")
+    return temperature
+
+
+def _check_func_param(entry):
+    """Return the entry's ``func_param`` list (``[]`` when missing or empty).
+
+    Raises:
+        TypeError: not a list.
+        ValueError: a NaN or infinite number in it.
+    """
+    func_param = entry.get("func_param")
+    if not func_param:
+        return []
+    if not isinstance(func_param, list):
+        raise TypeError("func_param must be list")
+    for value in func_param:
+        if _is_real(value) and not math.isfinite(value):
+            raise ValueError(f"loss_func func_param must hold finite numbers, got {func_param!r}.")
+    return func_param
+
+
 def _normalise_loss_funcs(loss_funcs):
-    """Validate the ``loss_func`` entries and return normalised copies (the caller's dicts stay untouched)."""
+    """Validate the ``loss_func`` entries and return normalised copies (the caller's dicts stay untouched).
+
+    Raises:
+        TypeError: ``loss_funcs`` not a list of dicts; a non-numeric ``func_weight`` or ``temperature``; a
+            ``func_param`` that is not a list.
+        ValueError: a missing ``func_name``; a missing, zero, negative or non-finite ``func_weight``; a zero,
+            negative or non-finite ``temperature``; a non-finite number in ``func_param``.
+    """
     if not isinstance(loss_funcs, list):
         raise TypeError(f"loss_func must be a list of dicts, not {_type_name(loss_funcs)}.")
     normalised = []
@@ -46,22 +112,9 @@ def _normalise_loss_funcs(loss_funcs):
         entry = dict(entry)
         if not entry.get("func_name"):
             raise ValueError("loss_func must have func_name")
-        if not entry.get("func_weight"):
-            raise ValueError("loss_func must have func_weight")
-        temperature = entry.get("temperature")
-        if temperature:
-            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-                raise TypeError(f"temperature must be int or float, not {_type_name(temperature)}.")
-            if temperature <= 0:
-                raise ValueError("Value of temperature is invalid.")
-        else:
-            entry["temperature"] = None
-        func_param = entry.get("func_param")
-        if func_param:
-            if not isinstance(func_param, list):
-                raise TypeError("func_param must be list")
-        else:
-            entry["func_param"] = []
+        _check_func_weight(entry)
+        entry["temperature"] = _check_temperature(entry)
+        entry["func_param"] = _check_func_param(entry)
         normalised.append(entry)
     return normalised
 
@@ -124,7 +177,9 @@ class KnowledgeDistillConfig:
         in a tuple or in a Hugging Face output's non-None fields) or str keys (``"logits"``).
 
         Raises:
-            TypeError / ValueError: as the original for missing keys and bad indices or loss entries.
+            TypeError / ValueError: as the original for missing keys and bad indices or loss entries; also a
+                ``func_weight`` that is not a finite number > 0, a ``temperature`` that is not None or a finite
+                number > 0, a NaN/inf in ``func_param`` (see ``_normalise_loss_funcs``).
         """
         self.output_matches.append(self._check_match(config, self.output_match_keys, "add_output_soft_label"))
         return self

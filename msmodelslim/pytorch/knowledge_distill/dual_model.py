@@ -1,5 +1,6 @@
 """``DistillDualModels``: a teacher and a student run side by side, with the distillation loss between them."""
 import inspect
+import itertools
 
 import torch
 from torch import nn
@@ -48,6 +49,51 @@ def _width_of(module):
     return width
 
 
+def _check_distinct(teacher, student):
+    """Refuse a teacher that is the student, or a student with no parameter of its own (the teacher is frozen, so
+    such a student could not learn); warn when they share some parameters (those stay frozen with the teacher).
+
+    Raises:
+        ValueError: the same model twice, or every student parameter also belongs to the teacher.
+    """
+    teacher, student = _unwrap(teacher), _unwrap(student)
+    if teacher is student:
+        raise ValueError("get_distill_model: the teacher and the student are the same object; pass two different "
+                         "models (the teacher is frozen, so the student could not learn).")
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    student_params = dict(student.named_parameters())
+    shared = [name for name, param in student_params.items() if id(param) in teacher_ids]
+    if student_params and len(shared) == len(student_params):
+        raise ValueError(f"get_distill_model: every parameter of the student ({len(shared)}) also belongs to the "
+                         f"teacher, so the student could not learn; pass a separate student model.")
+    if shared:
+        logger.warning("The student shares %d parameter(s) with the teacher (%s): they are frozen with the teacher "
+                       "while distilling, so the student does not train them.", len(shared), ", ".join(shared[:3]))
+
+
+class _ModelState:
+    """What setting up distillation changes on a model, kept by reference (no copy) so that it can be put back
+    exactly: train/eval modes, the parameter and buffer objects with their data, grads and ``requires_grad``."""
+
+    def __init__(self, model):
+        self.modules = [(m, m.training, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+        self.params = [(p, p.data, p.grad, p.requires_grad)
+                       for _, _, params, _ in self.modules for p in params.values() if p is not None]
+
+    def restore(self):
+        """Put every recorded module attribute and parameter back."""
+        for module, training, params, buffers in self.modules:
+            module.training = training
+            module._parameters.clear()
+            module._parameters.update(params)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+        for param, data, grad, flag in self.params:
+            param.data = data
+            param.grad = grad
+            param.requires_grad_(flag)
+
+
 class _Match:
     """One soft label: where to read the two tensors, the weighted losses, and an optional adaptor."""
 
@@ -68,9 +114,20 @@ class _Match:
 class DistillDualModels(nn.Module):
     """Teacher + student. ``forward(*args, **kwargs)`` runs both on the same inputs and returns
     ``(distill_loss, student_outputs, teacher_outputs)``; build the optimizer from ``student_model.parameters()``
-    (or :meth:`trainable_parameters` when adaptors are used)."""
+    (or :meth:`trainable_parameters` when adaptors are used). :meth:`get_student_model` or :meth:`close` ends its
+    use: the hooks are removed and the teacher's ``requires_grad`` flags given back."""
 
     def __init__(self, teacher, student, config):
+        """Check the config against the models, then freeze the teacher, set the train modes, place the hooks and
+        cast the teacher (``set_teacher_dtype``). On any error the teacher and the student are left exactly as
+        they were.
+
+        Raises:
+            ValueError: the same model as teacher and student, an unknown loss or module name, adaptor widths that
+                cannot be inferred.
+            TypeError: a loss class that does not accept its ``func_param``.
+        """
+        _check_distinct(teacher, student)
         super().__init__()
         self.teacher_model = teacher
         self.student_model = student
@@ -81,6 +138,8 @@ class DistillDualModels(nn.Module):
         self.adaptors = nn.ModuleDict()
         self._captured = {"teacher": {}, "student": {}}
         self._handles = []
+        self._teacher_grad_flags = {}
+        self._closed_by = None
         registry = dict(LOSSES)
         registry.update(config.custom_loss_func)
         self.inter_matches = [self._build_match("inter", i, m, registry) for i, m in enumerate(config.inter_matches)]
@@ -88,13 +147,7 @@ class DistillDualModels(nn.Module):
                                for i, m in enumerate(config.output_matches)]
         self._check_modules()
         self._build_adaptors()
-        if config.teacher_dtype is not None:
-            teacher.to(config.teacher_dtype)
-        self._teacher_grad_flags = {p: p.requires_grad for p in teacher.parameters()}
-        self._freeze_teacher()
-        student.train()
-        teacher.train(self.train_teacher)
-        self._attach_hooks()
+        self._prepare_models(config.teacher_dtype)
         logger.info("Distillation model built: %d intermediate and %d output soft label(s).",
                     len(self.inter_matches), len(self.output_matches))
 
@@ -142,8 +195,27 @@ class DistillDualModels(nn.Module):
             else:
                 widths = tuple(request)
             match.adaptor_key = f"inter{match.index}"
-            device = next(_unwrap(self.student_model).parameters()).device
-            self.adaptors[match.adaptor_key] = nn.Linear(*widths).to(device)
+            # the adaptor reads the student module's output: same dtype and device, or the first matmul fails
+            dtype, device = _float_placement(student_modules[match.config["s_module"]], self.student_model)
+            self.adaptors[match.adaptor_key] = nn.Linear(*widths, device=device, dtype=dtype)
+
+    def _prepare_models(self, teacher_dtype):
+        """Freeze the teacher, set the train modes, place the hooks, and cast the teacher last (the only step that
+        allocates); on any error (Ctrl-C included) undo all of it exactly and re-raise."""
+        states = [_ModelState(self.teacher_model), _ModelState(self.student_model)]
+        try:
+            self._teacher_grad_flags = {p: p.requires_grad for p in self.teacher_model.parameters()}
+            self._freeze_teacher()
+            self.student_model.train()
+            self.teacher_model.train(self.train_teacher)
+            self._attach_hooks()
+            if teacher_dtype is not None:
+                self.teacher_model.to(teacher_dtype)
+        except BaseException:
+            self._remove_handles()
+            for state in states:
+                state.restore()
+            raise
 
     def _attach_hooks(self):
         if self._handles:
@@ -157,14 +229,34 @@ class DistillDualModels(nn.Module):
 
                 self._handles.append(modules[match.config[key]].register_forward_hook(hook))
 
-    def remove_hooks(self):
-        """Remove every hook this wrapper placed on the teacher and the student, and give the teacher's parameters
-        back their ``requires_grad`` flags."""
+    def _remove_handles(self):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    def remove_hooks(self):
+        """Remove every hook this wrapper placed on the teacher and the student, and give the teacher's parameters
+        back their ``requires_grad`` flags; the next forward puts both back. After :meth:`close` or
+        :meth:`get_student_model` it changes nothing."""
+        if self._closed_by is None:
+            self._release()
+
+    def _release(self):
+        self._remove_handles()
         for param, flag in self._teacher_grad_flags.items():
             param.requires_grad_(flag)
+
+    def _close(self, by):
+        """Release the models for good: later calls neither run nor touch the teacher's flags again."""
+        if self._closed_by is None:
+            self._release()
+            self._closed_by = by
+
+    def _check_open(self):
+        """Raises RuntimeError: the wrapper was closed (its hooks are gone and the teacher is no longer frozen)."""
+        if self._closed_by is not None:
+            raise RuntimeError(f"this DistillDualModels was closed by {self._closed_by}; create a new one with "
+                               f"get_distill_model.")
 
     def _freeze_teacher(self):
         """The teacher never learns: no optimizer or DistributedDataParallel sees its parameters as trainable."""
@@ -178,8 +270,15 @@ class DistillDualModels(nn.Module):
 
     def forward(self, *args, **kwargs):
         """Run the teacher (no gradients) and the student on the same inputs; return
-        ``(distill_loss, student_outputs, teacher_outputs)``."""
-        self._attach_hooks()
+        ``(distill_loss, student_outputs, teacher_outputs)``.
+
+        Raises:
+            RuntimeError: the wrapper was closed by :meth:`get_student_model` or :meth:`close`.
+            ValueError: an output index or key that does not exist, a matched module that did not run, or tensors
+                of different shapes without an adaptor.
+        """
+        self._check_open()
+        self._attach_hooks()  # after remove_hooks()
         self._freeze_teacher()
         self.teacher_model.train(self.train_teacher)
         self._captured = {"teacher": {}, "student": {}}
@@ -227,15 +326,18 @@ class DistillDualModels(nn.Module):
         return self.distill_loss * (1 - weight) + hard_label_loss * weight
 
     def get_student_model(self):
-        """The student (the same object), with this wrapper's hooks removed; adaptors are not part of it."""
-        self.remove_hooks()
+        """The student (the same object), with this wrapper's hooks removed and the teacher's ``requires_grad``
+        flags given back; adaptors are not part of it. The wrapper cannot run afterwards (RuntimeError)."""
+        self._close("get_student_model()")
         return self.student_model
 
     def close(self):
-        """Remove the hooks (the context-manager exit does the same)."""
-        self.remove_hooks()
+        """Remove the hooks and give the teacher's flags back, as :meth:`get_student_model` (the context-manager
+        exit does the same)."""
+        self._close("close()")
 
     def __enter__(self):
+        self._check_open()
         return self
 
     def __exit__(self, *exc):
@@ -243,13 +345,28 @@ class DistillDualModels(nn.Module):
 
     def to_ddp(self, **ddp_kwargs):
         """This model wrapped in ``DistributedDataParallel`` for multi-process training: the student's and the
-        adaptors' gradients are averaged across processes; the frozen teacher is left out."""
+        adaptors' gradients are averaged across processes; the frozen teacher is left out.
+
+        Raises:
+            RuntimeError: the wrapper was closed.
+        """
+        self._check_open()
         return nn.parallel.DistributedDataParallel(self, **ddp_kwargs)
 
 
 def _width_free(match):
     """Losses that compare student and teacher tensors of different widths by construction (MMD)."""
     return all(type(loss).__name__ == "MMD" for _, loss, *_ in match.losses)
+
+
+def _float_placement(module, fallback):
+    """``(dtype, device)`` of the first floating-point parameter or buffer of ``module`` (else of ``fallback``, else
+    the defaults)."""
+    for model in (module, _unwrap(fallback)):
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype, tensor.device
+    return torch.get_default_dtype(), torch.device("cpu")
 
 
 def _first_device(outputs):
