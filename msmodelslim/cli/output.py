@@ -80,15 +80,11 @@ def check_output(out, inputs=(), overwrite=False):
     return target
 
 
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _apply_umask(root):
     """Give ``root`` and everything in it the modes a plain ``mkdir``/``open`` would have given them."""
-    mask = _umask()
+    from msmodelslim.utils.checkpoint import current_umask
+
+    mask = current_umask()
     os.chmod(root, 0o777 & ~mask)
     for folder, dirs, files in os.walk(root):
         for name in dirs:

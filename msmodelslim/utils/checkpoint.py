@@ -30,10 +30,24 @@ HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch
 UNWRAP_KEYS = ("state_dict", "model")
 
 
-def _check_path_arg(path):
+def check_path_arg(path):
+    """``path`` as a str.
+
+    Raises:
+        SchemaValidateError: ``path`` is not a str or os.PathLike (or a PathLike of bytes).
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise SchemaValidateError(f"path must be str or os.PathLike, not {type(path).__name__}.")
-    return os.fspath(path)
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise SchemaValidateError(f"path must be str or os.PathLike of str, not {type(path).__name__}.")
+    return path
+
+
+def error_summary(exc):
+    """The first line of an exception's message (its type name when the message is empty), at most 200 chars."""
+    lines = str(exc).splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def resolve_weight_path(path):
@@ -46,7 +60,7 @@ def resolve_weight_path(path):
         SchemaValidateError: ``path`` is not a str or PathLike.
         CheckpointError: the path does not exist, the directory holds no weights, or the suffix is unsupported.
     """
-    path = _check_path_arg(path)
+    path = check_path_arg(path)
     if not os.path.exists(path):
         raise CheckpointError(f"Checkpoint path '{path}' does not exist.")
     if os.path.isdir(path):
@@ -81,7 +95,7 @@ def _torch_load(path):
         raise CheckpointError(f"Checkpoint '{path}' is not a valid PyTorch file (corrupt or truncated).") from None
     except Exception as exc:  # the unpickler raises many types on damaged input (EOFError, IndexError, ...)
         raise CheckpointError(
-            f"Checkpoint '{path}' cannot be read (corrupt or truncated): {str(exc).splitlines()[0][:200]}") from None
+            f"Checkpoint '{path}' cannot be read (corrupt or truncated): {error_summary(exc)}") from None
 
 
 def _unwrap(obj, path):
@@ -140,18 +154,27 @@ class _SafetensorsReader:
             self._keys = list(self._file.keys())
         except Exception as exc:  # SafetensorError derives from Exception only
             raise CheckpointError(
-                f"Checkpoint '{path}' is not a valid safetensors file (corrupt or truncated): {exc}") from None
+                f"Checkpoint '{path}' is not a valid safetensors file (corrupt or truncated): {error_summary(exc)}"
+            ) from None
 
     def keys(self):
         return list(self._keys)
 
+    def _slice(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        try:
+            return self._file.get_slice(key)
+        except Exception as exc:  # SafetensorError can come lazily, on first use of a tensor
+            raise CheckpointError(f"Tensor '{key}' of '{self.path}' cannot be read: {error_summary(exc)}") from None
+
     def shape(self, key):
-        return tuple(self._file.get_slice(key).get_shape())
+        return tuple(self._slice(key).get_shape())
 
     def dtype(self, key):
         import torch
 
-        name = _SAFETENSORS_DTYPE_NAMES.get(self._file.get_slice(key).get_dtype())
+        name = _SAFETENSORS_DTYPE_NAMES.get(self._slice(key).get_dtype())
         return getattr(torch, name) if name else self.get(key).dtype
 
     def get(self, key):
@@ -160,7 +183,7 @@ class _SafetensorsReader:
         except Exception as exc:
             if key not in self._keys:
                 raise KeyError(key) from None
-            raise CheckpointError(f"Tensor '{key}' of '{self.path}' cannot be read: {exc}") from None
+            raise CheckpointError(f"Tensor '{key}' of '{self.path}' cannot be read: {error_summary(exc)}") from None
 
     def close(self):
         self._file = None
@@ -210,6 +233,8 @@ class _ShardedReader:
 
 
 def _open_file(path):
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"Checkpoint '{path}' is empty (0 bytes): the file is corrupt or was never written.")
     if path.endswith(INDEX_SUFFIXES):
         return _ShardedReader(path)
     if path.endswith(SAFETENSORS_SUFFIX):
@@ -306,11 +331,12 @@ def save_state_dict(state_dict, path, metadata=None):
 
     Raises:
         SchemaValidateError: ``state_dict`` is not a dict or ``path`` not a str/PathLike.
-        CheckpointError: unsupported suffix, a non-tensor value, or a missing parent directory.
+        CheckpointError: unsupported suffix, a non-tensor value, a missing parent directory, or ``path`` is a
+            directory.
     """
     import torch
 
-    path = _check_path_arg(path)
+    path = check_path_arg(path)
     if not isinstance(state_dict, dict):
         raise SchemaValidateError(f"state_dict must be dict, not {type(state_dict).__name__}.")
     bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -322,6 +348,8 @@ def save_state_dict(state_dict, path, metadata=None):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CheckpointError(f"Directory '{folder}' of '{path}' does not exist.")
+    if os.path.isdir(path):
+        raise CheckpointError(f"'{path}' is a directory; give a file name.")
 
     def write(tmp_path):
         if path.endswith(SAFETENSORS_SUFFIX):
@@ -334,16 +362,25 @@ def save_state_dict(state_dict, path, metadata=None):
     atomic_write(path, write)
 
 
+def current_umask():
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it to ``path``.
 
-    On any exception the temporary file is removed, ``path`` is left as it was, and the exception propagates.
+    The file gets the mode a plain ``open`` would give it (0666 less the umask), not ``mkstemp``'s 0600. On any
+    exception the temporary file is removed, ``path`` is left as it was, and the exception propagates.
     """
     folder = os.path.dirname(os.path.abspath(path))
     handle, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     os.close(handle)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):

@@ -20,14 +20,16 @@ Each mask has one character per channel of the *original* layer: ``-`` kept, any
 number of ``-``. Normalisation and other per-channel layers use ``"input"`` (as in the original msModelSlim); a
 desc written by the original for a plain Conv/Linear model applies as is (it simply has no ``__meta__``).
 Applying a desc slices every listed layer directly - no tracing - after validating all of it; on any error the
-model is restored exactly.
+model is restored exactly. ``patches`` and ``config`` set integer sizes only; a config field the desc changes must
+agree with the pruned tensors (vocabulary, hidden, FFN and head sizes) and no other field may change. Tensors that
+several names share (tied embeddings, a layer registered twice) must be pruned alike, so the tie survives.
 """
 import hashlib
 import re
 
 import torch
 
-from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, slice_tensor, spec_of
+from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, ParameterSpec, slice_tensor, spec_of
 from msmodelslim.utils.logging import logger
 
 META_KEY = "__meta__"
@@ -37,6 +39,8 @@ KEPT, REMOVED = "-", "x"
 BELONGS = "Please Check whether desc belongs to the network."
 _ALLOWED = re.compile(r"""^[_A-Za-z0-9"'><=\[\])(,}{: /.*~-]*$""")
 MAX_KEY_LENGTH = 512
+MAX_DEPTH = 16  # a desc is at most 4 levels deep (__meta__ -> patches -> module -> attribute)
+ROLE_ORDER = (OUTPUT, INPUT)  # one order for every layer, so a tensor shared by two layers is sliced alike
 
 
 def fingerprint(model):
@@ -80,27 +84,43 @@ def build_desc(model, groups, removed_units, engine, patches=None, config=None, 
     return desc
 
 
-def _check_strings(obj):
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or not _ALLOWED.match(key):
-                raise ValueError("desc contains invalid characters.")
-            _check_strings(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            _check_strings(value)
-    elif isinstance(obj, str) and not _ALLOWED.match(obj):
-        raise ValueError("desc contains invalid characters.")
+def _check_strings(desc):
+    """Refuse keys and strings outside the whitelist, and nesting deeper than :data:`MAX_DEPTH` (iteratively, so
+    that no input can exhaust the interpreter's stack)."""
+    stack = [(desc, 0)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_DEPTH and isinstance(obj, (dict, list, tuple)):
+            raise ValueError(f"desc is nested more than {MAX_DEPTH} levels deep; a desc has at most 4 levels.")
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or not _ALLOWED.match(key):
+                    raise ValueError("desc contains invalid characters.")
+                stack.append((value, depth + 1))
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((value, depth + 1) for value in obj)
+        elif isinstance(obj, str) and not _ALLOWED.match(obj):
+            raise ValueError("desc contains invalid characters.")
 
 
 def _bad(target, why):
     return ValueError(f"{BELONGS} Module '{target}': {why}.")
 
 
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value, limit=300):
+    """``repr(value)`` cut to ``limit`` characters (never recursing deeper than the desc's depth limit)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _keep_index(target, role, entry, size):
-    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], int)
-            and not isinstance(entry[0], bool) and isinstance(entry[1], str)):
-        raise _bad(target, f"'{role}' must be [kept_count, mask], got {entry!r}"[:300])
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and _is_count(entry[0])
+            and isinstance(entry[1], str)):
+        raise _bad(target, f"'{role}' must be [kept_count, mask], got {_short(entry)}")
     kept, mask = entry
     if len(mask) != size:
         raise _bad(target, f"the '{role}' mask has {len(mask)} channels, the layer has {size}")
@@ -112,15 +132,76 @@ def _keep_index(target, role, entry, size):
     return torch.as_tensor(index, dtype=torch.long)
 
 
+def _check_meta(meta):
+    """Refuse a ``__meta__`` whose sections do not have the documented types."""
+    if meta and (meta.get("format") != FORMAT or not _is_count(meta.get("version")) or meta["version"] > VERSION):
+        raise ValueError(f"{BELONGS} Unsupported desc format {_short(meta.get('format'), 80)} version "
+                         f"{_short(meta.get('version'), 80)} (this msmodelslim reads {FORMAT} version <= {VERSION}).")
+    for section in ("patches", "config", "axes"):
+        if not isinstance(meta.get(section) or {}, dict):
+            raise ValueError(f"{BELONGS} '{META_KEY}.{section}' must be a dict, got {type(meta[section]).__name__}.")
+    for name, attrs in (meta.get("patches") or {}).items():
+        if not isinstance(attrs, dict) or not all(_is_count(v) for v in attrs.values()):
+            raise _bad(name, f"a patch must map attribute names to integers, got {_short(attrs, 120)}")
+    for field, value in (meta.get("config") or {}).items():
+        if not _is_count(value) or value < 1:
+            raise ValueError(f"{BELONGS} The config field '{field}' must be set to a positive integer (a size), "
+                             f"got {_short(value, 80)}.")
+    for target, axis in (meta.get("axes") or {}).items():
+        if not _is_count(axis):
+            raise _bad(target, f"its axis must be an integer, got {_short(axis, 80)}")
+
+
+def _role_keep(target, spec, entry):
+    """``{role: kept index}`` of one desc entry, roles in :data:`ROLE_ORDER`."""
+    if not isinstance(entry, dict) or not entry or set(entry) - {OUTPUT, INPUT}:
+        raise _bad(target, "an entry must be a dict with 'output' and/or 'input'")
+    roles = spec.roles()
+    keep = {}
+    for role, value in entry.items():
+        if role in roles:
+            keep[role] = _keep_index(target, role, value, spec.size(role))
+        elif len(roles) == 1:
+            # a one-role layer (norm, depthwise conv, embedding) named by the other key
+            only = next(iter(roles))
+            if only not in entry:
+                keep[only] = _keep_index(target, role, value, spec.size(only))
+        else:
+            raise _bad(target, f"a {spec.kind} layer has no '{role}'")
+    return {role: keep[role] for role in ROLE_ORDER if role in keep}
+
+
+def _identity(spec):
+    """What an entry really changes: the module, or the (module, attribute) of a bare parameter."""
+    return (id(spec.module), spec.attr) if isinstance(spec, ParameterSpec) else (id(spec.module), None)
+
+
+def _merge_alias(first, target, keep):
+    """``first`` (an operation) with the entry ``keep`` of ``target``, the same layer under another name, merged.
+
+    Raises:
+        ValueError: the two names give the layer different masks for one role.
+    """
+    first_target, spec, first_keep = first
+    for role, index in keep.items():
+        if role in first_keep and not torch.equal(first_keep[role], index):
+            raise ValueError(f"{BELONGS} Modules '{first_target}' and '{target}' are one layer registered under two "
+                             f"names, and the desc gives them different '{role}' masks.")
+    merged = {**keep, **first_keep}
+    return first_target, spec, {role: merged[role] for role in ROLE_ORDER if role in merged}
+
+
 def parse_desc(model, desc):
     """Validate ``desc`` against ``model`` and return ``(operations, meta)`` without touching the model.
 
-    ``operations`` is a list of ``(spec, {role: kept index tensor})``.
+    ``operations`` is a list of ``(target, spec, {role: kept index tensor})``; a layer registered under several
+    names appears once.
 
     Raises:
         TypeError: ``desc`` is not a dict.
-        ValueError: invalid characters, a model without parameters, or an entry that does not fit the model
-            (the message names the first mismatching module).
+        ValueError: invalid characters or nesting, a model without parameters, a malformed ``__meta__``, an entry
+            that does not fit the model (the message names the first mismatching module), or one layer given
+            different masks under two names (both are named).
     """
     if not isinstance(desc, dict):
         raise TypeError("parameter desc must be dict")
@@ -130,37 +211,27 @@ def parse_desc(model, desc):
     meta = desc.get(META_KEY) or {}
     if not isinstance(meta, dict):
         raise ValueError(f"{BELONGS} '{META_KEY}' must be a dict.")
-    if meta and (meta.get("format") != FORMAT or not isinstance(meta.get("version"), int)
-                 or meta["version"] > VERSION):
-        raise ValueError(f"{BELONGS} Unsupported desc format {meta.get('format')!r} version {meta.get('version')!r} "
-                         f"(this msmodelslim reads {FORMAT} version <= {VERSION}).")
+    _check_meta(meta)
     axes = meta.get("axes") or {}
-    operations = []
+    operations, seen = [], {}
     for target, entry in desc.items():
         if target == META_KEY:
             continue
-        if not isinstance(entry, dict) or not entry or set(entry) - {OUTPUT, INPUT}:
-            raise _bad(target, "an entry must be a dict with 'output' and/or 'input'")
         try:
             spec = spec_of(model, target, axes.get(target))
         except (LookupError, TypeError) as exc:
             raise _bad(target, str(exc)) from None
-        roles = spec.roles()
-        keep = {}
-        for role, value in entry.items():
-            if role in roles:
-                keep[role] = _keep_index(target, role, value, spec.size(role))
-            elif len(roles) == 1:
-                # a one-role layer (norm, depthwise conv, embedding) named by the other key
-                only = next(iter(roles))
-                if only not in entry:
-                    keep[only] = _keep_index(target, role, value, spec.size(only))
-            else:
-                raise _bad(target, f"a {spec.kind} layer has no '{role}'")
+        keep = _role_keep(target, spec, entry)
+        ident = _identity(spec)
+        if ident in seen:
+            operations[seen[ident]] = _merge_alias(operations[seen[ident]], target, keep)
+            keep = operations[seen[ident]][2]
+        else:
+            seen[ident] = len(operations)
+            operations.append((target, spec, keep))
         message = spec.check({role: len(index) for role, index in keep.items()})
         if message:
             raise _bad(target, message)
-        operations.append((spec, keep))
     if meta.get("fingerprint") and meta["fingerprint"] != fingerprint(model):
         logger.warning("The desc was made for a model with other parameter names or shapes; every entry fits this "
                        "model, so it is applied.")
@@ -169,6 +240,7 @@ def parse_desc(model, desc):
 
 
 def _check_patches(model, meta):
+    """Patches may set integer attributes only (sizes forward() reads), and config fields that exist."""
     for name, attrs in (meta.get("patches") or {}).items():
         try:
             module = model.get_submodule(name)
@@ -177,10 +249,67 @@ def _check_patches(model, meta):
         for attr in attrs:
             if not hasattr(module, attr):
                 raise _bad(name, f"it has no attribute '{attr}' to patch")
+            if not _is_count(getattr(module, attr)):
+                raise _bad(name, f"its attribute '{attr}' is not an integer; a desc patches integer sizes only")
     config = getattr(model, "config", None)
     for field in meta.get("config") or {}:
         if config is None or not hasattr(config, field):
             raise ValueError(f"{BELONGS} The model config has no field '{field}'.")
+        current = getattr(config, field)
+        if current is not None and not _is_count(current):
+            raise ValueError(f"{BELONGS} The config field '{field}' is not an integer ({_short(current, 80)}); a "
+                             "desc sets integer sizes only.")
+
+
+def _resolve(model, name):
+    holder, _, attr = name.rpartition(".")
+    try:
+        owner = model.get_submodule(holder) if holder else model
+    except AttributeError:
+        return None
+    return getattr(owner, attr, None)
+
+
+def shared_tensors(model):
+    """``[[names of one tensor], ...]`` for every parameter or buffer reachable under several names."""
+    names = {}
+    for name, tensor in list(model.named_parameters(remove_duplicate=False)) + list(
+            model.named_buffers(remove_duplicate=False)):
+        names.setdefault(id(tensor), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
+
+
+def _check_ties(model, shared):
+    """Raise ``ValueError`` when names that shared one tensor before the slicing no longer do."""
+    for group in shared:
+        objects = [_resolve(model, name) for name in group]
+        if any(obj is not objects[0] for obj in objects[1:]):
+            raise ValueError(f"{BELONGS} {', '.join(repr(n) for n in group)} share one tensor, but the desc prunes "
+                             "them differently (or not all of them); the tie would break.")
+
+
+def _check_config(model, fields, old):
+    """Every config field the desc changes must agree with the pruned tensors (``old``: the values before).
+
+    A changed field msmodelslim derives from shapes (vocabulary, hidden, FFN and head sizes) must equal the shape
+    the pruned weights have; any other field may not change, since no tensor explains its new value. A field set
+    to the value it already had is accepted.
+    """
+    from msmodelslim.pytorch.prune.structure import implied_config
+
+    changed = {field: value for field, value in fields.items() if value != old.get(field)}
+    implied = implied_config(model) if changed else {}
+    for field, value in changed.items():
+        if field in implied:
+            expected, where = implied[field]
+            if expected is None:
+                raise ValueError(f"{BELONGS} The desc sets config.{field} = {value}, but {where}.")
+            if value != expected:
+                raise ValueError(f"{BELONGS} The desc sets config.{field} = {value}, which contradicts the pruned "
+                                 f"weights: {where}.")
+        else:
+            raise ValueError(f"{BELONGS} The desc changes config.{field} from {old.get(field)!r} to {value}, and no "
+                             "pruned tensor shape explains that field.")
 
 
 class _Snapshot:
@@ -206,15 +335,7 @@ class _Snapshot:
             vars(config).update(values)
 
 
-def apply_desc(model, desc, check=None):
-    """Apply ``desc`` to ``model`` in place; validate everything first, restore everything on any error.
-
-    ``check(model)``, when given, runs after slicing (e.g. a forward pass); if it raises, the model is restored and
-    a ``ValueError`` explains the failure. Raises the errors of :func:`parse_desc`.
-    """
-    operations, meta = parse_desc(model, desc)
-    patched = [model.get_submodule(name) for name in (meta.get("patches") or {})]
-    snapshot = _Snapshot(model, [spec.module for spec, _ in operations] + patched)
+def _slice_all(model, operations, meta):
     cache = {}
 
     def slicer(value, axis, index):
@@ -223,16 +344,34 @@ def apply_desc(model, desc, check=None):
             cache[key] = (value, slice_tensor(value, axis, index))
         return cache[key][1]
 
+    for _, spec, keep in operations:
+        spec.apply(keep, slicer)
+    for name, attrs in (meta.get("patches") or {}).items():
+        module = model.get_submodule(name)
+        for attr, value in attrs.items():
+            setattr(module, attr, value)
+
+
+def apply_operations(model, operations, meta, check=None):
+    """Apply parsed ``operations`` and ``meta`` (from :func:`parse_desc`) to ``model`` in place; restore
+    everything on any error (KeyboardInterrupt included).
+
+    Raises:
+        ValueError: shared tensors would be untied, a config field contradicts the pruned weights, or
+            ``check(model)`` raised (the cause is chained).
+    """
+    patched = [model.get_submodule(name) for name in (meta.get("patches") or {})]
+    snapshot = _Snapshot(model, [spec.module for _, spec, _ in operations] + patched)
+    shared = shared_tensors(model)
+    fields = dict(meta.get("config") or {})
+    config = getattr(model, "config", None)
+    old = {field: getattr(config, field, None) for field in fields}
     try:
-        for spec, keep in operations:
-            spec.apply(keep, slicer)
-        for name, attrs in (meta.get("patches") or {}).items():
-            module = model.get_submodule(name)
-            for attr, value in attrs.items():
-                setattr(module, attr, value)
-        config = getattr(model, "config", None)
-        for field, value in (meta.get("config") or {}).items():
+        _slice_all(model, operations, meta)
+        _check_ties(model, shared)
+        for field, value in fields.items():
             setattr(config, field, value)
+        _check_config(model, fields, old)
         if check is not None:
             try:
                 check(model)
@@ -243,3 +382,13 @@ def apply_desc(model, desc, check=None):
         snapshot.restore()
         raise
     return meta
+
+
+def apply_desc(model, desc, check=None):
+    """Apply ``desc`` to ``model`` in place; validate everything first, restore everything on any error.
+
+    ``check(model)``, when given, runs after slicing (e.g. a forward pass); if it raises, the model is restored and
+    a ``ValueError`` explains the failure. Raises the errors of :func:`parse_desc` and :func:`apply_operations`.
+    """
+    operations, meta = parse_desc(model, desc)
+    return apply_operations(model, operations, meta, check=check)

@@ -5,6 +5,7 @@ depthwise convolutions, normalisation layers, flatten -> Linear and ``nn.Multihe
 crash or never return on some models, so it runs in a forked child process (where available) that is killed when
 the budget is spent; the child sends back plain data only.
 """
+import math
 import multiprocessing
 import os
 import threading
@@ -154,16 +155,17 @@ def trace_groups(model, call, timeout_s=DEFAULT_TRACE_TIMEOUT_S):
     """:func:`torch_pruning_groups` under a time budget of ``timeout_s`` seconds.
 
     On Linux with a CPU model the work runs in a forked child that is killed when the budget is spent; otherwise
-    it runs in a background thread that is abandoned.
+    it runs in a background thread that is abandoned. ``timeout_s=math.inf`` waits without limit.
 
     Raises:
         GraphTraceError: the graph build crashed or did not finish in time; the message says what to exclude.
     """
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    budget = None if timeout_s == math.inf else max(float(timeout_s), 0.0)  # None: no limit (inf overflows poll)
     if on_cpu and "fork" in multiprocessing.get_all_start_methods():
-        result = _run_forked(model, call, timeout_s)
+        result = _run_forked(model, call, budget)
     else:
-        result = _run_threaded(model, call, timeout_s)
+        result = _run_threaded(model, call, budget)
     if result is None:
         raise _failure(model, f"did not finish within {timeout_s:g} s")
     if result[0] == "error":

@@ -20,6 +20,8 @@ A user callable ``fn(weight_slice) -> float`` is called as in the original msMod
 group's first producing layer (``conv.weight[idxs]``, ``linear.weight[i]``); its raw values are compared across
 layers, without normalisation.
 """
+import math
+
 import torch
 
 from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, spec_of
@@ -130,12 +132,15 @@ def _activation_scores(model, groups, call):
         for member in group.members:
             if member.axis is None and member.role in (INPUT, OUTPUT):
                 wanted[member.target] = spec_of(model, member.target).kind
-    stats = {}
+    stats, empty = {}, []
 
     def record(name, module, inputs, output):
         kind = wanted[name]
         for where, value in (("input", first_tensor(inputs)), ("output", first_tensor(output))):
             if value is None or not torch.is_floating_point(value):
+                continue
+            if value.numel() == 0:
+                empty.append(name)
                 continue
             channel_dim = 1 if kind in ("conv", "depthwise_conv") and value.dim() > 2 else -1
             moved = value.detach().float().abs().movedim(channel_dim, 0)
@@ -146,6 +151,9 @@ def _activation_scores(model, groups, call):
     modules = [(name, model.get_submodule(name)) for name in wanted if wanted[name] in PRODUCER_KINDS]
     with eval_mode(model), torch.no_grad(), hooks(modules, record):
         call(model)
+    if empty and not stats:
+        raise ValueError(f"activation importance needs at least one sample: the sample inputs gave empty activations "
+                         f"(at layer '{empty[0]}'; a batch of 0 samples?).")
     scores = []
     for group in groups:
         per_member = []
@@ -184,8 +192,26 @@ def _callable_scores(model, groups, fn):
                 piece = weight[idxs[0]]
             else:
                 piece = weight.index_select(axis.axis % weight.dim(), torch.as_tensor(idxs, device=weight.device))
-            values.append(float(fn(piece)))
+            values.append(_finite_score(fn(piece), group, member.target, unit))
         scores.append(torch.tensor(values, dtype=torch.float64))
+    return scores
+
+
+def _finite_score(value, group, target, unit):
+    """``float(value)``, refusing NaN and infinity with a ``ValueError`` naming the group, layer and unit."""
+    score = float(value)
+    if not math.isfinite(score):
+        raise ValueError(f"The importance function returned {score} for unit {unit} of group '{group.name}' "
+                         f"(layer '{target}'); it must return a finite number.")
+    return score
+
+
+def _check_finite(groups, scores, method):
+    """Refuse NaN or infinite scores (NaN weights or activations), naming the first group that has them."""
+    for group, score in zip(groups, scores):
+        if score is not None and not torch.isfinite(score).all():
+            raise ValueError(f"Importance '{method}' of group '{group.name}' is NaN or infinite; check the weights "
+                             "and sample inputs of its layers for NaN/inf values.")
     return scores
 
 
@@ -193,10 +219,16 @@ def group_importance(model, groups, method="l1", call=None, loss_fn=None):
     """Scores (one float64 tensor of ``group.size`` values per group) of the units of ``groups``.
 
     Raises:
-        ValueError: an unknown method name, or ``"taylor"`` without gradients or loss_fn.
+        ValueError: an unknown method name, ``"taylor"`` without gradients or loss_fn, ``"activation"`` on inputs
+            of 0 samples, or a NaN/infinite score (the message names the group).
     """
     if callable(method) and not isinstance(method, str):
         return _callable_scores(model, groups, method)
+    return _check_finite(groups, _builtin_scores(model, groups, method, call, loss_fn), method)
+
+
+def _builtin_scores(model, groups, method, call, loss_fn):
+    """Scores of a built-in criterion (see :func:`group_importance`)."""
     if method not in BUILTIN:
         raise ValueError(f"importance must be a callable or one of {list(BUILTIN)}, got {method!r}.")
     if method == "random":

@@ -307,15 +307,19 @@ def slice_tensor(value, axis, index):
 
 def spec_of(model, target, axis=None):
     """The :class:`LayerSpec` of module ``target`` of ``model``, or of bare parameter ``target`` when ``axis`` is
-    given. Raises ``LookupError`` for an unknown name and ``TypeError`` for an unsupported layer."""
+    given. Raises ``LookupError`` for an unknown name or an axis out of range and ``TypeError`` for an unsupported
+    layer."""
     if axis is not None:
         holder, _, attr = target.rpartition(".")
         try:
             parent = model.get_submodule(holder) if holder else model
         except AttributeError:
             raise LookupError(f"no module '{holder}'") from None
-        if not isinstance(getattr(parent, attr, None), nn.Parameter):
+        param = getattr(parent, attr, None)
+        if not isinstance(param, nn.Parameter):
             raise LookupError(f"no parameter '{target}'")
+        if not -param.dim() <= axis < param.dim():
+            raise LookupError(f"parameter '{target}' has {param.dim()} dimension(s), axis {axis} is out of range")
         return ParameterSpec(parent, attr, axis)
     try:
         module = model.get_submodule(target)

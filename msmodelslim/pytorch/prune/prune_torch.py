@@ -10,6 +10,8 @@ Whole channels, neurons and attention heads are removed, so the model becomes ph
 are grouped by the torch-pruning dependency graph; Hugging Face transformer families (BERT, RoBERTa, ViT, GPT-2,
 Llama, Mistral, Qwen2, OPT) by explicit structure rules. See the README for the ``desc`` format.
 """
+import math
+import numbers
 from dataclasses import replace
 
 import torch
@@ -19,7 +21,7 @@ from msmodelslim.pytorch.prune import desc as desc_format
 from msmodelslim.pytorch.prune.graph import DEFAULT_TRACE_TIMEOUT_S, trace_groups
 from msmodelslim.pytorch.prune.groups import tie_groups
 from msmodelslim.pytorch.prune.importance import BUILTIN, group_importance
-from msmodelslim.pytorch.prune.layers import OUTPUT, spec_of
+from msmodelslim.pytorch.prune.layers import OUTPUT, ParameterSpec, spec_of
 from msmodelslim.pytorch.prune.measure import count_params, profile
 from msmodelslim.pytorch.prune.planner import plan_pruning
 from msmodelslim.pytorch.prune.structure import StructureEngine, detect_family
@@ -52,8 +54,9 @@ class PruneTorch:
             (each layer choosing which), so the Hugging Face config still describes the pruned model.
 
     Raises:
-        ValueError: ``network`` is not a ``torch.nn.Module``, or a bad ``align``/``engine``.
-        TypeError: ``inputs`` is None or of another type.
+        ValueError: ``network`` is not a ``torch.nn.Module``, a bad ``align``/``engine``, or a NaN
+            ``trace_timeout``.
+        TypeError: ``inputs`` is None or of another type; ``trace_timeout`` is not a number.
     """
 
     def __init__(self, network, inputs=None, align=16, engine="auto", trace_timeout=DEFAULT_TRACE_TIMEOUT_S,
@@ -66,6 +69,7 @@ class PruneTorch:
             raise ValueError(f"align must be a positive int, got {align!r}.")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}.")
+        _check_timeout(trace_timeout)
         self._network = network
         self._call = as_call_params(inputs)
         self._align = align
@@ -245,24 +249,27 @@ class PruneTorch:
         """Apply a ``desc`` (from :meth:`prune`/:meth:`analysis`, possibly after a JSON round trip) in place.
 
         The whole desc is validated first; the pruned model must run on the sample inputs; on any error the model
-        is left exactly as it was.
+        is left exactly as it was (values, Parameter objects, shared tensors and config).
 
         Raises:
             TypeError: ``desc`` is not a dict.
-            ValueError: invalid characters, a model without parameters, or a desc that does not belong to the
-                model (the message names the first mismatching module).
+            ValueError: invalid characters or nesting, a model without parameters, a desc that does not belong to
+                the model (the message names the first mismatching module, or both names of a layer registered
+                twice), config fields that contradict the pruned weights, or a pruned model that fails to run.
         """
+        operations, meta = desc_format.parse_desc(self._network, desc)
         before_params = count_params(self._network)
         before_macs = sum(self._macs.values())
-        before_shapes = _role_sizes(self._network, desc)
+        before_shapes = _role_sizes(operations)
+        profiled = []
 
         def runs(model):
-            with eval_mode(model), torch.no_grad():
-                self._call(model)
+            # the post-prune check is also the new profile, so a failure there restores the model too
+            profiled.append(profile(model, self._call))
 
-        desc_format.apply_desc(self._network, desc, check=runs)
+        desc_format.apply_operations(self._network, operations, meta, check=runs)
         after_params = count_params(self._network)
-        self._order, _, macs_after = profile(self._network, self._call)
+        self._order, _, macs_after = profiled[0]
         self._last = {"params": (before_params, after_params), "macs": (before_macs, sum(macs_after.values())),
                       "layers": before_shapes, "layer_macs": (dict(self._macs), macs_after)}
         self._macs = macs_after
@@ -297,17 +304,19 @@ class PruneTorch:
         return table + "\n" + totals
 
 
-def _role_sizes(model, desc):
-    axes = (desc.get(desc_format.META_KEY) or {}).get("axes", {}) if isinstance(desc, dict) else {}
+def _role_sizes(operations):
+    """``{target: {"axis", "roles": {role: channels}}}`` of the layers a parsed desc changes, before it applies."""
     sizes = {}
-    if not isinstance(desc, dict):
-        return sizes
-    for target, entry in desc.items():
-        if target == desc_format.META_KEY or not isinstance(entry, dict):
-            continue
-        try:
-            spec = spec_of(model, target, axes.get(target))
-        except (LookupError, TypeError):
-            continue
-        sizes[target] = {"axis": axes.get(target), "roles": {role: spec.size(role) for role in spec.roles()}}
+    for target, spec, _ in operations:
+        axis = spec.axis if isinstance(spec, ParameterSpec) else None
+        sizes[target] = {"axis": axis, "roles": {role: spec.size(role) for role in spec.roles()}}
     return sizes
+
+
+def _check_timeout(trace_timeout):
+    """Raise ``TypeError`` unless ``trace_timeout`` is a real number of seconds, ``ValueError`` for NaN."""
+    if isinstance(trace_timeout, bool) or not isinstance(trace_timeout, numbers.Real):
+        raise TypeError(f"trace_timeout must be a number of seconds (int or float), not "
+                        f"{type(trace_timeout).__name__} {trace_timeout!r:.80}.")
+    if math.isnan(trace_timeout):
+        raise ValueError("trace_timeout must be a number of seconds, not NaN.")

@@ -293,3 +293,64 @@ def _config_accepts(config, fields):
                     "(prune_by_desc) rather than from_pretrained.", str(exc).splitlines()[-1].strip())
         return False
     return True
+
+
+def _uniform(values, field, what):
+    """``(value, where)`` when every layer agrees on ``values``, else ``(None, why the field cannot describe it)``."""
+    if any(value is None for value in values):
+        return None, f"the number of {what} cannot be read from the layers"
+    distinct = sorted(set(values))
+    if len(distinct) == 1:
+        return distinct[0], f"every layer has {distinct[0]} {what}"
+    return None, f"the layers have different numbers of {what} ({distinct}), so config.{field} cannot describe them"
+
+
+def _layer_sizes(model, family, prefix):
+    """``(heads, kv_heads, ffn neurons, hidden, head_dim)`` of one layer as its tensors are now."""
+    head_dim = head_size(model, family, prefix)
+    if family.qkv:
+        q_out = k_out = layer_spec(model.get_submodule(prefix + family.qkv)).size(OUTPUT) // 3
+    else:
+        q_out = layer_spec(model.get_submodule(prefix + family.q)).size(OUTPUT)
+        k_out = layer_spec(model.get_submodule(prefix + family.k)).size(OUTPUT)
+    ffn = layer_spec(model.get_submodule(prefix + family.down)).size(INPUT)
+    hidden = layer_spec(model.get_submodule(prefix + family.norms[0])).size(INPUT) if family.norms else None
+    return _per_head(q_out, head_dim), _per_head(k_out, head_dim), ffn, hidden, head_dim
+
+
+def _per_head(channels, head_dim):
+    """Whole heads in ``channels`` (a float when they do not divide, so that no integer field matches)."""
+    if not head_dim:
+        return None
+    return channels // head_dim if channels % head_dim == 0 else channels / head_dim
+
+
+def implied_config(model):
+    """The config fields that describe tensor shapes, as the model's tensors have them now.
+
+    Returns ``{field: (value, where)}``: ``vocab_size`` from the input embedding; for a recognised family the
+    heads, key/value heads, FFN, hidden and (where the config carries it) head sizes. ``value`` is None when the
+    layers disagree (non-uniform pruning); ``where`` explains the value. Raises nothing for a model without a
+    config or family (the result is then partial or empty).
+    """
+    implied = {}
+    try:
+        embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except (NotImplementedError, AttributeError):
+        embedding = None
+    if isinstance(embedding, nn.Embedding):
+        implied["vocab_size"] = (embedding.num_embeddings, f"the input embedding has {embedding.num_embeddings} rows")
+    family, layers = detect_family(model)
+    if family is None:
+        return implied
+    sizes = [_layer_sizes(model, family, prefix) for prefix in layers]
+    columns = dict(zip(("heads", "kv", "ffn", "hidden", "head_dim"), zip(*sizes)))
+    implied[family.heads_field] = _uniform(columns["heads"], family.heads_field, "attention heads")
+    if family.kv_field:
+        implied[family.kv_field] = _uniform(columns["kv"], family.kv_field, "key/value heads")
+    implied[family.ffn_field] = _uniform(columns["ffn"], family.ffn_field, "FFN neurons")
+    if family.norms:
+        implied["hidden_size"] = _uniform(columns["hidden"], "hidden_size", "hidden channels")
+    if family.explicit_head_dim:
+        implied["head_dim"] = _uniform(columns["head_dim"], "head_dim", "channels per head")
+    return implied

@@ -131,13 +131,13 @@ class PruneConfig:
         """The attribute ``config_name``, else ``default`` when truthy.
 
         Raises:
-            ValueError: neither exists.
+            ValueError: neither exists (the message names ``config_name``).
         """
         if hasattr(self, config_name):
             return getattr(self, config_name)
         if default:
             return default
-        raise ValueError("config_name not in PruneConfig.")
+        raise ValueError(f"config_name not in PruneConfig: {config_name!r} is not set.")
 
 
 def prune_model_weight(model, config, weight_file_path):
@@ -149,10 +149,11 @@ def prune_model_weight(model, config, weight_file_path):
     was kept.
 
     Raises:
-        ValueError: ``model`` is None or not a PyTorch model; an unknown step; a bad path; a checkpoint that
-            cannot fill the model (the message lists the missing keys and shape conflicts; the model is
-            untouched).
-        TypeError: ``config`` is not a PruneConfig.
+        ValueError: ``model`` is None or not a PyTorch model; an unknown step; ``prune_vit_intra_block``
+            without qkv keys; a bad path (see :func:`~msmodelslim.utils.checks.check_input_path`); a checkpoint
+            that cannot fill the model (the message lists the missing keys and shape conflicts), or that holds
+            different values for tensors the model ties. The model is untouched on any error.
+        TypeError: ``config`` is not a PruneConfig, or ``weight_file_path`` not a path.
         CheckpointError / UnsafeCheckpointError: the file is corrupt, unsupported, or a pickle with code.
     """
     if model is None:
@@ -164,6 +165,7 @@ def prune_model_weight(model, config, weight_file_path):
     for step in config.prune_state_dict_steps:
         if step not in STEPS:
             raise ValueError(f"Step {step} not exist! Step must in {list(STEPS)}")
+    _check_qkv_keys(config)
     auto = any(params["layer_id_map"] == AUTO for params in config.prune_blocks_params)
     if auto and "prune_blocks" in config.prune_state_dict_steps and config.importance_dataset is None:
         raise ValueError("layer_id_map='auto' needs calibration data: call set_importance(kind, dataset=[batches]) "
@@ -172,3 +174,11 @@ def prune_model_weight(model, config, weight_file_path):
     from msmodelslim.pytorch.prune.transformer_prune.weights import prune_model_weight_torch
 
     prune_model_weight_torch(model, config, path)
+
+
+def _check_qkv_keys(config):
+    """Raise ``ValueError`` when ``prune_vit_intra_block`` is a step but no qkv keys are set."""
+    if "prune_vit_intra_block" in config.prune_state_dict_steps and getattr(config, "qkv_keys", None) is None:
+        raise ValueError("config_name not in PruneConfig: step 'prune_vit_intra_block' needs 'qkv_keys', the "
+                         "substrings that name the fused q/k/v tensors of the checkpoint; set them with "
+                         "config.set_qkv_keys(['qkv']) (or the qkv_keys attribute).")

@@ -8,6 +8,7 @@ import re
 
 import torch
 
+from msmodelslim.pytorch.prune.transformer_prune.selection import check_samples
 from msmodelslim.utils.logging import logger
 from msmodelslim.utils.sequential import block_hidden, find_blocks, iterate_blocks
 
@@ -21,9 +22,10 @@ def block_influence(model, dataset, pattern):
     """``{layer id: influence}`` for each repeated block of ``model`` whose name ``pattern`` matches.
 
     Raises:
-        ValueError: ``model`` has no repeated blocks, ``pattern`` matches none of their names, or a block's
-            output is not hidden states shaped like its input.
+        ValueError: ``model`` has no repeated blocks, ``pattern`` matches none of their names, a block's
+            output is not hidden states shaped like its input, or the batches hold no token.
     """
+    check_samples(dataset, "layer_id_map='auto'")
     regex = re.compile(pattern)
     blocks = find_blocks(model)
     ids = {name: _layer_id(regex, name) for name, _ in blocks}
@@ -51,6 +53,9 @@ def block_influence(model, dataset, pattern):
                                                                output.reshape(-1, width).float(), dim=-1)
                 total += (1 - cosine).sum().item()
                 count += cosine.numel()
+            if count == 0:
+                raise ValueError("layer_id_map='auto' needs at least one sample: the calibration batches hold no "
+                                 "token.")
             influence[layer] = total / count
     finally:
         model.train(was_training)

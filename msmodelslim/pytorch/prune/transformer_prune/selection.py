@@ -13,7 +13,7 @@ import torch
 
 from msmodelslim.pytorch.prune.layers import INPUT, layer_spec
 from msmodelslim.pytorch.prune.transformer_prune.layout import FFN, HIDDEN, KV, Q, QKV, HeadsGroup
-from msmodelslim.utils.calibration import first_tensor, hooks, run
+from msmodelslim.utils.calibration import CallParams, first_tensor, hooks, run
 from msmodelslim.utils.logging import logger
 from msmodelslim.utils.sequential import find_blocks, iterate_blocks
 
@@ -115,9 +115,13 @@ class ActivationStats:
 
     def __init__(self):
         self.sums, self.counts = {}, {}
+        self.empty = 0  # activations seen with no element (a batch of 0 samples)
 
     def add(self, key, value):
         if value is None or not torch.is_floating_point(value):
+            return
+        if value.numel() == 0:
+            self.empty += 1
             return
         flat = value.detach().float().abs().reshape(-1, value.shape[-1])
         self.sums[key] = self.sums.get(key, 0) + flat.sum(0).cpu()
@@ -130,9 +134,23 @@ class ActivationStats:
         return list(self.sums)
 
 
+def check_samples(dataset, what="activation importance"):
+    """Raise ``ValueError`` naming the first batch of ``dataset`` whose first tensor has no element (0 samples)."""
+    for index, batch in enumerate(dataset):
+        tensor = first_tensor((batch.args, batch.kwargs) if isinstance(batch, CallParams) else batch)
+        if tensor is not None and tensor.numel() == 0:
+            raise ValueError(f"{what} needs at least one sample: dataset[{index}] is empty "
+                             f"(shape {tuple(tensor.shape)}).")
+
+
 def collect_activation_stats(model, dataset):
     """Run ``dataset`` through ``model`` block by block (a whole pass when it has no repeated blocks) and
-    return its :class:`ActivationStats`, keyed ``(module name, "in" | "out")``."""
+    return its :class:`ActivationStats`, keyed ``(module name, "in" | "out")``.
+
+    Raises:
+        ValueError: the batches hold no sample; RuntimeError (naming the batch) when the model fails on one.
+    """
+    check_samples(dataset)
     stats = ActivationStats()
     watched = []
     for name, module in model.named_modules():
@@ -160,6 +178,9 @@ def collect_activation_stats(model, dataset):
                     run(model, batch, f"dataset[{index}]")
     finally:
         model.train(was_training)
+    if stats.empty and not stats.sums:
+        raise ValueError("activation importance needs at least one sample: every calibration batch gave empty "
+                         "activations (batches of 0 samples or 0 tokens?).")
     return stats
 
 

@@ -136,7 +136,23 @@ class _Run:
             if source_key not in cache:
                 cache[source_key] = self.entries[source_key].read(self.checkpoint)
             state[key] = cache[source_key]
+        self._check_ties(state, tied)
         return state
+
+    def _check_ties(self, state, tied):
+        """Refuse (strict) or drop (with a WARNING) checkpoint values that differ for keys the model ties: one
+        tensor cannot hold both, and the last one loaded would win silently. The key the model lists first wins."""
+        order = {key: index for index, key in enumerate(self.small_shapes)}
+        for key, others in tied.items():
+            for other in others:
+                if (order[key] < order[other] and key in state and other in state
+                        and not torch.equal(state[key], state[other])):
+                    message = (f"The checkpoint {self.path} holds different values for '{key}' and '{other}', which "
+                               "the model ties (one shared tensor).")
+                    if self.config.strict:
+                        raise ValueError(message + " The model was not changed.")
+                    logger.warning("%s The model takes the values of '%s' (strict=False).", message, key)
+                    del state[other]
 
     def report(self):
         """What was kept: ``layers`` {small id: checkpoint id}, per layer ``heads`` (checkpoint head ids) and
@@ -209,10 +225,38 @@ def prune_model_weight_torch(model, config, path):
                 run.importance_step(keys)
         state = run.build_state_dict()
         report = run.report()
-    result = model.load_state_dict(state, strict=False)
+    result = load_restorably(model, state)
     config.report = report
     _log_report(report, result)
     logger.info("Finished pruning the weights into %s.", type(model).__name__)
+
+
+def load_restorably(model, state):
+    """``model.load_state_dict(state, strict=False)``, undone exactly on any error (KeyboardInterrupt included).
+
+    Each target tensor first gets a fresh storage holding its new value and keeps its old storage until the load
+    has succeeded; an error puts every old storage back. Parameter objects (and so tied weights) stay the same,
+    and no second copy of the model is made. Returns what ``load_state_dict`` returns.
+    """
+    targets = model.state_dict(keep_vars=True)
+    backups, given = {}, set()
+    try:
+        for key, value in state.items():
+            tensor = targets.get(key)
+            if tensor is None or id(tensor) in backups or tensor.shape != value.shape:
+                continue
+            new = value.detach().to(device=tensor.device, dtype=tensor.dtype).contiguous()
+            storage = new.untyped_storage().data_ptr()
+            if storage and storage in given:
+                new = new.clone()  # two tensors filled from one checkpoint tensor must not share its storage
+            given.add(new.untyped_storage().data_ptr())
+            backups[id(tensor)] = (tensor, tensor.data)
+            tensor.data = new
+        return model.load_state_dict(state, strict=False)
+    except BaseException:
+        for tensor, data in backups.values():
+            tensor.data = data
+        raise
 
 
 def _log_report(report, result):

@@ -71,11 +71,18 @@ class Compressor:
         ``model(x)``, a list/tuple as ``model(*x)``, a dict as ``model(**x)``). Returns None.
 
         Every ``nn.Linear`` (and Hugging Face ``Conv1D``) whose name does not contain ``lm_head`` is sparsified,
-        except names matching ``cfg.ignore``. On any error the weights are restored.
+        except names matching ``cfg.ignore``. On any error, KeyboardInterrupt included, every weight is restored
+        exactly, also weights that several layers share (tied parameters): each change is undone against the
+        tensor it wrote to, newest first.
+
+        With an N:M pattern, a layer whose rows are narrower than M holds no complete group: it gets
+        ``floor(N * width / M)`` zeros per row (it stays dense when that is 0) and a WARNING names it. When every
+        selected layer is narrower than M, nothing is changed and ValueError is raised.
 
         Raises:
             TypeError: ``dataset`` is not a list, or a batch of an unsupported type (named by its index).
-            ValueError: an empty dataset, NaN/inf activations (the layer is named), or a failing layer.
+            ValueError: an empty dataset, an N:M pattern wider than every selected layer (the pattern and the
+                widest row are named), NaN/inf activations (the layer is named), or a failing layer.
             RuntimeError: the model fails on a batch (named by its index).
         """
         logger.info("Start sparsifying %s with %r.", type(self.model).__name__, self.cfg)
@@ -90,8 +97,15 @@ class Compressor:
         return SparsityReport(self._results, self.cfg)
 
     def export(self, path):
-        """Save the model's weights to ``path`` (``.safetensors``) in the compact sparse format (see README);
-        load them back with ``load_sparse(path)``, bit for bit."""
+        """Save the model's weights to ``path`` in the compact sparse format (see README); load them back with
+        ``load_sparse(path)``, bit for bit. The file is written under a temporary name beside ``path`` and renamed
+        over it once complete, so an error leaves any previous file as it was.
+
+        Raises:
+            CheckpointError (a ValueError): ``path`` does not end in ``.safetensors`` (the format is a
+                safetensors file; checked before anything is written), or its directory does not exist.
+            SchemaValidateError (a TypeError): ``path`` is not a str or PathLike.
+        """
         names = [f"{r.name}.weight" for r in self._results]
         save_sparse(self.model.state_dict(), path, names=names,
                     metadata={"sparsity_structure": self.cfg.pattern, "method": self.cfg.algorithm})

@@ -1,10 +1,12 @@
 """``SparseConfig``: what to sparsify and how, validated like the original."""
+import math
+import numbers
 import re
 from dataclasses import dataclass, field, fields
 
 METHODS = ("magnitude", "hessian", "par", "par_v2")
 ALIASES = {"wanda": "magnitude", "sparsegpt": "hessian", "dsnot": "par_v2", "weight_magnitude": "weight_magnitude"}
-_PATTERN = re.compile(r"^(\d+):(\d+)$")
+_PATTERN = re.compile(r"([0-9]+):([0-9]+)")  # used with fullmatch: "2:4\n" is refused
 
 
 @dataclass
@@ -26,8 +28,15 @@ class SparseConfig:
     ``owl_lambda`` and ``owl_m`` (OWL's λ and M), ``blocksize`` and ``percdamp`` (SparseGPT),
     ``max_swaps`` and ``swap_threshold`` (prune-and-regrow; None: the method's own).
 
+    Every field is checked here, at construction, never later in ``compress``.
+
     Raises:
-        ValueError / TypeError: as the original for its fields; ValueError for the new ones.
+        ValueError / TypeError: as the original for its fields. For the new ones: TypeError when a value has the
+            wrong type (a str, None, or a bool where a number or int is expected), ValueError when it is out of
+            range, NaN or infinite (``owl_lambda`` in [0, 0.5), ``owl_m`` finite > 0, ``blocksize`` int >= 1,
+            ``percdamp`` in (0, 1), ``max_swaps`` int >= 0 or None, ``swap_threshold`` finite >= 0 or None,
+            ``pattern`` exactly ``"N:M"`` with 0 < N < M, no surrounding whitespace). The message names the field,
+            the value and what was expected.
     """
 
     mode: str = "sparse"
@@ -61,7 +70,7 @@ class SparseConfig:
 
     def _check_extras(self):
         if self.pattern != "unstructured":
-            match = _PATTERN.match(self.pattern) if isinstance(self.pattern, str) else None
+            match = _PATTERN.fullmatch(self.pattern) if isinstance(self.pattern, str) else None
             if match is None or not 0 < int(match[1]) < int(match[2]):
                 raise ValueError(f"pattern must be 'unstructured' or 'N:M' with 0 < N < M, got {self.pattern!r}")
             if not self.uniform:
@@ -75,13 +84,15 @@ class SparseConfig:
                     re.compile(pattern[3:])
                 except re.error as exc:
                     raise ValueError(f"ignore pattern {pattern!r} is not a valid regular expression: {exc}") from None
-        if not 0 <= float(self.owl_lambda) < 0.5 or float(self.owl_m) <= 0:
-            raise ValueError(f"owl_lambda must be in [0, 0.5) and owl_m > 0, got {self.owl_lambda}, {self.owl_m}")
-        if not isinstance(self.blocksize, int) or self.blocksize < 1 or not 0 < float(self.percdamp) < 1:
-            raise ValueError(f"blocksize must be a positive int and percdamp in (0, 1), got {self.blocksize}, "
-                             f"{self.percdamp}")
-        if self.max_swaps is not None and (not isinstance(self.max_swaps, int) or self.max_swaps < 0):
-            raise ValueError(f"max_swaps must be a non-negative int or None, got {self.max_swaps!r}")
+        _check_real("owl_lambda", self.owl_lambda, "a number in [0, 0.5)", lambda v: 0 <= v < 0.5)
+        _check_real("owl_m", self.owl_m, "a finite number > 0", lambda v: 0 < v < math.inf)
+        _check_int("blocksize", self.blocksize, "an int >= 1", lambda v: v >= 1)
+        _check_real("percdamp", self.percdamp, "a number in (0, 1)", lambda v: 0 < v < 1)
+        if self.max_swaps is not None:
+            _check_int("max_swaps", self.max_swaps, "a non-negative int or None", lambda v: v >= 0)
+        if self.swap_threshold is not None:
+            _check_real("swap_threshold", self.swap_threshold, "a finite number >= 0 or None",
+                        lambda v: 0 <= v < math.inf)
 
     @property
     def algorithm(self):
@@ -91,7 +102,7 @@ class SparseConfig:
     @property
     def n_m(self):
         """``(N, M)`` of an N:M pattern, or None for unstructured sparsity."""
-        match = _PATTERN.match(self.pattern)
+        match = _PATTERN.fullmatch(self.pattern)
         return (int(match[1]), int(match[2])) if match else None
 
     @property
@@ -104,3 +115,20 @@ class SparseConfig:
                  if f.repr or getattr(self, f.name) != (f.default_factory() if callable(f.default_factory)
                                                         else f.default)]
         return f"SparseConfig({', '.join(shown)})"
+
+
+def _check_real(name, value, expected, valid):
+    """Raise TypeError unless ``value`` is a real number (not a bool), ValueError unless ``valid(value)``
+    (NaN never is: every comparison with it is False)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__}).")
+    if not valid(float(value)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}.")
+
+
+def _check_int(name, value, expected, valid):
+    """Raise TypeError unless ``value`` is an int (not a bool), ValueError unless ``valid(value)``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__}).")
+    if not valid(int(value)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}.")

@@ -49,6 +49,11 @@ def weight_matrix(module):
     return (weight.T if _is_conv1d(module) else weight).to(torch.float32, copy=True)
 
 
+def in_features(module):
+    """The width of the layer's weight rows (its input size)."""
+    return module.weight.shape[0] if _is_conv1d(module) else module.weight.shape[1]
+
+
 def set_weight_matrix(module, matrix):
     target = module.weight
     with torch.no_grad():
@@ -68,33 +73,44 @@ class LayerResult:
 
 
 class _Backup:
-    """The original values of every weight changed so far; restores them all on error."""
+    """An undo log of the weight changes made so far; :meth:`restore` puts every original value back.
+
+    A change is recorded against the tensor it writes to (``module.weight``), not the module, with the values it
+    is about to overwrite, and :meth:`restore` undoes the changes newest first. Layers that share one Parameter
+    (tied weights) therefore come back exactly: the second layer's record holds the values left by the first, and
+    the first layer's record, undone last, the original ones. A full copy of a tensor is taken once; later changes
+    to the same tensor need no record of their own.
+    """
 
     def __init__(self):
-        self._saved = {}
+        self._log = []
+        self._copied = set()  # id() of the tensors with a full copy in the log (the log keeps them alive)
 
-    def save(self, module, mask=None):
-        if module in self._saved:
+    def save(self, tensor, mask=None):
+        """Record what changing ``tensor`` will overwrite: all of it (``mask`` None), or only the entries where
+        ``mask`` (a bool tensor of the same shape) is True - one bit per weight plus the masked values."""
+        if id(tensor) in self._copied:
             return
-        weight = module.weight.detach()
-        if mask is None:  # the method rewrites the whole weight
-            self._saved[module] = ("full", weight.to("cpu", copy=True))
-        else:  # only the masked weights become zero: keep them and the mask (one bit per weight)
-            matrix_mask = mask.T if _is_conv1d(module) else mask
-            packed = numpy.packbits(matrix_mask.cpu().numpy(), axis=None)
-            self._saved[module] = ("masked", packed, weight[matrix_mask].to("cpu", copy=True))
+        values = tensor.detach()
+        if mask is None:
+            self._log.append((tensor, None, values.to("cpu", copy=True)))
+            self._copied.add(id(tensor))
+        else:
+            packed = numpy.packbits(mask.cpu().numpy(), axis=None)
+            self._log.append((tensor, packed, values[mask].to("cpu", copy=True)))
 
     def restore(self):
-        for module, saved in self._saved.items():
-            weight = module.weight
-            with torch.no_grad():
-                if saved[0] == "full":
-                    weight.copy_(saved[1].to(weight.device))
+        """Undo every recorded change, newest first, and forget them."""
+        with torch.no_grad():
+            for tensor, packed, values in reversed(self._log):
+                if packed is None:
+                    tensor.copy_(values.to(tensor.device))
                 else:
-                    bits = numpy.unpackbits(saved[1], count=weight.numel()).astype(bool)
-                    mask = torch.from_numpy(bits).reshape(weight.shape).to(weight.device)
-                    weight[mask] = saved[2].to(weight.device, weight.dtype)
-        self._saved.clear()
+                    bits = numpy.unpackbits(packed, count=tensor.numel()).astype(bool)
+                    mask = torch.from_numpy(bits).reshape(tensor.shape).to(tensor.device)
+                    tensor[mask] = values.to(tensor.device, tensor.dtype)
+        self._log.clear()
+        self._copied.clear()
 
 
 def check_dataset(dataset):
@@ -237,16 +253,64 @@ class Sparsifier:
                 new, mask = PRUNERS[algorithm](weight, layer_stats, self._ratios[name], self.config.n_m, options)
             except ValueError as exc:
                 raise ValueError(f"Layer '{name}': {exc}") from exc
-            self._backup.save(module, None if algorithm in UPDATES_WEIGHTS else mask)
-            set_weight_matrix(module, new)
+            self._apply(module, new, mask, algorithm in UPDATES_WEIGHTS)
             self.results.append(LayerResult(name, tuple(weight.shape), stage, self._ratios[name],
                                             float(mask.float().mean()), _relative_error(weight, new, layer_stats)))
 
+    def _apply(self, module, new, mask, updates_weights):
+        """Write the result into the layer, after recording what it overwrites."""
+        if updates_weights:
+            self._backup.save(module.weight)
+            set_weight_matrix(module, new)
+            return
+        # The other methods only zero weights: zero them in place, so that the kept weights keep every bit
+        # (a float64 weight would otherwise pass through the float32 working copy).
+        stored_mask = mask.T if _is_conv1d(module) else mask
+        stored_mask = stored_mask.to(module.weight.device)
+        self._backup.save(module.weight, stored_mask)
+        with torch.no_grad():
+            module.weight.masked_fill_(stored_mask, 0)
+
+    def _check_pattern_width(self):
+        """Refuse an N:M pattern that fits no selected layer; warn about the layers it does not fit.
+
+        A row narrower than M holds no complete group of M weights. Such a layer gets ``floor(N * width / M)``
+        zeros per row (none when that is 0: it stays dense), as :func:`masks.lowest_n_of_m` does for a short last
+        group, and a WARNING names it.
+
+        Raises:
+            ValueError: every selected layer is narrower than M (nothing could be N:M sparse); the message names
+                the pattern and the widest row.
+        """
+        if self.config.n_m is None:
+            return
+        m = self.config.n_m[1]
+        widths = {name: in_features(module) for name, module in self.layers.items()}
+        narrow = [name for name, width in widths.items() if width < m]
+        if len(narrow) == len(widths):
+            widest = max(widths, key=widths.get)
+            raise ValueError(f"pattern {self.config.pattern!r} needs rows of at least {m} weights, but the widest "
+                             f"row of the selected layers has {widths[widest]} ('{widest}'), so no layer could be "
+                             f"made {self.config.pattern} sparse. Choose M <= {widths[widest]}.")
+        if narrow:
+            shown = ", ".join(narrow[:10]) + (" ..." if len(narrow) > 10 else "")
+            logger.warning("pattern %r: %d layer(s) have rows narrower than %d, so they hold no complete group; "
+                           "they get floor(N * width / M) zeros per row and stay dense where that is 0: %s",
+                           self.config.pattern, len(narrow), m, shown)
+
     def run(self):
-        """Sparsify every target layer; returns the per-layer results. Restores all weights on any error."""
+        """Sparsify every target layer; returns the per-layer results.
+
+        On any error (KeyboardInterrupt included) every weight is restored exactly, shared ones included.
+
+        Raises:
+            ValueError: an N:M pattern wider than every selected layer (before anything changes), NaN/inf
+                activations, a failing layer; and the errors of :func:`check_dataset` and :func:`run_dataset`.
+        """
         if not self.layers:
             logger.warning("%s has no Linear layer to sparsify; nothing changed.", type(self.model).__name__)
             return []
+        self._check_pattern_width()
         check_dataset(self.dataset)
         plan = self._stages()
         needs = NEEDS[self.config.algorithm] | {"sq"}
