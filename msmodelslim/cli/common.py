@@ -85,11 +85,20 @@ def _read_utf8(path):
     with open(path, "rb") as handle:
         raw = handle.read()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise UsageError(f"--calib '{path}' is not UTF-8 text: byte {exc.start} (line {line}) cannot be "
                          f"decoded") from None
+
+
+def _encodable(text):
+    """False for text that no tokenizer can take, e.g. a lone surrogate written as an escape in JSON."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _jsonl_texts(path, text):
@@ -102,19 +111,19 @@ def _jsonl_texts(path, text):
         except ValueError:
             record = None
         value = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not _encodable(value):
             raise UsageError(f"--calib '{path}', line {number}: expected a JSON object with a string 'text' "
                              f"field, got {line.strip()[:80]!r}")
         texts.append(value)
     return texts
 
 
-def token_chunks(tokenizer, texts, samples, seq_len):
+def token_chunks(tokenizer, texts, samples, seq_len, source="wiki"):
     """``samples`` chunks of ``seq_len`` tokens of the calibration texts (a user error when they are too short)."""
     from msmodelslim.assets import token_chunks as chunks
 
     try:
-        return chunks(tokenizer, texts, samples, seq_len, name="the calibration text")
+        return chunks(tokenizer, texts, samples, seq_len, name=f"the calibration text (--calib {source})")
     except ValueError as exc:
         raise UsageError(f"{exc} Lower --samples or --seq-len.") from None
 

@@ -96,7 +96,9 @@ def main(argv=None):
             args.run(args)
     except KeyboardInterrupt as exc:
         stopped_by = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"msmodelslim: {stopped_by}; nothing was written", file=sys.stderr)
+        written = getattr(exc, "result_written", None)
+        outcome = f"the result had just been written to {written}" if written else "nothing was written"
+        print(f"msmodelslim: {stopped_by}; {outcome}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # every failure ends in one line and an exit code
         if args.verbose:

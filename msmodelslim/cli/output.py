@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -51,7 +52,7 @@ def check_output(out, inputs=(), overwrite=False):
     """
     if not isinstance(out, str) or not out.strip() or "\0" in out:
         raise UsageError(f"--out must be a directory path, got {out!r}")
-    if os.path.islink(out):
+    if os.path.islink(out.rstrip("/" + os.sep) or out):
         _refuse(out, "is a symbolic link; give the directory it points to, or another path")
     target = os.path.realpath(out)
     parent = os.path.dirname(target)
@@ -74,10 +75,39 @@ def check_output(out, inputs=(), overwrite=False):
     if os.path.isdir(target) and os.listdir(target):
         if not overwrite:
             _refuse(out, "exists and is not empty; choose another directory or pass --overwrite")
-        if not os.path.isfile(os.path.join(target, MARKER)):
-            _refuse(out, f"exists and was not written by msmodelslim (no {MARKER} file in it); --overwrite only "
-                         f"replaces msmodelslim results, choose another directory")
+        foreign = _not_written_by_us(target)
+        if foreign:
+            _refuse(out, f"exists and {foreign}; --overwrite only replaces a result exactly as msmodelslim wrote "
+                         f"it, choose another directory")
     return target
+
+
+def _files(root, detail=lambda info: info.st_size):
+    """``{relative path: detail(lstat)}`` of every file below ``root`` (links are not followed)."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            found[os.path.relpath(path, root)] = detail(os.lstat(path))
+    return found
+
+
+def _not_written_by_us(target):
+    """Why ``target`` is not an untouched msmodelslim result, or ``None`` when it is one."""
+    try:
+        with open(os.path.join(target, MARKER), encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return f"was not written by msmodelslim (no valid {MARKER} file in it)"
+    listed = record.get("files") if isinstance(record, dict) else None
+    if record.get("written_by") != "msmodelslim" or not isinstance(listed, dict):
+        return f"was not written by msmodelslim ({MARKER} is not a msmodelslim record)"
+    present = _files(target)
+    present.pop(MARKER, None)
+    for name in sorted(set(present) | set(listed)):
+        if present.get(name) != listed.get(name):
+            return f"holds files msmodelslim did not write or that were changed since (e.g. '{name}')"
+    return None
 
 
 def _apply_umask(root):
@@ -95,17 +125,43 @@ def _apply_umask(root):
             os.chmod(path, (0o777 if executable else 0o666) & ~mask)
 
 
-@contextlib.contextmanager
-def _signals_held():
-    """Delay SIGINT/SIGTERM while the result is swapped in, so an interruption cannot split the swap."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SWAP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+class _DeferredSignals:
+    """Hold SIGINT/SIGTERM back while the result is swapped in (Python runs signal handlers in the main thread only,
+    so a recording handler is enough, whatever thread the OS delivers the signal to); :meth:`reraise` then
+    delivers a held signal as its exception."""
+
+    def __init__(self):
+        self.received = []
+        self.previous = {}
+
+    def __enter__(self):
+        for number in _SWAP_SIGNALS:
+            try:
+                self.previous[number] = signal.signal(number, lambda signum, frame: self.received.append(signum))
+            except ValueError:  # not the main thread: nothing to hold back
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        return False
+
+    def reraise(self, written):
+        """Deliver the first held signal through the handler that was in place before."""
+        if not self.received:
+            return
+        handler = self.previous.get(self.received[0])
+        if callable(handler):
+            try:
+                handler(self.received[0], None)
+            except KeyboardInterrupt as exc:
+                exc.result_written = written
+                raise
+        elif self.received[0] == signal.SIGINT:
+            error = KeyboardInterrupt()
+            error.result_written = written
+            raise error
 
 
 def _swap_in(staging, target):
@@ -115,7 +171,11 @@ def _swap_in(staging, target):
         return
     aside = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old.", dir=os.path.dirname(target))
     old = os.path.join(aside, "result")
-    os.rename(target, old)
+    try:
+        os.rename(target, old)
+    except BaseException:
+        os.rmdir(aside)
+        raise
     try:
         os.rename(staging, target)
     except BaseException:
@@ -137,26 +197,38 @@ class _Lock:
         self.handle = None
 
     def acquire(self, out):
+        """Take the lock, or raise UsageError naming the run that holds it.
+
+        The lock file is opened without following links, and an existing one is reused only if it is a plain file
+        with one link that holds a msmodelslim lock record (or nothing): a user's file is never written to.
+        """
         try:
             import fcntl
         except ImportError:  # no flock (Windows): runs are not serialised there
             return self
         try:
-            handle = open(self.path, "a+", encoding="utf-8")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
-            raise UsageError(f"--out '{out}' cannot be created: {exc.strerror or exc} ({self.path})") from None
+            raise UsageError(f"--out '{out}' cannot be locked: {exc.strerror or exc} ({self.path})") from None
+        handle = os.fdopen(fd, "r+", encoding="utf-8", errors="replace")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            info = os.fstat(fd)
+            holder = handle.read(400).strip()
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or (holder and not holder.startswith("pid ")):
+                raise UsageError(f"--out '{out}': '{self.path}' exists and is not a msmodelslim lock; remove it or "
+                                 f"choose another directory")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UsageError(f"--out '{out}' is being written by another msmodelslim run ({holder or 'starting'}); "
+                                 f"wait for it or choose another directory") from None
+        except BaseException:
             handle.close()
-            raise UsageError(f"--out '{out}' is being written by another msmodelslim run ({holder}); wait for it "
-                             f"or choose another directory") from None
+            raise
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                     f"{' '.join(sys.argv[:1] + sys.argv[1:])[:300]}")
+                     f"{' '.join(sys.argv)[:300]}")
         handle.flush()
         self.handle = handle
         return self
@@ -184,16 +256,23 @@ class OutputDirectory:
         self.command = command
         self.target = None
         self._lock = None
+        self._found = None  # what --out held when the job started
 
     def __enter__(self):
         self.target = check_output(self.out, self.inputs, self.overwrite)
         self._lock = _Lock(self.target).acquire(self.out)
         try:  # checked again under the lock: another run may have written it in between
             check_output(self.out, self.inputs, self.overwrite)
+            self._found = self._contents()
         except BaseException:
             self._lock.release()
             raise
         return self
+
+    def _contents(self):
+        if not os.path.lexists(self.target):
+            return None
+        return _files(self.target, lambda info: (info.st_size, info.st_mtime_ns, info.st_ino))
 
     def __exit__(self, *exc):
         self._lock.release()
@@ -214,7 +293,10 @@ class OutputDirectory:
                 yield staging
                 self._write_marker(staging)
                 _apply_umask(staging)
-                with _signals_held():
+                with _DeferredSignals() as held:
+                    if self._contents() != self._found:
+                        raise OutputError(f"--out '{self.out}' changed while msmodelslim was running; it was left "
+                                          f"as it is and the new result was not written")
                     _swap_in(staging, self.target)
             except OSError as exc:
                 raise OutputError(f"the result could not be written to --out '{self.out}' ({exc.strerror or exc}); "
@@ -222,11 +304,14 @@ class OutputDirectory:
         finally:
             if os.path.exists(staging):
                 shutil.rmtree(staging, ignore_errors=True)
+        held.reraise(written=self.target)
 
     def _write_marker(self, staging):
+        """The marker lists every file of the result with its size: ``--overwrite`` replaces the directory only
+        while it holds exactly these files."""
         from msmodelslim import __version__
 
         record = {"written_by": "msmodelslim", "version": __version__, "command": self.command,
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": _files(staging)}
         with open(os.path.join(staging, MARKER), "w", encoding="utf-8") as handle:
             json.dump(record, handle)

@@ -39,7 +39,7 @@ def build(factory):
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, TypeError, ValueError) as exc:  # TypeError/ValueError: a relative or malformed name
         raise UsageError(f"cannot import '{module_name}' for FACTORY: {exc} (searched the current directory and "
                          f"PYTHONPATH)") from None
     target = getattr(module, attribute, None)
@@ -47,7 +47,12 @@ def build(factory):
         raise UsageError(f"'{module_name}' has no callable '{attribute}'")
     import torch
 
-    model = target()
+    try:
+        model = target()
+    except TypeError as exc:
+        if not _is_call_mistake(exc, target):
+            raise
+        raise UsageError(f"FACTORY {factory} cannot be called without arguments: {exc}") from None
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"FACTORY {factory} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -63,8 +68,8 @@ def parse_input_shape(text):
         shape = [int(v) for v in text.split(",")]
     except ValueError:
         raise UsageError(f"--input-shape must be comma-separated ints, e.g. 1,3,224,224, got {text!r}") from None
-    if any(size < 0 for size in shape):
-        raise UsageError(f"--input-shape sizes must not be negative, got {text!r}")
+    if any(size < 0 or size >= 2**31 for size in shape):
+        raise UsageError(f"--input-shape sizes must be between 0 and 2**31 - 1, got {text!r}")
     return shape
 
 
@@ -100,6 +105,13 @@ def _check_sample(model, sample, args):
                          f"{first_line}") from exc
 
 
+def _is_call_mistake(exc, target):
+    """A TypeError about calling ``target`` itself (missing arguments), not one raised inside the user's code."""
+    import traceback
+
+    return len(traceback.extract_tb(exc.__traceback__)) <= 1
+
+
 def run(args):
     """Check everything the command line says, then build, prune and write ``--out``."""
     shape = parse_input_shape(args.input_shape)
@@ -120,8 +132,9 @@ def _prune(args, shape, output):
         _load_weights(model, args.weights)
     try:
         sample = torch.randn(*shape)
-    except RuntimeError as exc:
-        raise UsageError(f"--input-shape {args.input_shape} cannot be allocated: {str(exc)[:200]}") from None
+    except (RuntimeError, OverflowError, TypeError, ValueError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"--input-shape {args.input_shape} cannot be allocated: {first_line}") from None
     _check_sample(model, sample, args)
     pruner = PruneTorch(model, sample, align=args.align).set_importance_evaluation_function(args.importance)
     desc = pruner.prune(args.ratio)

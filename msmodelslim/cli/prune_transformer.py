@@ -5,6 +5,7 @@ import re
 
 from msmodelslim.cli.common import UsageError, add_output_arguments, existing_path, reading, refuse_remote_code
 from msmodelslim.cli.output import OutputDirectory
+from msmodelslim.errors import CheckpointError
 
 STEPS = ("prune_blocks", "prune_bert_intra_block", "prune_vit_intra_block")
 
@@ -75,12 +76,26 @@ def _small_model(config_path):
     refuse_remote_code("--small-config", config_path)
     try:
         config = transformers.AutoConfig.from_pretrained(config_path, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--small-config '{config_path}' is not a Hugging Face config: {exc}") from None
+    except Exception as exc:  # transformers raises many types for a bad config (OSError, strict-dataclass errors)
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"--small-config '{config_path}' is not a usable Hugging Face config: {first_line}") from None
     architecture = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, architecture, None) if architecture else None
     with reading("--small-config", config_path):
         return (cls(config) if cls is not None else transformers.AutoModel.from_config(config)).eval()
+
+
+def _check_big_layers(layer_map, pattern, weights):
+    """Every checkpoint layer of ``--layer-map`` must exist in WEIGHTS (checked on its keys, nothing is read)."""
+    from msmodelslim.utils.checkpoint import open_checkpoint
+
+    with reading("WEIGHTS", weights), open_checkpoint(weights) as checkpoint:
+        keys = checkpoint.keys()
+    present = {int(m[1]) for key in keys for m in [re.match(pattern, key)] if m}
+    unknown = sorted(set(layer_map.values()) - present)
+    if present and unknown:
+        raise UsageError(f"--layer-map names checkpoint layer(s) {unknown}, but WEIGHTS has layers "
+                         f"{sorted(present)}")
 
 
 def _layer_pattern(model):
@@ -121,6 +136,7 @@ def _prune(args, steps, layer_map, output):
         pattern = args.pattern or _layer_pattern(model)
         if layer_map != "auto":
             _check_small_layers(layer_map, pattern, model)
+            _check_big_layers(layer_map, pattern, args.weights)
         config.add_blocks_params(pattern, layer_map)
     tokenizer = _tokenizer(args.weights)
     dataset = None
@@ -134,7 +150,10 @@ def _prune(args, steps, layer_map, output):
         dataset = [dict(tokenizer(texts[i:i + 8], padding=True, truncation=True, max_length=128,
                                   return_tensors="pt")) for i in range(0, len(texts), 8)]
     config.set_importance(args.importance, dataset)
-    prune_model_weight(model, config, os.path.abspath(args.weights))
+    try:
+        prune_model_weight(model, config, os.path.abspath(args.weights))
+    except CheckpointError as exc:
+        raise UsageError(f"WEIGHTS: {exc.message}") from exc
     with output.writing() as staging:
         model.save_pretrained(staging)
         if tokenizer is not None:

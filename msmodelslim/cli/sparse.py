@@ -30,8 +30,11 @@ def add_parser(subparsers):
 
 def run(args):
     """Check everything the command line says, then sparsify, measure and write ``--out``."""
-    if min(args.samples, args.seq_len, args.eval_samples) < 1:
+    if min(args.samples, args.eval_samples) < 1:
         raise UsageError("--samples, --seq-len and --eval-samples must be positive")
+    if args.seq_len < 2:
+        raise UsageError(f"--seq-len must be at least 2 (perplexity predicts each token from the ones before), "
+                         f"got {args.seq_len}")
     from msmodelslim.pytorch.sparse.sparse_tools import SparseConfig
 
     try:
@@ -52,8 +55,11 @@ def _sparsify(args, config, output):
 
     texts = calibration_texts(args.calib)
     model, tokenizer = load_causal_lm(args.model)
-    calibration = token_chunks(tokenizer, texts, args.samples, args.seq_len)
-    held_out = assets.wiki_token_chunks(tokenizer, "test", args.eval_samples, args.seq_len)
+    calibration = token_chunks(tokenizer, texts, args.samples, args.seq_len, args.calib)
+    try:
+        held_out = assets.wiki_token_chunks(tokenizer, "test", args.eval_samples, args.seq_len)
+    except ValueError as exc:
+        raise UsageError(f"{exc} Lower --eval-samples or --seq-len.") from None
     before = perplexity(model, held_out)
     compressor = Compressor(model, config)
     compressor.compress([{"input_ids": chunk.unsqueeze(0)} for chunk in calibration])

@@ -201,7 +201,7 @@ def _prune_transformer(fx, tmp_path, weights=None, *args):
 
 @pytest.mark.parametrize("args, words", [
     pytest.param(["--layer-map", "0:a"], ["--layer-map"], id="T01"),
-    pytest.param(["--layer-map", "0:99,1:3"], ["uninitialised"], id="T02"),
+    pytest.param(["--layer-map", "0:99,1:3"], ["--layer-map", "[99]"], id="T02"),
     pytest.param(["--layer-map", "0:0,0:3"], ["--layer-map", "twice"], id="T03"),
     pytest.param(["--layer-map", "0:0,1:3,1:2"], ["--layer-map", "twice"], id="T04"),
     pytest.param(["--layer-map", "0:0,1:3,5:2"], ["--layer-map", "[5]"], id="T05"),
@@ -455,3 +455,58 @@ def test_prune_to_a_tiny_ratio_prunes_as_far_as_allowed(factories):
     run = run_cli("prune", "sweepfactories:cnn", "--input-shape", "1,3,16,16", "--ratio", "0.01",
                   "--out", factories / "out", cwd=factories)
     assert run.rc == 0, run.stderr
+
+
+# --- found by trying the command line as a stranger, after the sweep ----------------------------------------------
+
+@pytest.mark.parametrize("content, words", [
+    pytest.param(b'{"text": "\\ud800 x"}\n', ["line 1"], id="lone-surrogate"),
+])
+def test_calibration_text_no_tokenizer_can_take_is_refused(fx, tmp_path, content, words):
+    calib = tmp_path / "c.jsonl"
+    calib.write_bytes(content)
+    _one_line(run_cli("sparse", fx / "tiny", "--calib", calib, "--out", tmp_path / "out", *FAST), 2, *words)
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_is_read(fx, tmp_path):
+    calib = tmp_path / "bom.jsonl"
+    calib.write_bytes(b"\xef\xbb\xbf" + b"\n".join(b'{"text": "Calibration sentence number %d about models."}' % i
+                                                    for i in range(60)))
+    run = run_cli("sparse", fx / "tiny", "--calib", calib, "--out", tmp_path / "out", *FAST)
+    assert run.rc == 0, run.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    pytest.param(["--seq-len", "1"], ["--seq-len"], id="seq-len-1"),
+    pytest.param(["--eval-samples", "100000"], ["--eval-samples"], id="eval-samples-too-many"),
+])
+def test_sparse_counts_that_cannot_work_are_refused(fx, tmp_path, args, words):
+    run = run_cli("sparse", fx / "tiny", "--out", tmp_path / "out", *FAST, *args)
+    _one_line(run, 2, *words)
+
+
+def test_prune_transformer_names_the_option_or_input_at_fault(fx, tmp_path):
+    run = _prune_transformer(fx, tmp_path, None, "--layer-map", "0:99,1:3")
+    _one_line(run, 2, "--layer-map", "[99]")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    _one_line(_prune_transformer(fx, tmp_path, empty, "--steps", "prune_bert_intra_block"), 2, "WEIGHTS")
+    config = json.loads((fx / "small_config.json").read_text())
+    config["num_attention_heads"] = 5  # does not divide hidden 64
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(config))
+    run = run_cli("prune-transformer", fx / "big4", "--small-config", bad, "--layer-map", "0:0,1:3",
+                  "--out", tmp_path / "out")
+    _one_line(run, 2, "--small-config")
+
+
+@pytest.mark.parametrize("factory, shape, words", [
+    pytest.param("../sweepfactories:cnn", "1,3,16,16", ["FACTORY"], id="relative-module"),
+    pytest.param("os.path:join", "1,3,16,16", ["without arguments"], id="needs-arguments"),
+    pytest.param("sweepfactories:cnn", "99999999999999999999,3,16,16", ["--input-shape"], id="huge-shape"),
+])
+def test_prune_mistakes_name_the_argument(factories, factory, shape, words):
+    run = run_cli("prune", factory, f"--input-shape={shape}", "--ratio", "0.5", "--out", factories / "out",
+                  cwd=factories)
+    line = _one_line(run, 2, *words)
+    assert len(line) < 600

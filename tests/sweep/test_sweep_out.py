@@ -148,6 +148,52 @@ def test_overwrite_replaces_only_an_earlier_msmodelslim_result(work):
     assert (work / "results" / "exp1" / "precious.txt").exists()
 
 
+def test_overwrite_refuses_a_result_with_user_files_or_a_fake_marker(work):
+    assert _sparse("out", work).rc == 0
+    (work / "out" / "my-notes.txt").write_text("notes")
+    _refused(_sparse("out", work, "model", "--overwrite"), "my-notes.txt")
+    (work / "results" / MARKER).write_text("")
+    _refused(_sparse("results", work, "model", "--overwrite"), "not written by msmodelslim")
+    assert (work / "out" / "my-notes.txt").exists() and (work / "results" / "exp1" / "precious.txt").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "user-file"])
+def test_the_lock_file_never_writes_into_a_users_file(work, kind):
+    victim = work / "victim.txt"
+    victim.write_text("mine")
+    lock = work / ".out.msmodelslim.lock"
+    if kind == "symlink":
+        os.symlink(victim, lock)
+    elif kind == "hardlink":
+        os.link(victim, lock)
+    else:
+        lock.write_text("my own data")
+    run = _sparse("out", work)
+    _refused(run, "lock")
+    assert victim.read_text() == "mine" and not (work / "out").exists()
+
+
+def test_a_symlink_with_a_trailing_slash_is_still_a_symlink(work):
+    os.symlink(work / "results", work / "link")
+    _refused(_sparse("link/", work), "symbolic link")
+
+
+def test_a_failing_move_aside_leaves_no_directory_behind(work, monkeypatch):
+    assert _sparse("out", work).rc == 0
+    before = snapshot(work / "out")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(src) == str(work / "out"):
+            raise OSError(errno.EPERM, "Operation not permitted (injected)")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    _refused(_sparse("out", work, "model", "--overwrite"), "left as it was", after_work=True)
+    assert snapshot(work / "out") == before
+    assert sorted(os.listdir(work)) == ["model", "out", "results", "train.py"]
+
+
 def test_an_empty_existing_out_is_used(work):
     (work / "empty").mkdir()
     assert _sparse("empty", work).rc == 0
@@ -205,6 +251,21 @@ sys.exit(main(sys.argv[4:]))
 """
 
 
+def test_a_signal_during_the_swap_is_held_until_the_result_is_in_place(work):
+    """SIGTERM arriving while the result is swapped in: the swap completes, then the run stops and says so."""
+    assert _sparse("out", work).rc == 0
+    driver = _DRIVER.replace('if moment == "write":', 'if moment == "swap":\n'
+                             '    swap = output._swap_in\n'
+                             '    output._swap_in = lambda *a: (os.kill(os.getpid(), how), swap(*a))\n'
+                             'elif moment == "write":')
+    run = run_process("swap", "SIGTERM", "-", "sparse", "model", "--out", "out", "--overwrite", "--ratio", "0.3",
+                      *FAST, cwd=work, code=driver)
+    assert run.rc == 143, run.stderr
+    assert "had just been written" in run.error_lines[-1]
+    assert "sparse_ratio=0.3" in (work / "out" / "report.md").read_text()
+    assert sorted(os.listdir(work)) == ["model", "out", "results", "train.py"]
+
+
 @pytest.mark.parametrize("moment, how, rc", [
     pytest.param("compress", "SIGINT", 130, id="G1"),
     pytest.param("write", "SIGINT", 130, id="G2"),
@@ -225,6 +286,30 @@ def test_an_interrupted_run_leaves_the_earlier_result_and_no_staging(work, momen
     else:
         assert left == ["model", "out", "results", "train.py"]
         assert run.error_lines[-1].startswith("msmodelslim: ") and "nothing was written" in run.error_lines[-1]
+
+
+def _hold_first_run(work, flag, out="out"):
+    process = subprocess.Popen([sys.executable, "-c", _DRIVER, "hold", "SIGINT", str(flag), "sparse", "model",
+                                "--out", out, *FAST], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONPATH": TESTS})
+    deadline = time.time() + 240
+    while not flag.exists():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read() if process.stderr else ""
+        time.sleep(0.2)
+    return process
+
+
+def test_files_added_to_out_during_the_run_are_kept(work):
+    """--out created by the user while the job runs: the job does not replace it."""
+    flag = work / "holding"
+    first = _hold_first_run(work, flag, "fresh")
+    (work / "fresh").mkdir()
+    (work / "fresh" / "mine.txt").write_text("added during the run")
+    flag.unlink()
+    _, stderr = first.communicate(timeout=240)
+    assert first.returncode == 2 and "changed while msmodelslim was running" in stderr, stderr
+    assert (work / "fresh" / "mine.txt").read_text() == "added during the run"
+    assert sorted(os.listdir(work)) == ["fresh", "model", "results", "train.py"]
 
 
 def test_a_second_run_on_the_same_out_exits_2_naming_the_first(work):
