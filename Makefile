@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch pinned first: an unpinned torch pulls a multi-GB CUDA build
 	$(PIP) install torch==2.13.0
-	$(PIP) install -c constraints.txt -e '.[test,bench]'
+	$(PIP) install -c constraints.txt -e '.[torch,mindspore,test,bench]'
 	$(PIP) install --no-deps $(ASSETS)
 	touch $(STAMP)
 

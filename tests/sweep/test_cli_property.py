@@ -82,7 +82,7 @@ def _check(root, argv, out):
 
 
 @pytest.mark.slow
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(out=st.sampled_from(OUTS) | _text, options=_sparse_options)
 def test_sparse_command_lines_never_lose_a_file(fx, out, options):
     root = _user_folder(fx / "tiny")
