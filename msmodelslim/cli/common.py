@@ -1,8 +1,11 @@
 """What every subcommand shares: user errors, the --out options, reading calibration text and models."""
 import argparse
 import contextlib
+import importlib
 import json
 import os
+import sys
+import traceback
 
 from msmodelslim.errors import ModelslimError
 
@@ -56,6 +59,34 @@ def reading(what, path):
     except Exception as exc:  # transformers, safetensors, gguf, tokenizers ... raise many types on bad files
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UsageError(f"{what} '{path}' cannot be read: {first_line}") from exc
+
+
+def call_factory(spec, option):
+    """Import ``package.module:callable`` (the current directory first, as ``python -m`` does) and call it with no
+    arguments; returns what it returns.
+
+    Raises:
+        UsageError: malformed ``spec``, the module cannot be imported, no such callable, or it needs arguments.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"{option} must look like package.module:callable, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except (ImportError, TypeError, ValueError) as exc:  # TypeError/ValueError: a relative or malformed name
+        raise UsageError(f"cannot import '{module_name}' for {option}: {exc} (searched the current directory and "
+                         f"PYTHONPATH)") from None
+    target = getattr(module, attribute, None)
+    if not callable(target):
+        raise UsageError(f"'{module_name}' has no callable '{attribute}' ({option})")
+    try:
+        return target()
+    except TypeError as exc:
+        if len(traceback.extract_tb(exc.__traceback__)) > 1:  # raised inside the user's code, not by the call
+            raise
+        raise UsageError(f"{option} {spec} cannot be called without arguments: {exc}") from None
 
 
 def calibration_texts(source):

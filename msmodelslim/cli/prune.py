@@ -1,11 +1,9 @@
 """``msmodelslim prune FACTORY``: structured pruning of any PyTorch model built by a Python callable."""
-import importlib
 import json
 import os
 
-import sys
-
-from msmodelslim.cli.common import UsageError, add_output_arguments, existing_path, positive_ratio, reading
+from msmodelslim.cli.common import (UsageError, add_output_arguments, call_factory, existing_path, positive_ratio,
+                                    reading)
 from msmodelslim.cli.output import OutputDirectory
 
 
@@ -27,32 +25,14 @@ def add_parser(subparsers):
 
 
 def build(factory):
-    """Import ``package.module:callable`` (the current directory first, as ``python -m`` does) and call it.
+    """The torch model that FACTORY (``package.module:callable``) returns.
 
     Raises:
-        UsageError: malformed FACTORY, the module cannot be imported, no such callable, or it returns no Module.
+        UsageError: see :func:`msmodelslim.cli.common.call_factory`, or the result is not a torch Module.
     """
-    module_name, _, attribute = factory.partition(":")
-    if not module_name or not attribute:
-        raise UsageError(f"FACTORY must look like package.module:callable, got {factory!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except (ImportError, TypeError, ValueError) as exc:  # TypeError/ValueError: a relative or malformed name
-        raise UsageError(f"cannot import '{module_name}' for FACTORY: {exc} (searched the current directory and "
-                         f"PYTHONPATH)") from None
-    target = getattr(module, attribute, None)
-    if not callable(target):
-        raise UsageError(f"'{module_name}' has no callable '{attribute}'")
     import torch
 
-    try:
-        model = target()
-    except TypeError as exc:
-        if not _is_call_mistake(exc, target):
-            raise
-        raise UsageError(f"FACTORY {factory} cannot be called without arguments: {exc}") from None
+    model = call_factory(factory, "FACTORY")
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"FACTORY {factory} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -103,13 +83,6 @@ def _check_sample(model, sample, args):
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UsageError(f"the model fails on a random input of --input-shape {args.input_shape}: "
                          f"{first_line}") from exc
-
-
-def _is_call_mistake(exc, target):
-    """A TypeError about calling ``target`` itself (missing arguments), not one raised inside the user's code."""
-    import traceback
-
-    return len(traceback.extract_tb(exc.__traceback__)) <= 1
 
 
 def run(args):

@@ -3,7 +3,8 @@ import json
 import os
 import re
 
-from msmodelslim.cli.common import UsageError, add_output_arguments, existing_path, reading, refuse_remote_code
+from msmodelslim.cli.common import (UsageError, add_output_arguments, call_factory, existing_path, reading,
+                                    refuse_remote_code)
 from msmodelslim.cli.output import OutputDirectory
 from msmodelslim.errors import CheckpointError
 
@@ -13,10 +14,14 @@ STEPS = ("prune_blocks", "prune_bert_intra_block", "prune_vit_intra_block")
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "prune-transformer", help="prune a transformer checkpoint into a smaller model",
-        description="Build the small model from a config (JSON file or Hugging Face directory), fill it with the "
-                    "checkpoint's weights by prune_model_weight, and save it with save_pretrained.")
-    parser.add_argument("weights", help="the big checkpoint: a Hugging Face directory, .safetensors, .pt/.bin ...")
-    parser.add_argument("--small-config", required=True, help="config.json of the small model, or its directory")
+        description="Build the small model from a config (JSON file or Hugging Face directory) or, for MindSpore, "
+                    "from a Python callable; fill it with the checkpoint's weights by prune_model_weight, and save it "
+                    "(save_pretrained, or model.ckpt for MindSpore).")
+    parser.add_argument("weights", help="the big checkpoint: a Hugging Face directory, .safetensors, .pt/.bin, or a "
+                                        "MindSpore .ckpt")
+    parser.add_argument("--small-config", help="config.json of the small PyTorch model, or its directory")
+    parser.add_argument("--network", help="package.module:callable returning the small MindSpore Cell (with a .ckpt "
+                                          "WEIGHTS)")
     parser.add_argument("--steps", default="prune_blocks,prune_bert_intra_block",
                         help="comma-separated steps (default prune_blocks,prune_bert_intra_block)")
     parser.add_argument("--layer-map", help="small:checkpoint layer pairs, e.g. 0:0,1:2,2:5, or 'auto' (the layers of "
@@ -60,9 +65,9 @@ def _check_pattern(pattern):
                          f"{groups}")
 
 
-def _check_small_layers(layer_map, pattern, model):
-    """Every small-model layer of ``--layer-map`` must exist in the small model."""
-    present = {int(m[1]) for name, _ in model.named_parameters() for m in [re.match(pattern, name)] if m}
+def _check_small_layers(layer_map, pattern, names):
+    """Every small-model layer of ``--layer-map`` must exist in the small model (``names``: its parameter names)."""
+    present = {int(m[1]) for name in names for m in [re.match(pattern, name)] if m}
     unknown = sorted(set(layer_map) - present)
     if present and unknown:  # nothing matched: the pattern names checkpoint keys only, the loader will tell
         raise UsageError(f"--layer-map names small-model layer(s) {unknown}, but the small model has layers "
@@ -123,8 +128,68 @@ def run(args):
     layer_map = parse_layer_map(args.layer_map) if args.layer_map else None
     if args.pattern is not None:
         _check_pattern(args.pattern)
+    mindspore = _check_model_source(args)
     with OutputDirectory(args.out, (args.weights, args.small_config), args.overwrite, "prune-transformer") as output:
-        _prune(args, steps, layer_map, output)
+        if mindspore:
+            _prune_mindspore(args, steps, layer_map, output)
+        else:
+            _prune(args, steps, layer_map, output)
+
+
+def _check_model_source(args):
+    """True for the MindSpore path (``--network``), False for PyTorch (``--small-config``)."""
+    if bool(args.small_config) == bool(args.network):
+        raise UsageError("give the small model either as --small-config (PyTorch) or as --network (MindSpore)")
+    if args.weights.endswith(".ckpt") and not args.network:
+        raise UsageError(f"WEIGHTS '{args.weights}' is a MindSpore checkpoint: give the small Cell with --network "
+                         f"package.module:callable")
+    if args.network and (args.importance == "activation" or args.layer_map == "auto"):
+        raise UsageError("--importance activation and --layer-map auto need calibration text, which the command "
+                         "line prepares for Hugging Face models only; use the Python API for MindSpore")
+    return bool(args.network)
+
+
+def pattern_from_names(names):
+    """``prefix(\\d+)\\.`` for the parameter-name prefix followed by the most distinct layer numbers, or None."""
+    ids = {}
+    for name in names:
+        match = re.match(r"(.*?\.)(\d+)\.", name)
+        if match:
+            ids.setdefault(match[1], set()).add(match[2])
+    if not ids:
+        return None
+    prefix = max(sorted(ids), key=lambda p: len(ids[p]))
+    return re.escape(prefix) + r"(\d+)\."
+
+
+def _prune_mindspore(args, steps, layer_map, output):
+    import mindspore
+
+    from msmodelslim.common.prune.transformer_prune.prune_model import PruneConfig, prune_model_weight
+
+    cell = call_factory(args.network, "--network")
+    if not isinstance(cell, mindspore.nn.Cell):
+        raise UsageError(f"--network {args.network} returned a {type(cell).__name__}, not a mindspore.nn.Cell")
+    names = list(cell.parameters_dict())
+    config = PruneConfig().set_steps(steps)
+    if layer_map is not None:
+        pattern = args.pattern or pattern_from_names(names)
+        if pattern is None:
+            raise UsageError("cannot tell where the layers are in this Cell: give --pattern")
+        _check_small_layers(layer_map, pattern, names)
+        config.add_blocks_params(pattern, layer_map)
+    config.set_importance(args.importance)
+    try:
+        prune_model_weight(cell, config, os.path.abspath(args.weights))
+    except CheckpointError as exc:
+        raise UsageError(f"WEIGHTS: {exc.message}") from exc
+    with output.writing() as staging:
+        mindspore.save_checkpoint(cell, os.path.join(staging, "model.ckpt"))
+        with open(os.path.join(staging, "prune_report.json"), "w", encoding="utf-8") as handle:
+            json.dump({"steps": steps, "importance": args.importance, "kept": config.report}, handle, indent=1)
+    params = sum(int(p.size) for p in cell.get_parameters())
+    print(f"{type(cell).__name__} with {params:,} parameters filled from {args.weights} ({args.importance} "
+          f"importance); written to {os.path.join(os.path.abspath(args.out), 'model.ckpt')}")
 
 
 def _prune(args, steps, layer_map, output):
@@ -135,7 +200,7 @@ def _prune(args, steps, layer_map, output):
     if layer_map is not None:
         pattern = args.pattern or _layer_pattern(model)
         if layer_map != "auto":
-            _check_small_layers(layer_map, pattern, model)
+            _check_small_layers(layer_map, pattern, [name for name, _ in model.named_parameters()])
             _check_big_layers(layer_map, pattern, args.weights)
         config.add_blocks_params(pattern, layer_map)
     tokenizer = _tokenizer(args.weights)

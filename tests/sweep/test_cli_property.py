@@ -9,7 +9,7 @@ import shutil
 import tempfile
 
 import pytest
-from conftest import run_cli, snapshot
+from zoo.cli_runner import run_cli, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

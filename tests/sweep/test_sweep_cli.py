@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import FAST, run_cli
+from zoo.cli_runner import FAST, run_cli
 
 MARKER_DIR = "code-ran"
 

@@ -7,13 +7,12 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import FAST, TESTS, run_cli, run_process, snapshot
+from zoo.cli_runner import FAST, TESTS, run_cli, run_process, snapshot
 
 from msmodelslim.cli.output import MARKER
 
