@@ -16,7 +16,7 @@ from msmodelslim import assets, set_logger_level
 from msmodelslim.common.knowledge_distill.knowledge_distill import get_distill_model
 from msmodelslim.pytorch.knowledge_distill.losses import HiddenMse, KDKLDiv
 from msmodelslim.utils.report import format_table
-from msmodelslim.utils.text_classification import (SentenceClassifier, accuracy, batches, bbc_splits, concat,
+from msmodelslim.pytorch.utils.text_classification import (SentenceClassifier, accuracy, batches, bbc_splits, concat,
                                                    train, train_head)
 from zoo.minilm_task import TEMPERATURE, distill_config, student_encoder
 

@@ -31,7 +31,7 @@ def worker(method, options, samples, seq_len, eval_chunks, export_dir):
     from msmodelslim import assets, set_logger_level
     from msmodelslim.pytorch.sparse.sparse_tools import Compressor, SparseConfig
     from msmodelslim.utils.checkpoint import save_state_dict
-    from msmodelslim.utils.evaluation import perplexity
+    from msmodelslim.pytorch.utils.evaluation import perplexity
 
     set_logger_level("warning")
     path = assets.smollm2_135m_dir()

@@ -15,7 +15,7 @@ import transformers as T
 from common import ROOT, timed, write_result
 from msmodelslim import assets, set_logger_level
 from msmodelslim.common.prune.transformer_prune.prune_model import PruneConfig, prune_model_weight
-from msmodelslim.utils.evaluation import perplexity, sentence_embeddings
+from msmodelslim.pytorch.utils.evaluation import perplexity, sentence_embeddings
 from msmodelslim.utils.report import format_table
 
 IMPORTANCE = ("first", "weight", "activation")

@@ -6,7 +6,7 @@ import torch
 
 from msmodelslim import assets
 from msmodelslim.errors import AssetNotInstalledError
-from msmodelslim.utils.evaluation import perplexity, sentence_embeddings
+from msmodelslim.pytorch.utils.evaluation import perplexity, sentence_embeddings
 
 SENTENCES = ["A cat sits on the mat.", "A feline is resting on a rug.", "Stock markets fell sharply on Monday."]
 

@@ -70,7 +70,7 @@ def sparsify_smollm(quick, staging):
     from msmodelslim import assets
     from msmodelslim.pytorch.sparse.sparse_tools import Compressor, SparseConfig
     from msmodelslim.utils.checkpoint import save_state_dict
-    from msmodelslim.utils.evaluation import perplexity
+    from msmodelslim.pytorch.utils.evaluation import perplexity
 
     _say("2/3 SmolLM2-135M: 50 % unstructured sparsity (SparseGPT), against plain magnitude")
     path = assets.smollm2_135m_dir()
@@ -106,7 +106,7 @@ def prune_and_distill_minilm(quick):
     from msmodelslim import assets
     from msmodelslim.common.knowledge_distill.knowledge_distill import KnowledgeDistillConfig, get_distill_model
     from msmodelslim.common.prune.transformer_prune.prune_model import PruneConfig, prune_model_weight
-    from msmodelslim.utils.text_classification import (SentenceClassifier, accuracy, bbc_splits, concat, train,
+    from msmodelslim.pytorch.utils.text_classification import (SentenceClassifier, accuracy, bbc_splits, concat, train,
                                                        train_head)
 
     _say("3/3 all-MiniLM-L6: pruned into 3 layers (prune_model_weight), distilled on BBC News")

@@ -51,7 +51,7 @@ def _sparsify(args, config, output):
     from msmodelslim import assets
     from msmodelslim.pytorch.sparse.sparse_tools import Compressor
     from msmodelslim.utils.checkpoint import save_state_dict
-    from msmodelslim.utils.evaluation import perplexity
+    from msmodelslim.pytorch.utils.evaluation import perplexity
 
     texts = calibration_texts(args.calib)
     model, tokenizer = load_causal_lm(args.model)

@@ -1,7 +1,7 @@
 """The structured-pruning test zoo: name -> builder of ``(model in eval mode, sample inputs)``."""
 import torch
 
-from msmodelslim.utils.calibration import CallParams
+from msmodelslim.pytorch.utils.calibration import CallParams
 from zoo import cnn, hf
 
 

@@ -25,7 +25,7 @@ import math
 import torch
 
 from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, spec_of
-from msmodelslim.utils.calibration import eval_mode, first_tensor, hooks
+from msmodelslim.pytorch.utils.calibration import eval_mode, first_tensor, hooks
 
 BUILTIN = ("l1", "l2", "taylor", "bn_scale", "activation", "random")
 PRODUCER_KINDS = ("linear", "conv", "conv1d", "depthwise_conv")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from msmodelslim.pytorch.prune.layers import layer_spec
-from msmodelslim.utils.calibration import eval_mode, first_tensor, hooks
+from msmodelslim.pytorch.utils.calibration import eval_mode, first_tensor, hooks
 
 WEIGHTED_KINDS = ("linear", "conv", "conv1d", "depthwise_conv")
 

@@ -25,7 +25,7 @@ from msmodelslim.pytorch.prune.layers import OUTPUT, ParameterSpec, spec_of
 from msmodelslim.pytorch.prune.measure import count_params, profile
 from msmodelslim.pytorch.prune.planner import plan_pruning
 from msmodelslim.pytorch.prune.structure import StructureEngine, detect_family
-from msmodelslim.utils.calibration import CallParams, as_call_params, eval_mode
+from msmodelslim.pytorch.utils.calibration import CallParams, as_call_params, eval_mode
 from msmodelslim.utils.logging import logger
 from msmodelslim.utils.report import format_table
 

@@ -7,7 +7,7 @@ import transformers as T
 
 from msmodelslim import assets
 from msmodelslim.common.prune.transformer_prune.prune_model import PruneConfig, prune_model_weight
-from msmodelslim.utils.evaluation import perplexity, sentence_embeddings
+from msmodelslim.pytorch.utils.evaluation import perplexity, sentence_embeddings
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import torch
 
 from msmodelslim import assets
 from msmodelslim.common.knowledge_distill.knowledge_distill import get_distill_model
-from msmodelslim.utils.text_classification import (SentenceClassifier, accuracy, bbc_splits, concat, train,
+from msmodelslim.pytorch.utils.text_classification import (SentenceClassifier, accuracy, bbc_splits, concat, train,
                                                    train_head)
 from zoo.minilm_task import distill_config, student_encoder
 

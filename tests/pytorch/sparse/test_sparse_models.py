@@ -6,7 +6,7 @@ import torch
 
 from msmodelslim import assets
 from msmodelslim.pytorch.sparse.sparse_tools import Compressor, SparseConfig
-from msmodelslim.utils.evaluation import perplexity
+from msmodelslim.pytorch.utils.evaluation import perplexity
 from zoo import hf
 
 

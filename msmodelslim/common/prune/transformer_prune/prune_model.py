@@ -11,10 +11,14 @@ Usage (as documented by msModelSlim)::
 By default the intra-block steps keep the first rows/columns, exactly as the original; ``set_importance("weight")``
 or ``set_importance("activation", dataset)`` chooses the heads, FFN neurons and hidden channels to keep by
 importance instead, slicing every coupled tensor with the same indices.
-"""
-import re
 
-from torch import nn
+This module imports no framework: :func:`prune_model_weight` hands a PyTorch ``nn.Module`` to
+``msmodelslim.pytorch.prune.transformer_prune`` and a MindSpore ``nn.Cell`` to
+``msmodelslim.mindspore.prune.transformer_prune``, importing only the backend the model needs.
+"""
+import os
+import re
+import sys
 
 from msmodelslim.utils.checks import check_input_path, is_int
 
@@ -107,7 +111,7 @@ class PruneConfig:
 
         Raises:
             ValueError: an unknown kind; ``"activation"`` without a dataset; a dataset that is not a non-empty list.
-            TypeError: ``model`` is not a ``torch.nn.Module``.
+            TypeError: ``model`` is neither a ``torch.nn.Module`` nor a ``mindspore.nn.Cell``.
         """
         if kind not in IMPORTANCE:
             raise ValueError(f"importance must be one of {list(IMPORTANCE)}, got {kind!r}.")
@@ -116,8 +120,8 @@ class PruneConfig:
         if dataset is not None and (not isinstance(dataset, list) or not dataset):
             raise ValueError(f"dataset must be a non-empty list of calibration batches, got {type(dataset).__name__}"
                              f"{' (empty)' if isinstance(dataset, list) else ''}.")
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
+        if model is not None and model_framework(model) is None:
+            raise TypeError(f"model must be a torch.nn.Module or a mindspore.nn.Cell, not {type(model).__name__}.")
         self.importance, self.importance_dataset, self.importance_model = kind, dataset, model
         return self
 
@@ -140,25 +144,46 @@ class PruneConfig:
         raise ValueError(f"config_name not in PruneConfig: {config_name!r} is not set.")
 
 
+def model_framework(model):
+    """``"torch"`` for a ``torch.nn.Module``, ``"mindspore"`` for a ``mindspore.nn.Cell``, else None.
+
+    A framework that is not imported yet cannot have made ``model``, so none is imported here.
+    """
+    torch = sys.modules.get("torch")
+    module_class = getattr(getattr(torch, "nn", None), "Module", None)
+    if isinstance(module_class, type) and isinstance(model, module_class):
+        return "torch"
+    mindspore = sys.modules.get("mindspore")
+    cell_class = getattr(getattr(mindspore, "nn", None), "Cell", None)
+    if isinstance(cell_class, type) and isinstance(model, cell_class):
+        return "mindspore"
+    return None
+
+
 def prune_model_weight(model, config, weight_file_path):
     """Fill ``model`` (a smaller model of the checkpoint's architecture) with the checkpoint's weights, in place.
 
-    The checkpoint (``.pt .pth .bin .pkl`` - loaded with ``weights_only=True`` -, ``.safetensors``, a sharded
-    index or a Hugging Face directory) is read lazily, transformed by the config's steps, checked to fill every
-    parameter of ``model`` with the right shape, and only then loaded. Returns None; ``config.report`` says what
-    was kept.
+    PyTorch ``model``: the checkpoint (``.pt .pth .bin .pkl`` - loaded with ``weights_only=True`` -,
+    ``.safetensors``, a sharded index or a Hugging Face directory) is read lazily. MindSpore ``nn.Cell``: a
+    ``.ckpt`` file, or a MindSpore ``.safetensors`` file. The checkpoint is transformed by the config's steps,
+    checked to fill every parameter of ``model`` with the right shape, and only then loaded. Returns None;
+    ``config.report`` says what was kept.
 
     Raises:
-        ValueError: ``model`` is None or not a PyTorch model; an unknown step; ``prune_vit_intra_block``
-            without qkv keys; a bad path (see :func:`~msmodelslim.utils.checks.check_input_path`); a checkpoint
+        ValueError: ``model`` is None or neither a PyTorch nor a MindSpore model; an unknown step;
+            ``prune_vit_intra_block`` without qkv keys; for MindSpore, importance ``"activation"`` or
+            ``layer_id_map="auto"`` (not supported yet); a bad path (see :func:`~msmodelslim.utils.checks.check_input_path`); a checkpoint
             that cannot fill the model (the message lists the missing keys and shape conflicts), or that holds
             different values for tensors the model ties. The model is untouched on any error.
-        TypeError: ``config`` is not a PruneConfig, or ``weight_file_path`` not a path.
-        CheckpointError / UnsafeCheckpointError: the file is corrupt, unsupported, or a pickle with code.
+        TypeError: ``config`` is not a PruneConfig, ``weight_file_path`` not a path, or the big model of
+            ``set_importance`` is of the other framework.
+        CheckpointError / UnsafeCheckpointError: the file is corrupt, empty, unsupported (for MindSpore: not
+            ``.ckpt`` / ``.safetensors``), or a pickle with code.
     """
     if model is None:
         raise ValueError("The model can't be None!")
-    if not isinstance(model, nn.Module):
+    framework = model_framework(model)
+    if framework is None:
         raise ValueError(f"The model must be a MindSpore or PyTorch model, not {type(model).__name__}.")
     if not isinstance(config, PruneConfig):
         raise TypeError(f"config must be PruneConfig, not {type(config).__name__}.")
@@ -166,14 +191,28 @@ def prune_model_weight(model, config, weight_file_path):
         if step not in STEPS:
             raise ValueError(f"Step {step} not exist! Step must in {list(STEPS)}")
     _check_qkv_keys(config)
+    _check_importance_model(config, framework)
     auto = any(params["layer_id_map"] == AUTO for params in config.prune_blocks_params)
     if auto and "prune_blocks" in config.prune_state_dict_steps and config.importance_dataset is None:
         raise ValueError("layer_id_map='auto' needs calibration data: call set_importance(kind, dataset=[batches]) "
                          "(and model=big_model unless the checkpoint is a Hugging Face directory).")
     path = check_input_path(weight_file_path)
+    if framework == "mindspore":
+        from msmodelslim.mindspore.prune.transformer_prune.weights import prune_model_weight_ms
+
+        prune_model_weight_ms(model, config, path, given=os.fspath(weight_file_path))
+        return
     from msmodelslim.pytorch.prune.transformer_prune.weights import prune_model_weight_torch
 
     prune_model_weight_torch(model, config, path)
+
+
+def _check_importance_model(config, framework):
+    """Raise ``TypeError`` when the big model given to ``set_importance`` is of another framework than ``model``."""
+    big = config.importance_model
+    if big is not None and model_framework(big) != framework:
+        raise TypeError(f"The big model given to set_importance ({type(big).__name__}, {model_framework(big)}) and "
+                        f"the model to fill ({framework}) must be of the same framework.")
 
 
 def _check_qkv_keys(config):

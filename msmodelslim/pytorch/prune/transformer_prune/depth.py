@@ -10,7 +10,7 @@ import torch
 
 from msmodelslim.pytorch.prune.transformer_prune.selection import check_samples
 from msmodelslim.utils.logging import logger
-from msmodelslim.utils.sequential import block_hidden, find_blocks, iterate_blocks
+from msmodelslim.pytorch.utils.sequential import block_hidden, find_blocks, iterate_blocks
 
 
 def _layer_id(pattern, name):

@@ -13,9 +13,9 @@ import torch
 
 from msmodelslim.pytorch.prune.layers import INPUT, layer_spec
 from msmodelslim.pytorch.prune.transformer_prune.layout import FFN, HIDDEN, KV, Q, QKV, HeadsGroup
-from msmodelslim.utils.calibration import CallParams, first_tensor, hooks, run
+from msmodelslim.pytorch.utils.calibration import CallParams, first_tensor, hooks, run
 from msmodelslim.utils.logging import logger
-from msmodelslim.utils.sequential import find_blocks, iterate_blocks
+from msmodelslim.pytorch.utils.sequential import find_blocks, iterate_blocks
 
 
 def top_indices(scores, count):

@@ -4,15 +4,22 @@ import os
 
 import torch
 
+from msmodelslim.common.prune.transformer_prune import leading
+from msmodelslim.common.prune.transformer_prune.blocks import rename_blocks
+from msmodelslim.common.prune.transformer_prune.entries import initial_entries
+from msmodelslim.common.prune.transformer_prune.problems import MAX_LISTED, describe_problems
 from msmodelslim.pytorch.prune.structure import detect_family
-from msmodelslim.pytorch.prune.transformer_prune import depth, leading, selection
-from msmodelslim.pytorch.prune.transformer_prune.blocks import rename_blocks
-from msmodelslim.pytorch.prune.transformer_prune.entries import initial_entries
+from msmodelslim.pytorch.prune.transformer_prune import depth, selection
 from msmodelslim.pytorch.prune.transformer_prune.layout import build_layout
 from msmodelslim.utils.checkpoint import open_checkpoint
 from msmodelslim.utils.logging import logger
 
-MAX_LISTED = 20
+def read_entry(entry, checkpoint):
+    """The entry's tensor, read from the checkpoint and selected (a fresh, contiguous tensor)."""
+    tensor = checkpoint.get(entry.source)
+    for axis, index in entry.selections:
+        tensor = tensor.index_select(axis, torch.as_tensor(index, dtype=torch.long, device=tensor.device))
+    return tensor.contiguous() if entry.selections else tensor.clone()
 
 
 def _differing(shape_a, shape_b):
@@ -90,7 +97,7 @@ class _Run:
         self.layouts.append(layout)
 
     def _read(self, key):
-        return self.entries[key].read(self.checkpoint)
+        return read_entry(self.entries[key], self.checkpoint)
 
     def _big(self):
         if self._big_model is None:
@@ -127,14 +134,14 @@ class _Run:
             else:
                 plan[key] = source_key
         if missing or conflicts:
-            message = _describe_problems(self.path, missing, conflicts)
+            message = describe_problems(self.path, missing, conflicts)
             if self.config.strict:
                 raise ValueError(message + " The model was not changed.")
             logger.warning("%s Loading the rest (strict=False).", message)
         state, cache = {}, {}
         for key, source_key in plan.items():
             if source_key not in cache:
-                cache[source_key] = self.entries[source_key].read(self.checkpoint)
+                cache[source_key] = read_entry(self.entries[source_key], self.checkpoint)
             state[key] = cache[source_key]
         self._check_ties(state, tied)
         return state
@@ -179,19 +186,6 @@ def _tied_keys(model):
     for key, tensor in model.state_dict(keep_vars=True).items():
         by_storage.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(key)
     return {k: [o for o in keys if o != k] for keys in by_storage.values() if len(keys) > 1 for k in keys}
-
-
-def _describe_problems(path, missing, conflicts):
-    parts = [f"The checkpoint {path} cannot fill the model."]
-    if missing:
-        parts.append(f"{len(missing)} parameter(s) would stay uninitialised: {', '.join(missing[:MAX_LISTED])}"
-                     + (" ..." if len(missing) > MAX_LISTED else "") + ".")
-    if conflicts:
-        listed = "; ".join(f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in conflicts[:MAX_LISTED])
-        parts.append(f"{len(conflicts)} shape conflict(s) (key: checkpoint shape vs model shape): {listed}"
-                     + (" ..." if len(conflicts) > MAX_LISTED else "") + ".")
-        parts.append("Check the steps (e.g. 'prune_blocks' before the intra-block step) and the layer map.")
-    return " ".join(parts)
 
 
 def _load_big_model(model, path):

@@ -19,9 +19,9 @@ from msmodelslim.errors import ModelslimError
 from msmodelslim.pytorch.sparse.sparse_tools import allocation, stages
 from msmodelslim.pytorch.sparse.sparse_tools.methods import NEEDS, PRUNERS, UPDATES_WEIGHTS, wanda
 from msmodelslim.pytorch.sparse.sparse_tools.stats import LayerStats
-from msmodelslim.utils.calibration import as_call_params, eval_mode, first_tensor, hooks, model_device
+from msmodelslim.pytorch.utils.calibration import as_call_params, eval_mode, first_tensor, hooks, model_device
 from msmodelslim.utils.logging import logger
-from msmodelslim.utils.sequential import blocks_chain, find_blocks, iterate_blocks
+from msmodelslim.pytorch.utils.sequential import blocks_chain, find_blocks, iterate_blocks
 
 
 def _is_conv1d(module):

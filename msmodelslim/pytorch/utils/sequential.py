@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from msmodelslim.errors import ModelslimError
-from msmodelslim.utils.calibration import as_call_params, first_tensor, model_device
+from msmodelslim.pytorch.utils.calibration import as_call_params, first_tensor, model_device
 from msmodelslim.utils.logging import logger
 
 

@@ -1,0 +1,1 @@
+"""MindSpore backends for pruning."""
