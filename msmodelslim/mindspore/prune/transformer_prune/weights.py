@@ -12,6 +12,7 @@ from msmodelslim.common.prune.transformer_prune.blocks import rename_blocks
 from msmodelslim.common.prune.transformer_prune.entries import initial_entries, read_numpy
 from msmodelslim.common.prune.transformer_prune.named_layout import build_named_layout, detect_named_family
 from msmodelslim.common.prune.transformer_prune.problems import MAX_LISTED, describe_problems
+from msmodelslim.common.prune.transformer_prune.slicing import slice_mismatched
 from msmodelslim.common.prune.transformer_prune.weight_importance import apply_weight_importance
 from msmodelslim.mindspore.prune.transformer_prune.checkpoint import MindSporeCheckpoint
 from msmodelslim.utils.logging import logger
@@ -79,19 +80,9 @@ class _MsRun:
                                     lambda prefix: self._head_dim(prefix + family.attention, prefix + family.q))
         apply_weight_importance(layout, lambda key: read_numpy(self.entries[key], self.checkpoint))
         for key, big, small in self.mismatched():
-            entry = self.entries[key]
-            for axis in leading.differing_axes(big, small):
-                owner = layout.axes.get((key, axis))
-                if owner is not None:
-                    group, view = owner
-                    entry = entry.select(axis, group.index(view))
-                elif fused_keys and any(q in key for q in fused_keys):
-                    entry = leading.fused_thirds(entry, key, entry.shape(self.checkpoint), small)
-                else:
-                    logger.warning("'%s' axis %d (%d -> %d) follows no structure rule: keeping its first %d.",
-                                   key, axis, big[axis], small[axis], small[axis])
-                    entry = entry.select(axis, range(min(big[axis], small[axis])))
-            self.entries[key] = entry
+            self.entries[key] = slice_mismatched(
+                self.entries[key], key, big, small, lambda axis, key=key: layout.axes.get((key, axis)), fused_keys,
+                lambda entry: entry.shape(self.checkpoint))
         self.layouts.append(layout)
 
     def _head_dim(self, attention_path, q_stem):

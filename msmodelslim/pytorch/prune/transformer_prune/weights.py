@@ -6,6 +6,7 @@ import torch
 
 from msmodelslim.common.prune.transformer_prune import leading
 from msmodelslim.common.prune.transformer_prune.blocks import rename_blocks
+from msmodelslim.common.prune.transformer_prune.slicing import slice_mismatched
 from msmodelslim.common.prune.transformer_prune.entries import initial_entries
 from msmodelslim.common.prune.transformer_prune.problems import MAX_LISTED, describe_problems
 from msmodelslim.pytorch.prune.structure import detect_family
@@ -22,8 +23,9 @@ def read_entry(entry, checkpoint):
     return tensor.contiguous() if entry.selections else tensor.clone()
 
 
-def _differing(shape_a, shape_b):
-    return [axis for axis, (a, b) in enumerate(zip(shape_a, shape_b)) if a != b]
+def _group_and_view(layout, key, axis):
+    owner = layout.axes.get((key, axis))
+    return None if owner is None else owner[:2]
 
 
 class _Run:
@@ -79,21 +81,12 @@ class _Run:
             scores = selection.weight_scores(layout, self._read)
         selection.apply_scores(layout, scores)
         for key in self.mismatched():
-            entry, big, small = self.entries[key], self.shape(key), self.small_shapes[key]
+            big, small = self.shape(key), self.small_shapes[key]
             if len(big) != len(small):
                 continue
-            for axis in _differing(big, small):
-                owner = layout.axes.get((key, axis))
-                if owner is not None:
-                    group, view, _ = owner
-                    entry = entry.select(axis, group.index(view))
-                elif fused_keys and any(q in key for q in fused_keys):
-                    entry = leading.fused_thirds(entry, key, entry.shape(self.checkpoint), small)
-                else:
-                    logger.warning("'%s' axis %d (%d -> %d) follows no structure rule: keeping its first %d.",
-                                   key, axis, big[axis], small[axis], small[axis])
-                    entry = entry.select(axis, range(min(big[axis], small[axis])))
-            self.entries[key] = entry
+            self.entries[key] = slice_mismatched(
+                self.entries[key], key, big, small, lambda axis, key=key: _group_and_view(layout, key, axis),
+                fused_keys, lambda entry: entry.shape(self.checkpoint))
         self.layouts.append(layout)
 
     def _read(self, key):
