@@ -10,13 +10,21 @@ Usage (as documented by msModelSlim)::
     distill_model = get_distill_model(teacher_model, student_model, distill_config)
     loss, student_outputs, teacher_outputs = distill_model(input_ids, segment_ids, input_mask)
     student_model = distill_model.get_student_model()
+
+With MindSpore ``nn.Cell`` models (the student is a "network with loss")::
+
+    distill_config.set_hard_label(0.5, 0)        # required: student output 0 holds its own loss
+    distill_model = get_distill_model(teacher_cell, student_cell, distill_config)
+    train_step = mindspore.nn.TrainOneStepCell(distill_model, optimizer)   # the dual model returns one tensor
+    loss = train_step(input_ids, labels)
+    student_cell = distill_model.get_student_model()
+
+This module imports neither framework: the backend follows the teacher's type and is imported only then.
 """
 import copy
 import math
 import numbers
-
-import torch
-from torch import nn
+import sys
 
 from msmodelslim.utils.checks import is_int
 
@@ -25,6 +33,33 @@ DEFAULT_HARD_LABEL_WEIGHT = 0.5
 
 def _type_name(value):
     return type(value).__name__
+
+
+def _loaded_class(module_name, attribute_path):
+    """The class ``module_name.attribute_path`` when that framework is already imported, else None (a model of a
+    framework that was never imported cannot exist, so nothing is imported here)."""
+    value = sys.modules.get(module_name)
+    for attribute in attribute_path.split("."):
+        value = getattr(value, attribute, None) if value is not None else None
+    return value if isinstance(value, type) else None
+
+
+def _framework_of(model):
+    """``"torch"`` for a torch ``nn.Module``, ``"mindspore"`` for a MindSpore ``nn.Cell``, else None."""
+    for framework, base in (("torch", _loaded_class("torch", "nn.Module")),
+                            ("mindspore", _loaded_class("mindspore", "nn.Cell"))):
+        if base is not None and isinstance(model, base):
+            return framework
+    return None
+
+
+def _is_loss_of(framework, loss):
+    """A loss instance, or a loss class, of ``framework`` (``"torch"``: ``nn.Module``; ``"mindspore"``:
+    ``nn.Cell``)."""
+    base = _loaded_class("torch", "nn.Module") if framework == "torch" else _loaded_class("mindspore", "nn.Cell")
+    if base is None:
+        return False
+    return isinstance(loss, base) or (isinstance(loss, type) and issubclass(loss, base))
 
 
 def _check_index(config, key):
@@ -127,13 +162,24 @@ class KnowledgeDistillConfig:
         self.train_teacher = False
         self.model_parallel = False
         self.hard_label_loss_weight = DEFAULT_HARD_LABEL_WEIGHT
-        self.output_replace_idx = 0
+        self._output_replace_idx = 0
+        self.hard_label_set = False  # MindSpore requires set_hard_label (or output_replace_idx assigned)
         self.inter_matches = []
         self.output_matches = []
         self.custom_loss_func = {}
         self.teacher_dtype = None
         self.inter_match_keys = ["t_module", "s_module", "t_output_idx", "s_output_idx", "loss_func"]
         self.output_match_keys = ["t_output_idx", "s_output_idx", "loss_func"]
+
+    @property
+    def output_replace_idx(self):
+        """Index of the student output holding its hard-label loss (MindSpore); -1: the distillation loss alone."""
+        return self._output_replace_idx
+
+    @output_replace_idx.setter
+    def output_replace_idx(self, index):
+        self._output_replace_idx = index
+        self.hard_label_set = True
 
     def set_hard_label(self, weight, index):
         """Weight of the hard-label loss in ``get_total_loss`` (0 < weight < 1) and the index of the student output
@@ -152,6 +198,7 @@ class KnowledgeDistillConfig:
         if index < 0:
             raise ValueError(f"index must be greater than 0, but input {index}")
         self.hard_label_loss_weight = weight
+        self.hard_label_set = True
         if index:
             self.output_replace_idx = index
         return self
@@ -186,8 +233,10 @@ class KnowledgeDistillConfig:
 
     def add_inter_soft_label(self, config):
         """Match the outputs of intermediate modules: keys of :meth:`add_output_soft_label` plus ``t_module`` and
-        ``s_module`` (names from ``named_modules()``); optional ``"adaptor": True`` (or ``[student_width,
-        teacher_width]``) learns a linear map from the student's width to the teacher's.
+        ``s_module`` (names from ``named_modules()``, or ``cells_and_names()`` for MindSpore); optional
+        ``"adaptor": True`` (or ``[student_width, teacher_width]``) learns a linear map from the student's width to
+        the teacher's (PyTorch); optional ``"shape"``: the shape of the teacher tensor (MindSpore, required in
+        GRAPH_MODE, checked by ``get_distill_model``).
 
         Raises:
             TypeError: a module name that is not a str.
@@ -200,16 +249,16 @@ class KnowledgeDistillConfig:
         return self
 
     def add_custom_loss_func(self, name, instance):
-        """Register a loss under ``name`` for this config only: an ``nn.Module`` instance, or an ``nn.Module``
-        subclass built with the entry's ``func_param``.
+        """Register a loss under ``name`` for this config only: an ``nn.Module`` (PyTorch) or ``nn.Cell``
+        (MindSpore) instance, or such a class, built with the entry's ``func_param``. ``get_distill_model`` checks
+        that it belongs to the teacher's framework.
 
         Raises:
-            TypeError: ``name`` not a str, or ``instance`` not an ``nn.Module``.
+            TypeError: ``name`` not a str, or ``instance`` neither an ``nn.Module`` nor an ``nn.Cell``.
         """
         if not isinstance(name, str):
             raise TypeError(f"name must be str, not {_type_name(name)}.")
-        is_class = isinstance(instance, type) and issubclass(instance, nn.Module)
-        if not isinstance(instance, nn.Module) and not is_class:
+        if not (_is_loss_of("torch", instance) or _is_loss_of("mindspore", instance)):
             raise TypeError("`instance` must be a PyTorch `nn.Module` or MindSpore `nn.Cell`. ")
         self.custom_loss_func[name] = instance
         return self
@@ -221,8 +270,13 @@ class KnowledgeDistillConfig:
 
     def set_teacher_dtype(self, dtype):
         """Cast the teacher to ``dtype`` (e.g. ``torch.float16``) in ``get_distill_model``; by default it is never
-        cast."""
-        if not isinstance(dtype, torch.dtype):
+        cast. PyTorch only.
+
+        Raises:
+            TypeError: ``dtype`` is not a ``torch.dtype``.
+        """
+        torch_dtype = _loaded_class("torch", "dtype")
+        if torch_dtype is None or not isinstance(dtype, torch_dtype):
             raise TypeError(f"dtype must be a torch.dtype, not {_type_name(dtype)}.")
         self.teacher_dtype = dtype
         return self
@@ -238,25 +292,58 @@ class KnowledgeDistillConfig:
 
 
 def get_distill_model(teacher, student, config):
-    """Wrap ``teacher`` and ``student`` into a ``DistillDualModels`` whose forward returns
-    ``(distill_loss, student_outputs, teacher_outputs)``.
+    """Wrap ``teacher`` and ``student`` into a ``DistillDualModels``; the backend follows the teacher's type.
 
-    The student is put in train mode; the teacher in eval mode (unless ``set_teacher_train()``), never cast
-    (unless ``set_teacher_dtype``) and always run without gradients.
+    * PyTorch (``nn.Module``): its forward returns ``(distill_loss, student_outputs, teacher_outputs)``. The student
+      is put in train mode; the teacher in eval mode (unless ``set_teacher_train()``), never cast (unless
+      ``set_teacher_dtype``) and always run without gradients.
+    * MindSpore (``nn.Cell``): an ``nn.Cell`` whose ``construct(*inputs)`` returns one tensor,
+      ``student_outputs[i] * w + distill_loss * (1 - w)`` (``set_hard_label(w, i)``), to train with
+      ``nn.TrainOneStepCell``, ``mindspore.value_and_grad`` or ``mindspore.train.Model``.
+
+    On any error the teacher and the student are left as they were.
 
     Raises:
-        ValueError: a missing or non-PyTorch teacher, an unknown loss name, or an unknown module name.
-        TypeError: a student that is not an ``nn.Module`` or a config of another type; a loss class that does not
-            accept its ``func_param``.
+        ValueError: a missing teacher or one of neither framework; an unknown loss or module name; MindSpore: no
+            ``set_hard_label``, a missing ``shape`` in GRAPH_MODE, a bad output index.
+        TypeError: a student that is not a model of the teacher's framework, a config of another type, a custom
+            loss of the other framework, a loss class that does not accept its ``func_param``.
     """
     if teacher is None:
         raise ValueError("The model can't be None!")
-    if not isinstance(teacher, nn.Module):
+    framework = _framework_of(teacher)
+    if framework is None:
         raise ValueError(f"The model must be a MindSpore or PyTorch model, not {_type_name(teacher)}.")
-    if not isinstance(student, nn.Module):
-        raise TypeError(f"model must be a Torch.nn.Module instance. Not {type(student)}")
+    _check_student(framework, teacher, student)
     if not isinstance(config, KnowledgeDistillConfig):
         raise TypeError(f"config must be KnowledgeDistillConfig, not {_type_name(config)}.")
-    from msmodelslim.pytorch.knowledge_distill.dual_model import DistillDualModels
-
+    _check_custom_losses(framework, config)
+    if framework == "torch":
+        from msmodelslim.pytorch.knowledge_distill.dual_model import DistillDualModels
+    else:
+        from msmodelslim.mindspore.knowledge_distill.dual_model import DistillDualModels
     return DistillDualModels(teacher, student, copy.copy(config))
+
+
+def _check_student(framework, teacher, student):
+    """Raises TypeError: the student is not a model of the teacher's framework (naming both types)."""
+    student_framework = _framework_of(student)
+    if student_framework == framework:
+        return
+    if student_framework is not None:
+        raise TypeError(f"The teacher ({type(teacher)}) and the student ({type(student)}) must be models of the same "
+                        f"framework: both PyTorch nn.Module or both MindSpore nn.Cell.")
+    if framework == "torch":
+        raise TypeError(f"model must be a Torch.nn.Module instance. Not {type(student)}")
+    raise TypeError(f"model must be a MindSpore nn.Cell instance. Not {type(student)}")
+
+
+def _check_custom_losses(framework, config):
+    """Raises TypeError: a custom loss that is not an ``nn.Module`` (PyTorch teacher) or ``nn.Cell`` (MindSpore
+    teacher), instance or class."""
+    expected = "a PyTorch nn.Module" if framework == "torch" else "a MindSpore nn.Cell"
+    for name, loss in config.custom_loss_func.items():
+        if not _is_loss_of(framework, loss):
+            shown = loss if isinstance(loss, type) else type(loss)
+            raise TypeError(f'The custom loss "{name}" ({shown}) must be {expected} (instance or class) to distill '
+                            f"{framework} models.")

@@ -107,6 +107,9 @@ class PruneConfig:
         ``"first"`` (default): the first rows/columns, as the original. ``"weight"``: data-free weight norms.
         ``"activation"``: mean activations on ``dataset`` (a list of batches: Tensor, list/tuple or dict) in the
         big ``model``; without ``model``, it is loaded from the checkpoint when that is a Hugging Face directory.
+        For MindSpore, ``model`` (the big Cell, holding the checkpoint's weights) is required, and each batch is
+        a ``mindspore.Tensor`` (``cell(x)``), a tuple/list of Tensors (``cell(*x)``) or a dict of keyword
+        arguments (``cell(**x)``); the batches run in PyNative mode.
         ``dataset`` and ``model`` also serve ``layer_id_map="auto"``, whatever the kind.
 
         Raises:
@@ -172,9 +175,11 @@ def prune_model_weight(model, config, weight_file_path):
     Raises:
         ValueError: ``model`` is None or neither a PyTorch nor a MindSpore model; an unknown step;
             ``prune_vit_intra_block`` without qkv keys; for MindSpore, importance ``"activation"`` or
-            ``layer_id_map="auto"`` (not supported yet); a bad path (see :func:`~msmodelslim.utils.checks.check_input_path`); a checkpoint
-            that cannot fill the model (the message lists the missing keys and shape conflicts), or that holds
-            different values for tensors the model ties. The model is untouched on any error.
+            ``layer_id_map="auto"`` without the big Cell (``set_importance(kind, dataset, model=big_cell)``);
+            calibration batches without samples; a bad path (see
+            :func:`~msmodelslim.utils.checks.check_input_path`); a checkpoint that cannot fill the model (the
+            message lists the missing keys and shape conflicts), or that holds different values for tensors the
+            model ties. The model is untouched on any error.
         TypeError: ``config`` is not a PruneConfig, ``weight_file_path`` not a path, or the big model of
             ``set_importance`` is of the other framework.
         CheckpointError / UnsafeCheckpointError: the file is corrupt, empty, unsupported (for MindSpore: not

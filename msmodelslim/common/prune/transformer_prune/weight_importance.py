@@ -8,6 +8,7 @@ the sum of its query heads plus the mean of its key/value channels. Ties go to t
 import numpy as np
 
 from msmodelslim.common.prune.transformer_prune.named_layout import FFN, HIDDEN, KV, Q, HeadUnits
+from msmodelslim.utils.logging import logger
 
 
 def top_indices(scores, count):
@@ -65,14 +66,26 @@ def choose_first(group):
         group.keep = list(range(group.small))
 
 
-def apply_weight_importance(layout, read):
-    """Choose the kept units of every group of ``layout`` by weight importance (unchanged groups keep all)."""
-    scores = weight_scores(layout, read)
+def apply_scores(layout, scores):
+    """Choose the kept units of every changing group of ``layout`` from ``scores`` (``{(group name, view):
+    per-channel scores}``); a group without scores keeps its first units (logged at WARNING)."""
     for group in layout.groups():
         choose_first(group)
         if not group.changes:
             continue
         if isinstance(group, HeadUnits):
-            choose_heads(group, scores)
+            if (group.name, Q) in scores or (group.name, KV) in scores:
+                choose_heads(group, scores)
+            else:
+                logger.warning("No importance for %s: keeping its first heads.", group.name)
+            continue
+        channel_scores = scores.get((group.name, HIDDEN if group is layout.hidden else FFN))
+        if channel_scores is not None and len(channel_scores) == group.big:
+            group.keep = top_indices(channel_scores, group.small)
         else:
-            group.keep = top_indices(scores[(group.name, FFN if group is not layout.hidden else HIDDEN)], group.small)
+            logger.warning("No importance for %s: keeping its first %d channels.", group.name, group.small)
+
+
+def apply_weight_importance(layout, read):
+    """Choose the kept units of every group of ``layout`` by weight importance (unchanged groups keep all)."""
+    apply_scores(layout, weight_scores(layout, read))

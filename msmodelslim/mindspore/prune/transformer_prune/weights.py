@@ -2,35 +2,52 @@
 check it against ``cell.parameters_dict()``, then ``mindspore.load_param_into_net(..., strict_load=True)``.
 
 The steps are the framework-free ones of ``msmodelslim.common.prune.transformer_prune`` (renaming, the
-original's first-N slices, weight importance on NumPy arrays); this module only reads the file, converts arrays
-to Parameters and loads them, undoing the load exactly on any error.
+original's first-N slices, weight and activation importance on NumPy arrays, the auto layer choice); this module
+only reads the file, runs the big Cell on the calibration data (``activation.py``), converts arrays to Parameters
+and loads them, undoing the load exactly on any error.
 """
 import mindspore
 
-from msmodelslim.common.prune.transformer_prune import leading
+from msmodelslim.common.prune.transformer_prune import layer_choice, leading
+from msmodelslim.common.prune.transformer_prune.activation_importance import apply_activation_importance
 from msmodelslim.common.prune.transformer_prune.blocks import rename_blocks
 from msmodelslim.common.prune.transformer_prune.entries import initial_entries, read_numpy
 from msmodelslim.common.prune.transformer_prune.named_layout import build_named_layout, detect_named_family
 from msmodelslim.common.prune.transformer_prune.problems import MAX_LISTED, describe_problems
 from msmodelslim.common.prune.transformer_prune.slicing import slice_mismatched
 from msmodelslim.common.prune.transformer_prune.weight_importance import apply_weight_importance
+from msmodelslim.mindspore.prune.transformer_prune.activation import calibrate
 from msmodelslim.mindspore.prune.transformer_prune.checkpoint import MindSporeCheckpoint
 from msmodelslim.utils.logging import logger
 
 HEAD_SIZE_ATTRS = ("attention_head_size", "head_dim", "head_size")
 HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads")
+AUTO = "auto"
+INTRA_STEPS = ("prune_bert_intra_block", "prune_vit_intra_block")
 
 
-def check_supported(config):
-    """Raise ``ValueError`` for what the MindSpore backend does not do yet: activation importance and
-    ``layer_id_map="auto"`` (both need calibration runs of the big Cell)."""
-    if config.importance == "activation":
-        raise ValueError("importance 'activation' is not supported for MindSpore models yet; use 'first' or "
-                         "'weight'.")
-    if "prune_blocks" in config.prune_state_dict_steps and any(
-            params["layer_id_map"] == "auto" for params in config.prune_blocks_params):
-        raise ValueError("layer_id_map='auto' is not supported for MindSpore models yet; give the layer map "
-                         "explicitly.")
+def calibration_needs(config):
+    """``(activations, influence)``: whether the steps need activation statistics / block influence of the big
+    Cell on the calibration data."""
+    steps = config.prune_state_dict_steps
+    activations = config.importance == "activation" and any(step in INTRA_STEPS for step in steps)
+    influence = "prune_blocks" in steps and any(p["layer_id_map"] == AUTO for p in config.prune_blocks_params)
+    return activations, influence
+
+
+def check_calibration_inputs(config):
+    """Raise ``ValueError`` when the steps need calibration runs but the big Cell or the data is missing: unlike
+    the PyTorch backend, which can load a Hugging Face directory, a ``.ckpt`` does not say which Cell to build."""
+    activations, influence = calibration_needs(config)
+    if not (activations or influence):
+        return
+    what = "importance 'activation'" if activations else "layer_id_map='auto'"
+    if config.importance_dataset is None:
+        raise ValueError(f"{what} needs calibration data: call set_importance(kind, dataset=[batches], "
+                         "model=big_cell).")
+    if config.importance_model is None:
+        raise ValueError(f"{what} needs the big MindSpore Cell (with the checkpoint's weights) to run the "
+                         "calibration data through: call set_importance(kind, dataset, model=big_cell).")
 
 
 class _MsRun:
@@ -44,6 +61,8 @@ class _MsRun:
         self.small_shapes = {k: tuple(p.shape) for k, p in self.targets.items()}
         self.entries = initial_entries(checkpoint)
         self.layouts = []
+        self.blocks_params = config.prune_blocks_params
+        self._calibration = None
 
     def shape(self, key):
         entry = self.entries.get(key)
@@ -59,8 +78,25 @@ class _MsRun:
                 found.append((key, big, small))  # a rank difference is reported by the final check
         return found
 
+    def calibration(self):
+        """The big Cell's statistics on the calibration data, measured once, on first need."""
+        if self._calibration is None:
+            activations, influence = calibration_needs(self.config)
+            self._calibration = calibrate(self.config.importance_model, self.config.importance_dataset,
+                                          activations=activations, influence=influence)
+        return self._calibration
+
     def blocks_step(self):
-        self.entries = rename_blocks(self.entries, self.config.prune_blocks_params)
+        """Resolve ``layer_id_map="auto"`` passes (the config itself is left as given), then rename the keys."""
+        self.blocks_params = [{**params, "layer_id_map": self._auto_layer_map(params["pattern"])}
+                              if params["layer_id_map"] == AUTO else params
+                              for params in self.config.prune_blocks_params]
+        self.entries = rename_blocks(self.entries, self.blocks_params)
+
+    def _auto_layer_map(self, pattern):
+        wanted = layer_choice.small_layer_ids(list(self.small_shapes), pattern)
+        influence = layer_choice.influence_by_layer(self.calibration().influence, pattern)
+        return layer_choice.choose_layer_map(wanted, influence, pattern)
 
     def leading_step(self, fused_keys):
         for key, big, small in self.mismatched():
@@ -69,7 +105,7 @@ class _MsRun:
             else:
                 self.entries[key] = leading.leading_slice(self.entries[key], big, small)
 
-    def weight_step(self, fused_keys):
+    def importance_step(self, fused_keys):
         family, layers = detect_named_family(list(self.small_shapes))
         if family is None:
             logger.warning("%s has no recognised transformer blocks: mismatched tensors keep their first "
@@ -78,12 +114,21 @@ class _MsRun:
             return
         layout = build_named_layout(family, layers, self.small_shapes, self.shape,
                                     lambda prefix: self._head_dim(prefix + family.attention, prefix + family.q))
-        apply_weight_importance(layout, lambda key: read_numpy(self.entries[key], self.checkpoint))
+        if self.config.importance == "activation":
+            apply_activation_importance(layout, self.calibration().stats, self._source, self._read)
+        else:
+            apply_weight_importance(layout, self._read)
         for key, big, small in self.mismatched():
             self.entries[key] = slice_mismatched(
                 self.entries[key], key, big, small, lambda axis, key=key: layout.axes.get((key, axis)), fused_keys,
                 lambda entry: entry.shape(self.checkpoint))
         self.layouts.append(layout)
+
+    def _read(self, key):
+        return read_numpy(self.entries[key], self.checkpoint)
+
+    def _source(self, key):
+        return self.entries[key].source
 
     def _head_dim(self, attention_path, q_stem):
         """A layer's head size from its attention sub-cell's attributes, or None."""
@@ -128,7 +173,7 @@ class _MsRun:
 
     def report(self):
         """What was kept, in the shape of the PyTorch backend's report."""
-        params = self.config.prune_blocks_params
+        params = self.blocks_params
         steps = self.config.prune_state_dict_steps
         layers = dict(sorted(params[0]["layer_id_map"].items())) if params and "prune_blocks" in steps else {}
         report = {"layers": layers, "heads": {}, "ffn": {}, "hidden": None}
@@ -162,10 +207,14 @@ def prune_model_weight_ms(cell, config, path, given=None):
 
     Raises:
         CheckpointError: not a ``.ckpt`` / ``.safetensors`` file, or an empty, truncated or corrupt one.
-        ValueError: activation importance or ``layer_id_map="auto"`` (not supported yet); a checkpoint that
-            cannot fill the Cell (listing the keys); the steps' own errors. The Cell is unchanged on any error.
+        ValueError: activation importance or ``layer_id_map="auto"`` without calibration data or without the big
+            Cell (``set_importance(kind, dataset, model=big_cell)``); calibration batches without samples; a
+            checkpoint that cannot fill the Cell (listing the keys); the steps' own errors.
+        TypeError: a calibration batch that is not a Tensor, tuple/list or dict.
+        RuntimeError: the big Cell fails on a calibration batch (naming it).
+        The Cell, and the big Cell, are unchanged on any error.
     """
-    check_supported(config)
+    check_calibration_inputs(config)
     logger.info("Start pruning the weights of %s into %s.", path, type(cell).__name__)
     checkpoint = MindSporeCheckpoint(path, given)
     fused_keys = getattr(config, "qkv_keys", None)
@@ -178,7 +227,7 @@ def prune_model_weight_ms(cell, config, path, given=None):
         if config.importance == "first":
             run.leading_step(keys)
         else:
-            run.weight_step(keys)
+            run.importance_step(keys)
     params = run.build_params()
     report = run.report()
     not_loaded = load_restorably(cell, params)
