@@ -2,7 +2,7 @@
 (*.png), and copy the tables and charts into the README's Benchmarks section (between its two marker comments).
 
 Run: python benchmarks/run_all.py [--quick] [--readme-only] [names ...]
-     (names: prune transformer_prune sparse distill)
+     (names: prune transformer_prune sparse distill mindspore)
 """
 import argparse
 import pathlib
@@ -16,7 +16,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 SCRIPTS = {"prune": "bench_prune.py", "transformer_prune": "bench_transformer_prune.py", "sparse": "bench_sparse.py",
-           "distill": "bench_distill.py"}
+           "distill": "bench_distill.py", "mindspore": "bench_mindspore.py"}
 
 
 def main():
@@ -46,10 +46,11 @@ def main():
 
 
 def update_readme(redraw=()):
-    """Redraw the charts of the benchmarks named in ``redraw``, then replace the README's Benchmarks section with
-    the current result files (headings moved two levels down) and their charts."""
+    """Redraw the charts of the benchmarks named in ``redraw`` that have some, then replace the README's Benchmarks
+    section with the current result files (headings moved two levels down) and their charts."""
     for name in redraw:
-        plots.draw(name)
+        if name in plots.CHARTS:  # benchmarks without charts (mindspore) have tables only
+            plots.draw(name)
     parts = []
     for name in SCRIPTS:
         path = HERE / "results" / f"{name}.md"

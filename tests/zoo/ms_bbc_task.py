@@ -37,6 +37,17 @@ class MsSentenceClassifier(nn.Cell):
         return self.ce(logits, labels), logits
 
 
+class HardLoss(nn.Cell):
+    """The student's own loss (output 0) alone: the hard-label-only baseline for ``nn.TrainOneStepCell``."""
+
+    def __init__(self, student):
+        super().__init__(auto_prefix=False)
+        self.student = student
+
+    def construct(self, *args):
+        return self.student(*args)[0]
+
+
 def bbc_splits_np(tokenizer, sizes, max_length=64, seed=0):
     """Disjoint, seeded subsets of BBC News with the given ``sizes``, tokenised to ``max_length``: a list of dicts
     of int32 NumPy arrays ``input_ids``, ``attention_mask``, ``labels``."""
@@ -154,7 +165,7 @@ def train(student, split, teacher=None, epochs=6, batch_size=16, seed=0):
     own cross-entropy, or - with ``teacher`` - through ``get_distill_model(teacher, student, distill_config())``.
     Returns the student (eval mode)."""
     mindspore.set_seed(seed)
-    net = get_distill_model(teacher, student, distill_config()) if teacher is not None else student
+    net = get_distill_model(teacher, student, distill_config()) if teacher is not None else HardLoss(student)
     step = nn.TrainOneStepCell(net, optimizer(net.trainable_params(), student))
     step.set_train(True)
     for epoch in range(epochs):
