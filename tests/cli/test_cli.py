@@ -177,7 +177,7 @@ def _is_png(path):
 @pytest.mark.slow
 def test_demo_quick(tmp_path):
     out = tmp_path / "demo"
-    proc = cli("demo", "--quick", "--out", str(out))
+    proc = cli("demo", "--quick", "--out", str(out), timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
