@@ -8,8 +8,8 @@ import re
 
 import torch
 
+from msmodelslim.common.prune.transformer_prune import layer_choice
 from msmodelslim.pytorch.prune.transformer_prune.selection import check_samples
-from msmodelslim.utils.logging import logger
 from msmodelslim.pytorch.utils.sequential import block_hidden, find_blocks, iterate_blocks
 
 
@@ -78,12 +78,4 @@ def choose_layer_map(small_model, big_model, dataset, pattern):
     wanted = small_layer_ids(small_model, pattern)
     if not wanted:
         raise ValueError(f"layer_id_map='auto': pattern {pattern!r} matches no parameter of the small model.")
-    influence = block_influence(big_model, dataset, pattern)
-    if len(wanted) > len(influence):
-        raise ValueError(f"layer_id_map='auto': the small model has {len(wanted)} layers matching {pattern!r}, "
-                         f"the big model only {len(influence)}.")
-    kept = sorted(sorted(influence, key=influence.get, reverse=True)[: len(wanted)])
-    logger.info("Block influence per checkpoint layer: %s",
-                ", ".join(f"{layer}: {value:.3f}" for layer, value in sorted(influence.items())))
-    logger.info("layer_id_map='auto' keeps checkpoint layers %s", kept)
-    return dict(zip(wanted, kept))
+    return layer_choice.choose_layer_map(wanted, block_influence(big_model, dataset, pattern), pattern)
