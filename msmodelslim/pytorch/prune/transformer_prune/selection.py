@@ -11,6 +11,7 @@ Ties are broken by the lower index, so the choice is deterministic.
 """
 import torch
 
+from msmodelslim.common.prune.transformer_prune import activation_importance
 from msmodelslim.pytorch.prune.layers import INPUT, layer_spec
 from msmodelslim.pytorch.prune.transformer_prune.layout import FFN, HIDDEN, KV, Q, QKV, HeadsGroup
 from msmodelslim.pytorch.utils.calibration import CallParams, first_tensor, hooks, run
@@ -110,12 +111,9 @@ def apply_scores(layout, channel_scores):
 
 
 # ----------------------------------------------------------------------------------------------------- activations
-class ActivationStats:
-    """Mean |x| per channel at the inputs of Linear/Conv1D layers and the outputs of normalisation layers."""
-
-    def __init__(self):
-        self.sums, self.counts = {}, {}
-        self.empty = 0  # activations seen with no element (a batch of 0 samples)
+class ActivationStats(activation_importance.ActivationStats):
+    """Mean |x| per channel at the inputs of Linear/Conv1D layers and the outputs of normalisation layers,
+    accumulated as float32 torch tensors on the CPU."""
 
     def add(self, key, value):
         if value is None or not torch.is_floating_point(value):
@@ -126,12 +124,6 @@ class ActivationStats:
         flat = value.detach().float().abs().reshape(-1, value.shape[-1])
         self.sums[key] = self.sums.get(key, 0) + flat.sum(0).cpu()
         self.counts[key] = self.counts.get(key, 0) + flat.shape[0]
-
-    def mean(self, key):
-        return self.sums[key] / self.counts[key] if key in self.sums else None
-
-    def keys(self):
-        return list(self.sums)
 
 
 def check_samples(dataset, what="activation importance"):
@@ -184,17 +176,6 @@ def collect_activation_stats(model, dataset):
     return stats
 
 
-def _resolve(stats, module, where):
-    """Find ``module``'s statistics allowing for a base-model prefix difference (``bert.`` and friends)."""
-    value = stats.mean((module, where))
-    if value is not None:
-        return value
-    for name, kind in stats.keys():
-        if kind == where and (name.endswith("." + module) or module.endswith("." + name)):
-            return stats.mean((name, kind))
-    return None
-
-
 def activation_scores(layout, source_of, stats):
     """Per group and view, per-channel scores from activation statistics of the big model.
 
@@ -208,7 +189,7 @@ def activation_scores(layout, source_of, stats):
         if not key.endswith(".weight"):
             continue
         module = source_of(key)[: -len(".weight")]
-        value = _resolve(stats, module, "in")
+        value = activation_importance.resolve(stats, module, "in")
         if value is None:
             continue
         expected = group.big if view == FFN else group.big[0] * group.head_dim
