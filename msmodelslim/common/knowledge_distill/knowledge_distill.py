@@ -27,6 +27,7 @@ import numbers
 import sys
 
 from msmodelslim.utils.checks import is_int
+from msmodelslim.utils.logging import logger
 
 DEFAULT_HARD_LABEL_WEIGHT = 0.5
 
@@ -347,3 +348,18 @@ def _check_custom_losses(framework, config):
             shown = loss if isinstance(loss, type) else type(loss)
             raise TypeError(f'The custom loss "{name}" ({shown}) must be {expected} (instance or class) to distill '
                             f"{framework} models.")
+
+
+def check_shared_parameters(shared, student_count):
+    """The rule for parameters that the student shares with the teacher (``shared``: their names), both backends.
+
+    Raises:
+        ValueError: every one of the student's ``student_count`` parameters belongs to the teacher (it could not
+            learn); when only some do, a WARNING names them (they stay frozen with the teacher).
+    """
+    if student_count and len(shared) == student_count:
+        raise ValueError(f"get_distill_model: every parameter of the student ({len(shared)}) also belongs to the "
+                         f"teacher, so the student could not learn; pass a separate student model.")
+    if shared:
+        logger.warning("The student shares %d parameter(s) with the teacher (%s): they are frozen with the teacher "
+                       "while distilling, so the student does not train them.", len(shared), ", ".join(shared[:3]))

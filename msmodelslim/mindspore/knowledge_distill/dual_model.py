@@ -13,6 +13,7 @@ from mindspore import nn, ops
 from mindspore import dtype as mstype
 from mindspore import Parameter, Tensor
 
+from msmodelslim.common.knowledge_distill.knowledge_distill import check_shared_parameters
 from msmodelslim.mindspore.knowledge_distill.losses import LOSSES
 from msmodelslim.mindspore.knowledge_distill.taps import (CellState, MatchLoss, StudentTap, TeacherTap, WeightedLoss,
                                                            ZeroTie, after, as_tuple, is_tap, parent_and_key, put_child,
@@ -61,12 +62,7 @@ def _check_distinct(teacher, student):
     teacher_ids = {id(p) for p in teacher.get_parameters()}
     student_params = list(student.get_parameters())
     shared = [p.name for p in student_params if id(p) in teacher_ids]
-    if student_params and len(shared) == len(student_params):
-        raise ValueError(f"get_distill_model: every parameter of the student ({len(shared)}) also belongs to the "
-                         f"teacher, so the student could not learn; pass a separate student model.")
-    if shared:
-        logger.warning("The student shares %d parameter(s) with the teacher (%s): they are frozen with the teacher "
-                       "while distilling, so the student does not train them.", len(shared), ", ".join(shared[:3]))
+    check_shared_parameters(shared, len(student_params))
     for side, model in (("teacher", teacher), ("student", student)):
         if any(is_tap(cell) for _, cell in model.cells_and_names()):
             raise ValueError(f"get_distill_model: the {side} is already wrapped by a DistillDualModels; call its "

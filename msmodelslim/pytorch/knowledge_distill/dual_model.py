@@ -5,6 +5,7 @@ import itertools
 import torch
 from torch import nn
 
+from msmodelslim.common.knowledge_distill.knowledge_distill import check_shared_parameters
 from msmodelslim.pytorch.knowledge_distill.losses import LOSSES
 from msmodelslim.utils.logging import logger
 
@@ -63,12 +64,7 @@ def _check_distinct(teacher, student):
     teacher_ids = {id(p) for p in teacher.parameters()}
     student_params = dict(student.named_parameters())
     shared = [name for name, param in student_params.items() if id(param) in teacher_ids]
-    if student_params and len(shared) == len(student_params):
-        raise ValueError(f"get_distill_model: every parameter of the student ({len(shared)}) also belongs to the "
-                         f"teacher, so the student could not learn; pass a separate student model.")
-    if shared:
-        logger.warning("The student shares %d parameter(s) with the teacher (%s): they are frozen with the teacher "
-                       "while distilling, so the student does not train them.", len(shared), ", ".join(shared[:3]))
+    check_shared_parameters(shared, len(student_params))
 
 
 class _ModelState:

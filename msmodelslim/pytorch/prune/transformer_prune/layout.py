@@ -8,6 +8,7 @@ along each of its axes, so coupled tensors are always sliced with the same indic
 """
 from dataclasses import dataclass, field
 
+from msmodelslim.common.prune.transformer_prune.named_layout import ChannelUnits as ChannelsGroup
 from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
 from msmodelslim.pytorch.prune.structure import head_size
 
@@ -41,23 +42,6 @@ class HeadsGroup:
 
     def index(self, view):
         return {Q: self.q_index, KV: self.kv_index, QKV: self.qkv_index}[view]()
-
-
-@dataclass
-class ChannelsGroup:
-    """FFN neurons of one layer, or the hidden channels of the model."""
-
-    name: str
-    big: int
-    small: int
-    keep: list = field(default_factory=list)
-
-    @property
-    def changes(self):
-        return self.big != self.small
-
-    def index(self, view):
-        return list(self.keep)
 
 
 @dataclass
