@@ -222,7 +222,7 @@ class PruneTorch:
         groups = self._channel_groups()
         scoped = [replace(g, protected=self._is_protected(g, protected)) for g in groups]
         scores = group_importance(self._network, groups, self._importance, call=self._call, loss_fn=self._loss_fn)
-        keys = [g.kind if self._engine is not None and self._uniform_layers and g.kind in ("heads", "ffn") else None
+        keys = [g.kind if self._engine is not None and self._engine.tied(g.kind, self._uniform_layers) else None
                 for g in scoped]
         plan_groups, plan_scores, untie = tie_groups(scoped, scores, keys)
         plan = plan_pruning(self._network, plan_groups, plan_scores, min(max(reserved_ratio, 0.0), 1.0),

@@ -1,104 +1,34 @@
-"""Structure rules of Hugging Face transformer families: attention heads, FFN neurons and the hidden size.
+"""PruneTorch's channel groups for models of a described transformer family.
 
 Generic graph tracing is fragile on current transformer implementations (torch-pruning crashes on GPT-2 and never
-returns on Llama), so recognised families are described by explicit rules instead. A family names, relative to one
-decoder/encoder layer, its query/key/value (or fused qkv) and output projections, its FFN up (and gate) and down
-projections and its normalisation layers. From the rules we derive the channel groups:
+returns on Llama), so recognised families are pruned from the one framework-free family description
+(:mod:`msmodelslim.common.structure.families`, which also says how to add a family). From it we derive:
 
 * **heads** (one group per layer): a unit is a key/value head together with the query heads that share it
   (grouped-query attention; a plain query head when there is no grouping); it covers the unit's rows of q, k, v
-  (thirds of a fused qkv) and the matching input columns of the output projection;
-* **ffn** (one group per layer): a unit is one neuron: a row of every up/gate projection and a column of the down
-  projection;
+  (its parts of a fused qkv, whose q part may be wider than k and v) and the matching input columns of the
+  output projection;
+* **ffn** (one group per layer): a unit is one neuron: a row of every up/gate projection (two rows of a fused
+  gate_up) and a column of the down projection;
 * **hidden** (one group for the model): a unit is one channel of the residual stream, shared by the embeddings,
   every normalisation layer, every projection's input or output on the stream, and the heads on top.
-
-The same rules serve the transformer weight pruning of checkpoints (``prune_model_weight``).
 """
-import re
-from dataclasses import dataclass
-
 from torch import nn
 
+from msmodelslim.common.structure import families
+from msmodelslim.common.structure.families import FAMILIES, Family  # noqa: F401  (re-exported)
+from msmodelslim.common.structure.layout import fused_gate_up_rows, fused_qkv_rows, head_units
 from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
 from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
 from msmodelslim.utils.logging import logger
 
 
-@dataclass(frozen=True)
-class Family:
-    """Names of one transformer family's projections, relative to a layer (e.g. ``bert.encoder.layer.3.``)."""
-
-    name: str
-    q: str = None
-    k: str = None
-    v: str = None
-    qkv: str = None  # a fused projection whose output is [q | k | v]
-    o: str = None
-    up: tuple = ()
-    down: str = None
-    norms: tuple = ()
-    attention: str = None  # the attention module, whose head attributes forward() reads
-    head_attrs: tuple = ()  # (attribute, "heads" | "kv_heads" | "q_channels")
-    heads_field: str = "num_attention_heads"
-    kv_field: str = None
-    ffn_field: str = "intermediate_size"
-    explicit_head_dim: bool = False  # the config can carry head_dim, so the hidden size may change freely
-
-    def projections(self):
-        return [p for p in (self.q, self.k, self.v, self.qkv, self.o, *self.up, self.down) if p]
-
-
-FAMILIES = (
-    Family("bert", q="attention.self.query", k="attention.self.key", v="attention.self.value",
-           o="attention.output.dense", up=("intermediate.dense",), down="output.dense",
-           norms=("attention.output.LayerNorm", "output.LayerNorm"), attention="attention.self",
-           head_attrs=(("num_attention_heads", "heads"), ("all_head_size", "q_channels"))),
-    Family("vit", q="attention.q_proj", k="attention.k_proj", v="attention.v_proj", o="attention.o_proj",
-           up=("mlp.fc1",), down="mlp.fc2", norms=("layernorm_before", "layernorm_after"), attention="attention",
-           head_attrs=(("num_attention_heads", "heads"),)),
-    Family("vit", q="attention.attention.query", k="attention.attention.key", v="attention.attention.value",
-           o="attention.output.dense", up=("intermediate.dense",), down="output.dense",
-           norms=("layernorm_before", "layernorm_after"), attention="attention.attention",
-           head_attrs=(("num_attention_heads", "heads"), ("all_head_size", "q_channels"))),
-    Family("gpt2", qkv="attn.c_attn", o="attn.c_proj", up=("mlp.c_fc",), down="mlp.c_proj", norms=("ln_1", "ln_2"),
-           attention="attn", head_attrs=(("num_heads", "heads"), ("split_size", "q_channels")),
-           ffn_field="n_inner"),
-    Family("llama", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj",
-           up=("mlp.gate_proj", "mlp.up_proj"), down="mlp.down_proj",
-           norms=("input_layernorm", "post_attention_layernorm"), attention="self_attn",
-           kv_field="num_key_value_heads", explicit_head_dim=True),
-    Family("timm_vit", qkv="attn.qkv", o="attn.proj", up=("mlp.fc1",), down="mlp.fc2", norms=("norm1", "norm2"),
-           attention="attn", head_attrs=(("num_heads", "heads"),)),
-    Family("opt", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.out_proj",
-           up=("fc1",), down="fc2", norms=("self_attn_layer_norm", "final_layer_norm"), attention="self_attn",
-           head_attrs=(("num_heads", "heads"),), ffn_field="ffn_dim"),
-)
-
-_LAYER = re.compile(r"^(?P<prefix>.+\.)?(?P<index>\d+)\.(?P<rest>.+)$")
-
-
-def find_layers(names, family):
-    """``{layer prefix: index}`` of the layers (e.g. ``'model.layers.3.'``) that hold every projection of
-    ``family``, among the qualified ``names``."""
-    present = set(names)
-    candidates = {}
-    for name in names:
-        match = _LAYER.match(name)
-        if match:
-            candidates[name[: len(name) - len(match["rest"])]] = int(match["index"])
-    return {prefix: index for prefix, index in candidates.items()
-            if all(prefix + p in present for p in family.projections())}
-
-
 def detect_family(model):
-    """The :class:`Family` of a model and its layers ``{prefix: index}``, or ``(None, {})``."""
+    """The :class:`Family` of a model and its layers ``{prefix: index}``, or ``(None, {})``; the model's
+    ``config.model_type`` is consulted before the module names."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
     names = [name for name, _ in model.named_modules()]
-    for family in FAMILIES:
-        layers = find_layers(names, family)
-        if layers:
-            return family, dict(sorted(layers.items(), key=lambda item: item[1]))
-    return None, {}
+    return families.detect_family(names, model_type if isinstance(model_type, str) else None)
 
 
 def head_size(model, family, prefix):
@@ -114,21 +44,20 @@ def head_size(model, family, prefix):
 
 
 def head_geometry(head_dim, q_out, k_out):
-    """``(heads, kv_heads, head_dim)`` of one layer from its head size and projection sizes."""
-    if not head_dim or q_out % head_dim or k_out % head_dim:
+    """``(heads, kv_heads, head_dim)`` of one layer from its head size and query / key channel counts."""
+    if not head_dim or q_out % head_dim or k_out % head_dim or not k_out:
         raise ValueError(f"cannot infer the head size (q has {q_out} rows, k has {k_out})")
     return q_out // head_dim, k_out // head_dim, head_dim
 
 
-def head_unit_indices(heads, kv_heads, head_dim):
-    """Per unit (a key/value head and its query heads): ``(q channel indices, k/v channel indices)``."""
-    rep = heads // kv_heads
-    units = []
-    for unit in range(kv_heads):
-        q = [h * head_dim + c for h in range(unit * rep, (unit + 1) * rep) for c in range(head_dim)]
-        kv = [unit * head_dim + c for c in range(head_dim)]
-        units.append((q, kv))
-    return units
+def _attention_widths(model, family, prefix):
+    """``(query channels, key channels)`` of a layer: the output projection reads the query channels; a fused
+    qkv holds the rest as two equal key and value parts."""
+    q_out = layer_spec(model.get_submodule(prefix + family.o)).size(INPUT)
+    if family.qkv:
+        total = layer_spec(model.get_submodule(prefix + family.qkv)).size(OUTPUT)
+        return q_out, (total - q_out) // 2
+    return q_out, layer_spec(model.get_submodule(prefix + family.k)).size(OUTPUT)
 
 
 def _member(target, role, per_unit):
@@ -140,20 +69,12 @@ def _member(target, role, per_unit):
 
 
 def _head_group(model, family, prefix):
-    head_dim = head_size(model, family, prefix)
+    q_out, k_out = _attention_widths(model, family, prefix)
+    heads, kv_heads, head_dim = head_geometry(head_size(model, family, prefix), q_out, k_out)
+    units = head_units(heads, kv_heads, head_dim)
     if family.qkv:
-        fused = layer_spec(model.get_submodule(prefix + family.qkv))
-        total = fused.size(OUTPUT)
-        heads, kv_heads, head_dim = head_geometry(head_dim, total // 3, total // 3)
-        units = head_unit_indices(heads, kv_heads, head_dim)
-        width = total // 3
-        members = [_member(prefix + family.qkv, OUTPUT, [q + [width + i for i in q] + [2 * width + i for i in q]
-                                                         for q, _ in units])]
+        members = [_member(prefix + family.qkv, OUTPUT, [fused_qkv_rows(q, kv, q_out, k_out) for q, kv in units])]
     else:
-        q_out = layer_spec(model.get_submodule(prefix + family.q)).size(OUTPUT)
-        k_out = layer_spec(model.get_submodule(prefix + family.k)).size(OUTPUT)
-        heads, kv_heads, head_dim = head_geometry(head_dim, q_out, k_out)
-        units = head_unit_indices(heads, kv_heads, head_dim)
         members = [_member(prefix + family.q, OUTPUT, [q for q, _ in units]),
                    _member(prefix + family.k, OUTPUT, [kv for _, kv in units]),
                    _member(prefix + family.v, OUTPUT, [kv for _, kv in units])]
@@ -167,6 +88,8 @@ def _ffn_group(model, family, prefix):
     size = layer_spec(model.get_submodule(prefix + family.down)).size(INPUT)
     per_unit = [[i] for i in range(size)]
     members = [_member(prefix + up, OUTPUT, per_unit) for up in family.up]
+    if family.gate_up:
+        members.append(_member(prefix + family.gate_up, OUTPUT, [fused_gate_up_rows([i], size) for i in range(size)]))
     members.append(_member(prefix + family.down, INPUT, per_unit))
     return ChannelGroup(name=f"{prefix}ffn", size=size, members=members, kind="ffn")
 
@@ -178,9 +101,8 @@ def _hidden_group(model, family, layers, hidden):
     covered = set()
     names = {name for name, _ in model.named_modules()}
     for prefix in layers:
-        for name in (family.q, family.k, family.v, family.qkv, *family.up):
-            if name:
-                members.append(_member(prefix + name, INPUT, per_unit))
+        for name in (*family.attention_inputs(), *family.ffn_inputs()):
+            members.append(_member(prefix + name, INPUT, per_unit))
         members.append(_member(prefix + family.o, OUTPUT, per_unit))
         members.append(_member(prefix + family.down, OUTPUT, per_unit))
         for norm in family.norms:
@@ -233,7 +155,9 @@ class StructureEngine:
             self._heads[len(self.groups)] = (prefix, *geometry)
             self.groups.append(group)
             self.groups.append(_ffn_group(model, family, prefix))
-        hidden = getattr(model.config, "hidden_size", None)
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+        if not hidden and layers:  # no config: the output projection writes the residual stream
+            hidden = layer_spec(model.get_submodule(next(iter(layers)) + family.o)).size(OUTPUT)
         if hidden:
             group = _hidden_group(model, family, layers, hidden)
             if not prune_hidden:
@@ -244,9 +168,16 @@ class StructureEngine:
     def engine(self):
         return f"structure:{self.family.name}"
 
+    def tied(self, kind, uniform_layers):
+        """Whether the groups of ``kind`` keep equal unit counts in every layer: asked for (``uniform_layers``),
+        or forced for heads when forward() reads the head count from the shared config."""
+        if kind == "heads" and self.family.heads_in_config:
+            return True
+        return uniform_layers and kind in ("heads", "ffn")
+
     def patches(self, removed):
         """``(module patches, config fields)`` that make forward() agree with the pruned shapes."""
-        family, config = self.family, self.model.config
+        family, config = self.family, getattr(self.model, "config", None)
         patches, heads_kept, kv_kept, ffn_kept, hidden_kept = {}, set(), set(), set(), None
         for g, group in enumerate(self.groups):
             kept = group.size - len(removed.get(g, ()))
@@ -264,6 +195,8 @@ class StructureEngine:
                 ffn_kept.add(kept)
             elif group.kind == "hidden":
                 hidden_kept = kept
+        if config is None:
+            return patches, {}
         fields = {}
         if len(heads_kept) == 1:
             fields[family.heads_field] = heads_kept.pop()
@@ -308,11 +241,7 @@ def _uniform(values, field, what):
 def _layer_sizes(model, family, prefix):
     """``(heads, kv_heads, ffn neurons, hidden, head_dim)`` of one layer as its tensors are now."""
     head_dim = head_size(model, family, prefix)
-    if family.qkv:
-        q_out = k_out = layer_spec(model.get_submodule(prefix + family.qkv)).size(OUTPUT) // 3
-    else:
-        q_out = layer_spec(model.get_submodule(prefix + family.q)).size(OUTPUT)
-        k_out = layer_spec(model.get_submodule(prefix + family.k)).size(OUTPUT)
+    q_out, k_out = _attention_widths(model, family, prefix)
     ffn = layer_spec(model.get_submodule(prefix + family.down)).size(INPUT)
     hidden = layer_spec(model.get_submodule(prefix + family.norms[0])).size(INPUT) if family.norms else None
     return _per_head(q_out, head_dim), _per_head(k_out, head_dim), ffn, hidden, head_dim

@@ -13,11 +13,10 @@ module only reads it. Framework-free.
 """
 import numpy as np
 
-from msmodelslim.common.prune.transformer_prune.named_layout import FFN, HIDDEN, Q
+from msmodelslim.common.structure.layout import FFN, HIDDEN, IN, OUT, Q
 from msmodelslim.common.prune.transformer_prune.weight_importance import apply_scores, weight_scores
 from msmodelslim.utils.logging import logger
 
-IN, OUT = "in", "out"
 
 
 class ActivationStats:
@@ -56,19 +55,20 @@ def resolve(stats, module, where):
     return None
 
 
-def _is_projection_input(key, axis, view):
-    """Whether ``(key, axis)`` is the input axis of the down (FFN) or attention output (Q) projection: the
-    columns of a 2-D ``[out, in]`` dense weight."""
-    return view in (FFN, Q) and axis == 1 and key.endswith(".weight")
+def _is_projection_input(key, owner):
+    """Whether ``(key, axis)`` with ``owner`` is the input axis of the down (FFN) or attention output (Q)
+    projection's weight."""
+    return owner.view in (FFN, Q) and owner.role == IN and key.endswith(".weight")
 
 
 def activation_scores(layout, source_of, stats):
     """``{(group name, view): per-channel scores}`` of the changing groups of ``layout`` that ``stats`` covers;
     ``source_of(key)`` is the big model's name of the tensor that becomes the small model's ``key``."""
     scores = {}
-    for (key, axis), (group, view) in layout.axes.items():
+    for (key, _), owner in layout.axes.items():
+        group, view = owner.group, owner.view
         slot = (group.name, view)
-        if not group.changes or slot in scores or not _is_projection_input(key, axis, view):
+        if not group.changes or slot in scores or not _is_projection_input(key, owner):
             continue
         value = resolve(stats, source_of(key)[: -len(".weight")], IN)
         expected = group.big if view == FFN else group.big[0] * group.head_dim

@@ -6,8 +6,8 @@ from msmodelslim.utils.logging import logger
 def slice_mismatched(entry, key, big, small, owner, fused_keys, current_shape):
     """``entry`` with a selection along every axis where ``big`` and ``small`` differ.
 
-    ``owner(axis)`` gives the ``(group, view)`` that the axis belongs to, or None: such an axis takes the group's
-    kept indices; an axis of a fused qkv key (one of ``fused_keys`` in its name) takes the original's thirds rule
+    ``owner(axis)`` gives the :class:`~msmodelslim.common.structure.layout.Owner` of the axis, or None: an owned
+    axis takes the group's kept indices; an axis of a fused qkv key (one of ``fused_keys`` in its name) takes the original's thirds rule
     (``current_shape()`` is the entry's shape so far); any other axis keeps its first rows/columns, with a WARNING.
 
     Raises:
@@ -16,8 +16,7 @@ def slice_mismatched(entry, key, big, small, owner, fused_keys, current_shape):
     for axis in leading.differing_axes(big, small):
         found = owner(axis)
         if found is not None:
-            group, view = found
-            entry = entry.select(axis, group.index(view))
+            entry = entry.select(axis, found.group.index(found.view))
         elif fused_keys and any(q in key for q in fused_keys):
             entry = leading.fused_thirds(entry, key, current_shape(entry), small)
         else:

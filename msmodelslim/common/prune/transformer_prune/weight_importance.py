@@ -7,7 +7,7 @@ the sum of its query heads plus the mean of its key/value channels. Ties go to t
 """
 import numpy as np
 
-from msmodelslim.common.prune.transformer_prune.named_layout import FFN, HIDDEN, KV, Q, HeadUnits
+from msmodelslim.common.structure.layout import FFN, HIDDEN, KV, Q, HeadUnits
 from msmodelslim.utils.logging import logger
 
 
@@ -20,22 +20,38 @@ def top_indices(scores, count):
 
 def channel_norms(array, axis):
     """L2 norm of each slice of ``array`` along ``axis`` (in float64), divided by their mean when positive."""
+    return _mean_normalised(_raw_norms(array, axis))
+
+
+def _raw_norms(array, axis):
     moved = np.moveaxis(np.asarray(array, dtype=np.float64), axis, 0)
-    norms = np.linalg.norm(moved.reshape(moved.shape[0], -1), axis=1)
-    mean = norms.mean()
+    return np.linalg.norm(moved.reshape(moved.shape[0], -1), axis=1)
+
+
+def _mean_normalised(norms):
+    mean = norms.mean() if len(norms) else 0
     return norms / mean if mean > 0 else norms
 
 
 def weight_scores(layout, read):
     """``{(group name, view): per-channel scores}`` for every changing group of ``layout``; ``read(key)`` gives
-    the checkpoint array that becomes the small model's ``key``."""
+    the checkpoint array that becomes the small model's ``key``.
+
+    Each part of a fused tensor (q, k and v of a fused qkv; gate and up of a fused gate_up) counts as a tensor of
+    its own, so a fused model scores its units exactly as the same model with separate projections.
+    """
     sums, counts = {}, {}
-    for (key, axis), (group, view) in layout.axes.items():
+    for (key, axis), owner in layout.axes.items():
+        group = owner.group
         if not group.changes:
             continue
-        slot = (group.name, view)
-        sums[slot] = sums.get(slot, 0) + channel_norms(read(key), axis)
-        counts[slot] = counts.get(slot, 0) + 1
+        norms = _raw_norms(read(key), axis)
+        start = 0
+        for view, width in group.parts(owner.view, len(norms)):
+            slot = (group.name, view)
+            sums[slot] = sums.get(slot, 0) + _mean_normalised(norms[start:start + width])
+            counts[slot] = counts.get(slot, 0) + 1
+            start += width
     return {slot: sums[slot] / counts[slot] for slot in sums}
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from mindspore import mint, nn
 
 from msmodelslim.common.prune.transformer_prune.activation_importance import IN, OUT, ActivationStats
-from msmodelslim.common.prune.transformer_prune.named_layout import detect_named_family
+from msmodelslim.common.structure.families import detect_family, module_names
 from msmodelslim.mindspore.prune.transformer_prune import calibration
 
 DENSE_TYPES = (nn.Dense, mint.nn.Linear)
@@ -47,11 +47,11 @@ def is_norm(cell):
 def find_blocks(cell):
     """The repeated blocks of ``cell`` as ``[(name, sub-cell)]``, or ``[]`` when it has none.
 
-    A family of ``named_layout`` gives its layers; otherwise the ``nn.CellList`` / ``nn.SequentialCell`` of two or
+    A described family (:mod:`msmodelslim.common.structure.families`) gives its layers; otherwise the ``nn.CellList`` / ``nn.SequentialCell`` of two or
     more cells holding the most parameters is taken.
     """
     cells = dict(cell.cells_and_names())
-    _, layers = detect_named_family(list(cell.parameters_dict()))
+    _, layers = detect_family(module_names(cell.parameters_dict()))
     if layers and all(prefix[:-1] in cells for prefix in layers):
         return [(prefix[:-1], cells[prefix[:-1]]) for prefix in layers]
     best, best_params = [], 0

@@ -12,10 +12,11 @@ from msmodelslim.common.prune.transformer_prune import layer_choice, leading
 from msmodelslim.common.prune.transformer_prune.activation_importance import apply_activation_importance
 from msmodelslim.common.prune.transformer_prune.blocks import rename_blocks
 from msmodelslim.common.prune.transformer_prune.entries import initial_entries, read_numpy
-from msmodelslim.common.prune.transformer_prune.named_layout import build_named_layout, detect_named_family
 from msmodelslim.common.prune.transformer_prune.problems import MAX_LISTED, describe_problems
 from msmodelslim.common.prune.transformer_prune.slicing import slice_mismatched
 from msmodelslim.common.prune.transformer_prune.weight_importance import apply_weight_importance
+from msmodelslim.common.structure.families import detect_family, module_names
+from msmodelslim.common.structure.layout import build_layout, named_axes, named_hidden_candidates
 from msmodelslim.mindspore.prune.transformer_prune.activation import calibrate
 from msmodelslim.mindspore.prune.transformer_prune.checkpoint import MindSporeCheckpoint
 from msmodelslim.utils.logging import logger
@@ -106,14 +107,16 @@ class _MsRun:
                 self.entries[key] = leading.leading_slice(self.entries[key], big, small)
 
     def importance_step(self, fused_keys):
-        family, layers = detect_named_family(list(self.small_shapes))
+        family, layers = detect_family(module_names(self.small_shapes), self._model_type())
         if family is None:
             logger.warning("%s has no recognised transformer blocks: mismatched tensors keep their first "
                            "rows/columns.", type(self.cell).__name__)
             self.leading_step(fused_keys)
             return
-        layout = build_named_layout(family, layers, self.small_shapes, self.shape,
-                                    lambda prefix: self._head_dim(prefix + family.attention, prefix + family.q))
+        axes_of = named_axes(family, self.small_shapes)
+        layout = build_layout(family, layers, self.small_shapes, self.shape, axes_of,
+                              lambda prefix: self._head_dim(prefix + family.attention, axes_of(prefix + family.o, "in")[0]),
+                              named_hidden_candidates(family, self.small_shapes))
         if self.config.importance == "activation":
             apply_activation_importance(layout, self.calibration().stats, self._source, self._read)
         else:
@@ -130,8 +133,9 @@ class _MsRun:
     def _source(self, key):
         return self.entries[key].source
 
-    def _head_dim(self, attention_path, q_stem):
-        """A layer's head size from its attention sub-cell's attributes, or None."""
+    def _head_dim(self, attention_path, query_axis):
+        """A layer's head size from its attention sub-cell's attributes (a size, or a head count dividing the
+        query channels at ``query_axis``, the output projection's input), or None."""
         attention = dict(self.cell.cells_and_names()).get(attention_path)
         for attr in HEAD_SIZE_ATTRS:
             value = getattr(attention, attr, None)
@@ -140,8 +144,14 @@ class _MsRun:
         for attr in HEAD_COUNT_ATTRS:
             value = getattr(attention, attr, None)
             if isinstance(value, int) and value > 0:
-                return self.small_shapes[f"{q_stem}.weight"][0] // value
+                key, axis = query_axis
+                return self.small_shapes[key][axis] // value
         return None
+
+    def _model_type(self):
+        """The Cell's ``config.model_type`` when it carries a config, else None."""
+        model_type = getattr(getattr(self.cell, "config", None), "model_type", None)
+        return model_type if isinstance(model_type, str) else None
 
     def build_params(self):
         """``{name: Parameter}`` for every parameter of the Cell, each of the Cell parameter's dtype; checked

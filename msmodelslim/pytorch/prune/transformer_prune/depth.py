@@ -9,7 +9,7 @@ import re
 import torch
 
 from msmodelslim.common.prune.transformer_prune import layer_choice
-from msmodelslim.pytorch.prune.transformer_prune.selection import check_samples
+from msmodelslim.pytorch.prune.transformer_prune.activation import check_samples
 from msmodelslim.pytorch.utils.sequential import block_hidden, find_blocks, iterate_blocks
 
 

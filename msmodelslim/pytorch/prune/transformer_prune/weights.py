@@ -10,7 +10,10 @@ from msmodelslim.common.prune.transformer_prune.slicing import slice_mismatched
 from msmodelslim.common.prune.transformer_prune.entries import initial_entries
 from msmodelslim.common.prune.transformer_prune.problems import MAX_LISTED, describe_problems
 from msmodelslim.pytorch.prune.structure import detect_family
-from msmodelslim.pytorch.prune.transformer_prune import depth, selection
+from msmodelslim.common.prune.transformer_prune.activation_importance import apply_activation_importance
+from msmodelslim.common.prune.transformer_prune.weight_importance import apply_weight_importance
+from msmodelslim.pytorch.prune.transformer_prune import depth
+from msmodelslim.pytorch.prune.transformer_prune.activation import collect_activation_stats
 from msmodelslim.pytorch.prune.transformer_prune.layout import build_layout
 from msmodelslim.utils.checkpoint import open_checkpoint
 from msmodelslim.utils.logging import logger
@@ -21,11 +24,6 @@ def read_entry(entry, checkpoint):
     for axis, index in entry.selections:
         tensor = tensor.index_select(axis, torch.as_tensor(index, dtype=torch.long, device=tensor.device))
     return tensor.contiguous() if entry.selections else tensor.clone()
-
-
-def _group_and_view(layout, key, axis):
-    owner = layout.axes.get((key, axis))
-    return None if owner is None else owner[:2]
 
 
 class _Run:
@@ -70,27 +68,21 @@ class _Run:
             return
         layout = build_layout(self.model, family, layers, self.shape)
         if self.config.importance == "activation":
-            scores = selection.activation_scores(layout, lambda k: self.entries[k].source, self._stats())
-            missing = [g for g in layout.groups() if g.changes and not _scored(g, scores)]
-            if missing:
-                logger.warning("No activation statistics for %s; using weight norms there.",
-                               ", ".join(g.name for g in missing[:5]))
-                weight = selection.weight_scores(layout, self._read)
-                scores = {**weight, **scores}
+            apply_activation_importance(layout, self._stats(), lambda k: self.entries[k].source, self._read)
         else:
-            scores = selection.weight_scores(layout, self._read)
-        selection.apply_scores(layout, scores)
+            apply_weight_importance(layout, self._read)
         for key in self.mismatched():
             big, small = self.shape(key), self.small_shapes[key]
             if len(big) != len(small):
                 continue
             self.entries[key] = slice_mismatched(
-                self.entries[key], key, big, small, lambda axis, key=key: _group_and_view(layout, key, axis),
+                self.entries[key], key, big, small, lambda axis, key=key: layout.axes.get((key, axis)),
                 fused_keys, lambda entry: entry.shape(self.checkpoint))
         self.layouts.append(layout)
 
     def _read(self, key):
-        return read_entry(self.entries[key], self.checkpoint)
+        """The checkpoint tensor that becomes ``key``, as a float NumPy array for the framework-free scores."""
+        return read_entry(self.entries[key], self.checkpoint).float().numpy()
 
     def _big(self):
         if self._big_model is None:
@@ -99,7 +91,7 @@ class _Run:
 
     def _stats(self):
         if self._activation_stats is None:
-            self._activation_stats = selection.collect_activation_stats(self._big(), self.config.importance_dataset)
+            self._activation_stats = collect_activation_stats(self._big(), self.config.importance_dataset)
         return self._activation_stats
 
     # ---------------------------------------------------------------------------------------- prune_blocks
@@ -167,10 +159,6 @@ class _Run:
                 report["ffn"][layout.layer_of_group[group.name]] = [group.small, group.big]
             report["hidden"] = [layout.hidden.small, layout.hidden.big]
         return report
-
-
-def _scored(group, scores):
-    return any(slot[0] == id(group) for slot in scores)
 
 
 def _tied_keys(model):
