@@ -44,13 +44,14 @@ def prune_efficientnet(quick):
     from msmodelslim.pytorch.prune.measure import count_params, profile
     from msmodelslim.pytorch.prune.prune_torch import PruneTorch
 
-    _say("1/3 EfficientNet-Lite0: structured pruning to 75 % of the parameters (PruneTorch, activation importance)")
+    _say("1/3 EfficientNet-Lite0: structured pruning to 60 % of its measured CPU latency (PruneTorch, activation "
+         "importance)")
     photos = assets.sample_images(crops_per_image=4 if quick else 8)
     batch = torch.randn(1 if quick else 8, 3, 224, 224)
     repeats = 2 if quick else 10
     dense = assets.efficientnet_lite0()
     pruned = copy.deepcopy(dense)
-    PruneTorch(pruned, photos[:2]).set_importance_evaluation_function("activation").prune(0.75)
+    PruneTorch(pruned, photos[:1]).set_importance_evaluation_function("activation").prune(0.6, budget="latency")
     with torch.no_grad():
         agreement = (pruned(photos).argmax(1) == dense(photos).argmax(1)).float().mean().item()
     rows = {}

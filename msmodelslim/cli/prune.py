@@ -16,7 +16,11 @@ def add_parser(subparsers):
     parser.add_argument("factory", help="package.module:callable returning a torch.nn.Module (the current "
                                         "directory is searched first, as with python -m)")
     parser.add_argument("--input-shape", required=True, help="sample input shape, e.g. 1,3,224,224")
-    parser.add_argument("--ratio", type=positive_ratio, required=True, help="fraction of the parameters to keep")
+    parser.add_argument("--ratio", type=positive_ratio, required=True,
+                        help="fraction of the budget to keep (of the parameters by default)")
+    parser.add_argument("--budget", default="params", choices=("params", "macs", "latency"),
+                        help="what --ratio is a fraction of: parameters (default), multiply-accumulates on the "
+                             "sample input, or the measured latency of one forward pass")
     parser.add_argument("--weights", help="weights to load first (.safetensors, .pt ...)")
     parser.add_argument("--importance", default="l1", choices=("l1", "l2", "bn_scale", "activation", "random"))
     parser.add_argument("--align", type=int, default=16, help="channel alignment (default 16)")
@@ -110,7 +114,7 @@ def _prune(args, shape, output):
         raise UsageError(f"--input-shape {args.input_shape} cannot be allocated: {first_line}") from None
     _check_sample(model, sample, args)
     pruner = PruneTorch(model, sample, align=args.align).set_importance_evaluation_function(args.importance)
-    desc = pruner.prune(args.ratio)
+    desc = pruner.prune(args.ratio, budget=args.budget)
     with output.writing() as staging:
         with open(os.path.join(staging, "desc.json"), "w", encoding="utf-8") as handle:
             json.dump(desc, handle)

@@ -229,7 +229,7 @@ def parse_desc(model, desc):
         else:
             seen[ident] = len(operations)
             operations.append((target, spec, keep))
-        message = spec.check({role: len(index) for role, index in keep.items()})
+        message = spec.check_indices(keep)
         if message:
             raise _bad(target, message)
     if meta.get("fingerprint") and meta["fingerprint"] != fingerprint(model):
@@ -352,16 +352,23 @@ def _slice_all(model, operations, meta):
             setattr(module, attr, value)
 
 
-def apply_operations(model, operations, meta, check=None):
+class PrunedModelError(ValueError):
+    """The pruned model fails to run (``check`` raised); the model was restored. The cause is chained."""
+
+
+def apply_operations(model, operations, meta, check=None, keep=True):
     """Apply parsed ``operations`` and ``meta`` (from :func:`parse_desc`) to ``model`` in place; restore
-    everything on any error (KeyboardInterrupt included).
+    everything on any error (KeyboardInterrupt included), and after a successful ``check`` too when ``keep`` is
+    False (a trial).
 
     Raises:
-        ValueError: shared tensors would be untied, a config field contradicts the pruned weights, or
-            ``check(model)`` raised (the cause is chained).
+        ValueError: shared tensors would be untied, a config field contradicts the pruned weights;
+            :class:`PrunedModelError` (a ``ValueError``) when ``check(model)`` raised.
     """
     patched = [model.get_submodule(name) for name in (meta.get("patches") or {})]
-    snapshot = _Snapshot(model, [spec.module for _, spec, _ in operations] + patched)
+    # a layer's tensors may live in its sub-modules (nn.MultiheadAttention's out_proj): snapshot those too
+    touched = {id(m): m for root in [spec.module for _, spec, _ in operations] + patched for m in root.modules()}
+    snapshot = _Snapshot(model, list(touched.values()))
     shared = shared_tensors(model)
     fields = dict(meta.get("config") or {})
     config = getattr(model, "config", None)
@@ -376,11 +383,13 @@ def apply_operations(model, operations, meta, check=None):
             try:
                 check(model)
             except Exception as exc:
-                raise ValueError(f"The pruned model fails to run ({type(exc).__name__}: {exc}); it was restored. "
-                                 f"{BELONGS}") from exc
+                raise PrunedModelError(f"The pruned model fails to run ({type(exc).__name__}: {exc}); it was "
+                                       f"restored. {BELONGS}") from exc
     except BaseException:
         snapshot.restore()
         raise
+    if not keep:
+        snapshot.restore()
     return meta
 
 

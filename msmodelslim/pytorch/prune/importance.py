@@ -216,15 +216,20 @@ def _check_finite(groups, scores, method):
 
 
 def group_importance(model, groups, method="l1", call=None, loss_fn=None):
-    """Scores (one float64 tensor of ``group.size`` values per group) of the units of ``groups``.
+    """Scores (one float64 tensor of ``group.size`` values per group) of the units of ``groups``; protected
+    groups get zeros (they are never pruned).
 
     Raises:
         ValueError: an unknown method name, ``"taylor"`` without gradients or loss_fn, ``"activation"`` on inputs
             of 0 samples, or a NaN/infinite score (the message names the group).
     """
+    scored = [g for g in groups if not g.protected]  # a protected group may not even be consistent: never scored
     if callable(method) and not isinstance(method, str):
-        return _callable_scores(model, groups, method)
-    return _check_finite(groups, _builtin_scores(model, groups, method, call, loss_fn), method)
+        scores = _callable_scores(model, scored, method)
+    else:
+        scores = _check_finite(scored, _builtin_scores(model, scored, method, call, loss_fn), method)
+    by_group = {id(g): s for g, s in zip(scored, scores)}
+    return [by_group.get(id(g), torch.zeros(g.size, dtype=torch.float64)) for g in groups]
 
 
 def _builtin_scores(model, groups, method, call, loss_fn):

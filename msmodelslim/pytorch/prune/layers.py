@@ -75,6 +75,14 @@ class LayerSpec:
                 return f"at least one {role} channel must stay"
         return None
 
+    def channel_multiple(self, role):
+        """Kept channel counts of ``role`` must be multiples of this (GroupNorm groups, attention heads)."""
+        return 1
+
+    def check_indices(self, keep):
+        """Message explaining why keeping the channels ``keep = {role: indices}`` is impossible, or None."""
+        return self.check({role: len(index) for role, index in keep.items()})
+
     def apply(self, keep, slicer):
         """Slice the layer in place to the channels ``keep = {role: LongTensor of kept indices}``."""
         for role, index in keep.items():
@@ -155,6 +163,66 @@ class DepthwiseConvSpec(LayerSpec):
         self.module.out_channels = self.module.in_channels = self.module.groups = count
 
 
+class GroupedConvSpec(LayerSpec):
+    """Grouped (not depthwise) convolution, pruned by whole groups (ResNeXt).
+
+    The output channels are the weight's rows. The weight's second axis holds the ``in_channels / groups`` inputs of
+    one group, which all stay: the input channels of a removed group disappear with its rows, so the input role has
+    no tensor axis of its own. Both roles must lose the same whole groups (see :func:`check`).
+    """
+
+    kind = "grouped_conv"
+
+    def roles(self):
+        return {OUTPUT: _weight_bias(0, self.module.bias is not None), INPUT: []}
+
+    def size(self, role):
+        return self.module.out_channels if role == OUTPUT else self.module.in_channels
+
+    def group_widths(self):
+        """``(output channels, input channels)`` of one group."""
+        groups = self.module.groups
+        return self.module.out_channels // groups, self.module.in_channels // groups
+
+    def check(self, kept):
+        message = super().check(kept)
+        if message is not None:
+            return message
+        out_width, in_width = self.group_widths()
+        out_kept = kept.get(OUTPUT, self.module.out_channels)
+        in_kept = kept.get(INPUT, self.module.in_channels)
+        if out_kept % out_width or in_kept % in_width or out_kept // out_width != in_kept // in_width:
+            return (f"a grouped convolution loses whole groups ({out_width} output and {in_width} input channels "
+                    f"each): keeping {out_kept} output and {in_kept} input channels is not a whole number of groups")
+        return None
+
+    def check_indices(self, keep):
+        message = super().check_indices(keep)
+        if message is not None:
+            return message
+        out_width, in_width = self.group_widths()
+        kept_groups = []
+        for role, width, size in ((OUTPUT, out_width, self.module.out_channels),
+                                  (INPUT, in_width, self.module.in_channels)):
+            index = [int(i) for i in keep.get(role, range(size))]
+            groups = sorted({i // width for i in index})
+            if sorted(index) != [g * width + c for g in groups for c in range(width)]:
+                return f"a grouped convolution keeps whole groups of {width} {role} channels; these are not"
+            kept_groups.append(groups)
+        if kept_groups[0] != kept_groups[1]:
+            return "a grouped convolution must keep the same groups of input and output channels"
+        return None
+
+    def update_attributes(self, kept):
+        out_width, in_width = self.group_widths()
+        if OUTPUT in kept:
+            self.module.out_channels = kept[OUTPUT]
+            self.module.groups = kept[OUTPUT] // out_width
+        if INPUT in kept:
+            self.module.in_channels = kept[INPUT]
+            self.module.groups = kept[INPUT] // in_width
+
+
 class NormSpec(LayerSpec):
     """Per-channel layers: BatchNorm, InstanceNorm, GroupNorm, PReLU and 1-D-weight norms (RMSNorm ...)."""
 
@@ -172,6 +240,9 @@ class NormSpec(LayerSpec):
             if hasattr(self.module, attr):
                 return getattr(self.module, attr)
         return super().size(role)
+
+    def channel_multiple(self, role):
+        return self.module.num_groups if isinstance(self.module, nn.GroupNorm) else 1
 
     def check(self, kept):
         message = super().check(kept)
@@ -236,6 +307,9 @@ class MultiheadAttentionSpec(LayerSpec):
     def size(self, role):
         return self.module.embed_dim
 
+    def channel_multiple(self, role):
+        return self.module.num_heads
+
     def check(self, kept):
         message = super().check(kept)
         if message is None and kept[OUTPUT] % self.module.num_heads:
@@ -276,7 +350,7 @@ def layer_spec(module):
             return ConvSpec(module)
         if module.groups == module.in_channels == module.out_channels and not module.transposed:
             return DepthwiseConvSpec(module)
-        return None
+        return GroupedConvSpec(module) if not module.transposed else None
     if isinstance(module, nn.LayerNorm):
         return LayerNormSpec(module) if len(module.normalized_shape) >= 1 else None
     if isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm)):

@@ -161,34 +161,61 @@ def _restore(counter, groups, order, allowed, removed, target, slack):
     return removed
 
 
-def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, tolerance=TOLERANCE):
-    """Choose the units to remove so the model keeps ``reserved_ratio`` of its parameters.
+def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, tolerance=TOLERANCE,
+                 make_counter=None, what="parameters"):
+    """Choose the units to remove so the model keeps ``reserved_ratio`` of its parameters (or of the quantity
+    counted by ``make_counter()``, e.g. a :class:`~msmodelslim.pytorch.prune.budgets.MacCounter`; then a unit's
+    score is divided by what removing it saves, so the budget is met with the least importance lost).
 
     ``scores`` has one tensor per group (lower = removed first); protected groups are never touched. Two walks
     are tried - one that skips batches overshooting the target, one that takes the overshoot and gives back the
-    most important units - and the one landing closer to the target wins (the first on a tie).
+    most important units - and the one landing closer to the target wins (the first on a tie), unless it removes
+    more than :data:`REPORTED_MISS` beyond the target and the other does not.
     """
-    total = sum(p.numel() for p in model.parameters())
+    make_counter = make_counter or (lambda: ParamCounter(model, groups))
+    probe = make_counter()
+    total = probe.base_total
     target = int(round(total * reserved_ratio))
     slack = max(1, int(total * tolerance))
     allowed = [set(allowed_kept(g, align, max_group_ratio)) for g in groups]
-    order = sorted((float(scores[g][u]), g, u) for g, group in enumerate(groups) if not group.protected
-                   for u in range(group.size))
-    best = None
+    weights = _cost_weights(probe, groups) if make_counter is not None and what != "parameters" else None
+    order = sorted((float(scores[g][u]) / (weights[g] if weights else 1.0), g, u)
+                   for g, group in enumerate(groups) if not group.protected for u in range(group.size))
+    walks = []
     for close in (True, False):
-        counter = ParamCounter(model, groups)
+        counter = make_counter()
         removed = _greedy(counter, groups, order, allowed, target, slack, close_on_overshoot=close)
         if counter.current < target - slack:
             removed = _restore(counter, groups, order, allowed, removed, target, slack)
-        if best is None or abs(counter.current - target) < abs(best[1] - target):
-            best = (removed, counter.current)
+        walks.append((removed, counter.current))
         if abs(counter.current - target) <= slack:
             break
-    removed, params = best
+    # the closest walk, but stopping short is better than removing more than 2 points beyond what was asked
+    removed, kept = min(walks, key=lambda walk: (walk[1] < target - total * REPORTED_MISS, abs(walk[1] - target)))
     notes = []
-    if params > target + total * REPORTED_MISS:
+    if kept > target + total * REPORTED_MISS:
         notes.append(
-            f"kept {params / total:.1%} of the parameters instead of {reserved_ratio:.1%}: the alignment "
+            f"kept {kept / total:.1%} of the {what} instead of {reserved_ratio:.1%}: the alignment "
             f"to {align} channels, node_reserved_ratio={max_group_ratio} and the protected layers allow no more")
-    return Plan(removed={g: u for g, u in removed.items() if u}, params_before=total, params_after=params,
-                target=target, notes=notes)
+    elif kept < target - total * REPORTED_MISS:
+        notes.append(
+            f"kept {kept / total:.1%} of the {what} instead of {reserved_ratio:.1%}: with the alignment to {align} "
+            "channels the smallest steps that reach the target remove more")
+    params = ParamCounter(model, groups)
+    for g, units in removed.items():
+        if units:
+            params.commit(g, units)
+    return Plan(removed={g: u for g, u in removed.items() if u}, params_before=params.base_total,
+                params_after=params.current, target=target, notes=notes)
+
+
+def _cost_weights(counter, groups):
+    """Per group: what removing one unit saves, divided by the mean over the prunable groups (a group whose units
+    save nothing gets an infinite key: it is never worth removing)."""
+    saved = []
+    for g, group in enumerate(groups):
+        saved.append(max(counter.base_total - counter.evaluate(g, [0]), 0) if group.size and not group.protected
+                     else 0)
+    positive = [s for s in saved if s > 0]
+    mean = sum(positive) / len(positive) if positive else 1
+    return [s / mean if s > 0 else 1e-12 for s in saved]

@@ -10,20 +10,27 @@ Whole channels, neurons and attention heads are removed, so the model becomes ph
 are grouped by the torch-pruning dependency graph; Hugging Face transformer families (BERT, RoBERTa, ViT, GPT-2,
 Llama, Mistral, Qwen2, OPT) by explicit structure rules. See the README for the ``desc`` format.
 """
+import contextlib
+import copy
 import math
 import numbers
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from msmodelslim.errors import ModelslimError
 from msmodelslim.pytorch.prune import desc as desc_format
+from msmodelslim.pytorch.prune.budgets import MacCounter, check_budget, latency_ratio, search_latency
 from msmodelslim.pytorch.prune.graph import DEFAULT_TRACE_TIMEOUT_S, trace_groups
+from msmodelslim.pytorch.prune.grouped_conv import couple_grouped_convs
 from msmodelslim.pytorch.prune.groups import tie_groups
 from msmodelslim.pytorch.prune.importance import BUILTIN, group_importance
 from msmodelslim.pytorch.prune.layers import OUTPUT, ParameterSpec, spec_of
 from msmodelslim.pytorch.prune.measure import count_params, profile
 from msmodelslim.pytorch.prune.planner import plan_pruning
+from msmodelslim.pytorch.prune.recovery import prune_with_recovery
+from msmodelslim.pytorch.prune.soundness import protect_unsound
 from msmodelslim.pytorch.prune.structure import StructureEngine, detect_family
 from msmodelslim.pytorch.utils.calibration import CallParams, as_call_params, eval_mode
 from msmodelslim.utils.logging import logger
@@ -159,7 +166,9 @@ class PruneTorch:
         else:
             with eval_mode(self._network):
                 groups = trace_groups(self._network, self._call, timeout_s=self._trace_timeout)
+            groups = couple_grouped_convs(self._network, groups)
             self._engine = None
+        protect_unsound(self._network, groups)
         for name in self._reused:
             for group in groups:
                 if not group.protected and name in group.member_targets():
@@ -194,56 +203,122 @@ class PruneTorch:
                 return f"{member.target} is in un_prune_list"
         return group.protected
 
-    def analysis(self, reserved_ratio=0.75, un_prune_list=None):
+    def analysis(self, reserved_ratio=0.75, un_prune_list=None, *, budget="params"):
         """Plan a pruning that keeps ``reserved_ratio`` of the parameters, without changing the model.
 
         ``un_prune_list`` lists layers whose output channels stay (int: index among the Conv/Linear layers in
         execution order, negative allowed; str: module name); default ``[0, -1]``, the first and last layers.
+        ``budget`` says what ``reserved_ratio`` is a fraction of: ``"params"`` (default, as the original),
+        ``"macs"`` (multiply-accumulates of the conv/linear layers on the sample inputs) or ``"latency"`` (the
+        measured time of one forward pass on the sample inputs; planned over a few trial runs, each undone).
 
         Returns:
             ``(left_params, desc)``: the parameter count after pruning and the plan.
 
         Raises:
             TypeError: ``reserved_ratio`` is not a float, or ``un_prune_list`` not a list.
-            ValueError: an element of ``un_prune_list`` is neither int nor str.
+            ValueError: an element of ``un_prune_list`` is neither int nor str; an unknown ``budget``.
         """
+        protected = self._checked_arguments(reserved_ratio, un_prune_list, budget)
+        planned = self._plan_for_budget(reserved_ratio, protected, budget)
+        _log_channels(planned.desc)
+        return planned.params_after, planned.desc
+
+    def _checked_arguments(self, reserved_ratio, un_prune_list, budget):
+        """The protected layer names, after validating the arguments of :meth:`analysis`."""
         if not isinstance(reserved_ratio, float):
             raise TypeError("prune ratio must be float")
         if un_prune_list is None:
             un_prune_list = [0, -1]
         if not isinstance(un_prune_list, list):
             raise TypeError("un_prune_list must be a list.")
+        check_budget(budget)
         protected = self._protected_names(un_prune_list)
         if _abnormal_ratio(reserved_ratio):
             logger.warning("The prune ratio is abnormal. Please check.")
         unknown = sorted(n for n in protected if n not in dict(self._network.named_modules()))
         if unknown:
             logger.warning("un_prune_list names no module called %s; ignored.", ", ".join(unknown))
-        groups = self._channel_groups()
-        scoped = [replace(g, protected=self._is_protected(g, protected)) for g in groups]
-        scores = group_importance(self._network, groups, self._importance, call=self._call, loss_fn=self._loss_fn)
-        keys = [g.kind if self._engine is not None and self._engine.tied(g.kind, self._uniform_layers) else None
-                for g in scoped]
-        plan_groups, plan_scores, untie = tie_groups(scoped, scores, keys)
-        plan = plan_pruning(self._network, plan_groups, plan_scores, min(max(reserved_ratio, 0.0), 1.0),
-                            self._node_reserved_ratio, self._align)
-        for note in plan.notes:
-            logger.info("Pruning stopped early: %s.", note)
-        removed = untie(plan.removed)
-        patches, fields = self._engine.patches(removed) if self._engine is not None else ({}, {})
-        desc = desc_format.build_desc(
-            self._network, groups, removed, engine=self._engine.engine if self._engine else "torch-pruning",
-            patches=patches, config=fields, params={"before": plan.params_before, "after": plan.params_after})
-        for target, entry in desc.items():
-            if target != desc_format.META_KEY and "output" in entry:
-                logger.info("node name: %s chn: %d -> %d", target, len(entry["output"][1]), entry["output"][0])
-        return plan.params_after, desc
+        return protected
 
-    def prune(self, reserved_ratio=0.75, un_prune_list=None):
-        """Plan like :meth:`analysis`, then apply the plan to the model in place; returns the ``desc``."""
-        _, desc = self.analysis(reserved_ratio, un_prune_list)
-        self.prune_by_desc(desc)
-        return desc
+    def _plan_for_budget(self, reserved_ratio, protected, budget, blamed=()):
+        if budget != "latency":
+            return self._plan(reserved_ratio, protected, budget, blamed)
+        dense = copy.deepcopy(self._network)  # timed beside each trial, so that load changes cancel out
+        planned, trials = search_latency(
+            min(max(reserved_ratio, 0.0), 1.0), lambda ratio: self._plan(ratio, protected, "macs", blamed),
+            lambda planned: self._trial_latency_ratio(planned, dense))
+        for trial in trials:
+            logger.info("Latency budget: MACs kept %.1f%% -> latency %.1f%% of the dense model.",
+                        100 * trial.macs_ratio, 100 * trial.latency_ratio)
+        return planned
+
+    def _trial_latency_ratio(self, planned, dense):
+        """Latency of the model pruned by ``planned`` (applied as a trial, then undone) over that of ``dense``;
+        infinite when it fails to run."""
+        ratios = []
+        operations, meta = desc_format.parse_desc(self._network, planned.desc)
+        try:
+            desc_format.apply_operations(self._network, operations, meta, keep=False,
+                                         check=lambda model: ratios.append(latency_ratio(model, dense, self._call)))
+        except desc_format.PrunedModelError:
+            return float("inf")
+        return ratios[0]
+
+    def _plan(self, reserved_ratio, protected, budget="params", blamed=()):
+        """A :class:`_Planned` pruning keeping ``reserved_ratio`` of ``budget`` (params or MACs); the groups at
+        indices ``blamed`` are protected as well as the layers named in ``protected``."""
+        with _library_errors_explained(self._network):
+            groups = self._channel_groups()
+            scoped = [replace(g, protected="its pruning broke the model" if i in blamed
+                              else self._is_protected(g, protected)) for i, g in enumerate(groups)]
+            scores = group_importance(self._network, groups, self._importance, call=self._call,
+                                      loss_fn=self._loss_fn)
+            keys = [g.kind if self._engine is not None and self._engine.tied(g.kind, self._uniform_layers) else None
+                    for g in scoped]
+            plan_groups, plan_scores, untie = tie_groups(scoped, scores, keys)
+            counter = (lambda: MacCounter(self._network, plan_groups, self._macs)) if budget == "macs" else None
+            plan = plan_pruning(self._network, plan_groups, plan_scores, min(max(reserved_ratio, 0.0), 1.0),
+                                self._node_reserved_ratio, self._align, make_counter=counter,
+                                what="MACs" if budget == "macs" else "parameters")
+            for note in plan.notes:
+                logger.info("Pruning stopped early: %s.", note)
+            removed = untie(plan.removed)
+            desc = self._desc_of(groups, removed, params={"before": plan.params_before, "after": plan.params_after})
+        return _Planned(groups=groups, removed=removed, desc=desc, params_after=plan.params_after)
+
+    def _desc_of(self, groups, removed, params=None):
+        patches, fields = self._engine.patches(removed) if self._engine is not None else ({}, {})
+        return desc_format.build_desc(
+            self._network, groups, removed, engine=self._engine.engine if self._engine else "torch-pruning",
+            patches=patches, config=fields, params=params)
+
+    def _runs_with(self, planned, removed):
+        """Whether the model still runs with only ``removed`` of ``planned`` applied (a trial, always undone)."""
+        try:
+            operations, meta = desc_format.parse_desc(self._network, self._desc_of(planned.groups, removed))
+            desc_format.apply_operations(self._network, operations, meta, check=self._call, keep=False)
+        except ValueError:  # a layer rule refuses it, or the model fails to run
+            return False
+        return True
+
+    def prune(self, reserved_ratio=0.75, un_prune_list=None, *, budget="params"):
+        """Plan like :meth:`analysis`, then apply the plan to the model in place; returns the ``desc``.
+
+        When the pruned model fails to run, the group responsible is found (a bisection over the plan's groups,
+        a few trial runs), protected, and the plan made again with the others (logged at INFO).
+
+        Raises:
+            the errors of :meth:`analysis` and :meth:`prune_by_desc`; the model is unchanged on any error.
+        """
+        protected = self._checked_arguments(reserved_ratio, un_prune_list, budget)
+        planned = prune_with_recovery(lambda blamed: self._plan_for_budget(reserved_ratio, protected, budget, blamed),
+                                      self._apply_planned, self._runs_with)
+        return planned.desc
+
+    def _apply_planned(self, planned):
+        _log_channels(planned.desc)
+        self.prune_by_desc(planned.desc)
 
     def prune_by_desc(self, desc):
         """Apply a ``desc`` (from :meth:`prune`/:meth:`analysis`, possibly after a JSON round trip) in place.
@@ -302,6 +377,38 @@ class PruneTorch:
         totals = (f"parameters: {p0:,} -> {p1:,} ({p1 / max(p0, 1):.1%}); "
                   f"MACs: {m0:,} -> {m1:,} ({m1 / max(m0, 1):.1%})")
         return table + "\n" + totals
+
+
+def _log_channels(desc):
+    """The original's INFO line per pruned layer."""
+    for target, entry in desc.items():
+        if target != desc_format.META_KEY and "output" in entry:
+            logger.info("node name: %s chn: %d -> %d", target, len(entry["output"][1]), entry["output"][0])
+
+
+@dataclass
+class _Planned:
+    """One plan: the model's groups, the units removed from each (``{group index: units}``), its desc."""
+
+    groups: list
+    removed: dict
+    desc: dict
+    params_after: int
+
+
+@contextlib.contextmanager
+def _library_errors_explained(model):
+    """Let the documented errors through; turn any other exception raised while grouping, scoring or planning
+    (an ``IndexError`` from an unforeseen layout ...) into a ``ValueError`` that says what to do. Nothing here
+    changes the model."""
+    try:
+        yield
+    except (ModelslimError, ValueError, TypeError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with the documented type and the cause chained
+        raise ValueError(f"PruneTorch cannot plan the pruning of {type(model).__name__} ({type(exc).__name__}: "
+                         f"{exc}). The model was not changed; exclude the layer named above with un_prune_list, or "
+                         "use engine='torch-pruning' / a smaller ratio.") from exc
 
 
 def _role_sizes(operations):

@@ -164,7 +164,7 @@ def test_alignment_and_node_cap(align):
 
 def test_a_layer_never_drops_below_one_alignment_unit():
     model = Chain().eval()
-    PruneTorch(model, torch.randn(1, 3, 16, 16), align=64).set_node_reserved_ratio(0.99).prune(0.45, [])
+    PruneTorch(model, torch.randn(1, 3, 16, 16), align=64).set_node_reserved_ratio(0.99).prune(0.05, [])
     assert model.conv1.out_channels == 64  # 64 channels: cannot go below one unit
     assert model.conv2.out_channels == 64
 

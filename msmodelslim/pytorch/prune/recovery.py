@@ -1,0 +1,53 @@
+"""Finding the channel group whose pruning breaks a model, so that it can be protected and the plan made again.
+
+When the pruned model fails to run, the groups of the plan are applied in prefixes (each a trial: applied, run,
+restored) and a bisection finds the first group whose addition breaks the model: ``log2(groups)`` trial runs.
+"""
+from msmodelslim.utils.logging import logger
+
+MAX_REPLANS = 6  # groups blamed (and protected) before giving up
+
+
+def find_breaking_group(removed, runs_with):
+    """The group index, among the keys of ``removed`` (``{group: units}``), whose removal breaks the model given
+    the groups before it; ``runs_with(subset)`` applies a subset as a trial and says whether the model still runs.
+    None when the whole plan runs (the failure came from elsewhere)."""
+    order = sorted(removed)
+    if not order or runs_with(removed):
+        return None
+    good, bad = 0, len(order)  # order[:good] runs, order[:bad] does not
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if runs_with({g: removed[g] for g in order[:middle]}):
+            good = middle
+        else:
+            bad = middle
+    return order[bad - 1]
+
+
+def prune_with_recovery(plan, apply, trial):
+    """Apply ``plan(blamed)`` (a plan avoiding the group indices in ``blamed``); when the pruned model fails to run, find
+    the group responsible with :func:`find_breaking_group` over ``trial(plan, subset)``, protect it and plan again.
+
+    ``plan(blamed)`` returns an object with ``removed`` and ``groups``; ``apply(planned)`` raises ``ValueError``
+    when a layer rule refuses the plan or ``PrunedModelError`` (a ``ValueError``) when the pruned model fails to
+    run; either way the model is unchanged and the plan, being ours, is repaired. Returns the applied plan.
+
+    Raises:
+        ValueError: still failing after :data:`MAX_REPLANS` groups were protected, or no group is to blame.
+    """
+    blamed = set()
+    while True:
+        planned = plan(blamed)
+        try:
+            apply(planned)
+            return planned
+        except ValueError as exc:
+            if len(blamed) >= MAX_REPLANS:
+                raise
+            culprit = find_breaking_group(planned.removed, lambda subset: trial(planned, subset))
+            if culprit is None:
+                raise
+            logger.info("Pruning group %s breaks the model (%s); it is protected and the plan is made again.",
+                        planned.groups[culprit].name, exc.__cause__ or exc)
+            blamed.add(culprit)

@@ -1,0 +1,153 @@
+"""PruneTorch on models its rules were not written for: per-head tables in attention, split-then-concat blocks, an
+unknown per-channel layer in the residual stream, grouped convolutions, a forward() that hard-codes a width. Each
+is pruned (or the part that cannot be is protected and named) and keeps running; and the MACs / latency budgets."""
+import copy
+import logging
+
+import pytest
+import torch
+
+from msmodelslim.pytorch.prune import desc as desc_format
+from msmodelslim.pytorch.prune.measure import profile
+from msmodelslim.pytorch.prune.prune_torch import PruneTorch
+from msmodelslim.pytorch.utils.calibration import as_call_params
+from zoo import cnn, hf, unseen
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _pruned_and_replayed(build, ratio=0.5, **kwargs):
+    torch.manual_seed(0)
+    model, x = build()
+    fresh = copy.deepcopy(model)
+    shape = model(x).shape
+    before = _params(model)
+    desc = PruneTorch(model, x).prune(ratio, **kwargs)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == shape
+    PruneTorch(fresh, x).prune_by_desc(desc)
+    torch.testing.assert_close(fresh(x), out)
+    return model, x, _params(model) / before
+
+
+def test_attention_with_per_head_tables_is_protected_and_named_never_an_index_error(caplog):
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        model, _, kept = _pruned_and_replayed(unseen.relpos)
+    assert abs(kept - 0.5) <= 0.02
+    assert "blocks.0.attn.head_gate" in caplog.text and "cannot be pruned consistently" in caplog.text
+    attention = model.blocks[0].attn
+    assert attention.q.out_features == attention.rel_bias.shape[0] * attention.head_dim  # heads intact
+
+
+@pytest.mark.parametrize("name", ["split_concat", "unknown_in_residual"])
+def test_unforeseen_blocks_are_pruned_to_the_budget(name):
+    _, _, kept = _pruned_and_replayed(unseen.ALL[name])
+    assert kept < 0.6
+
+
+def test_grouped_convolutions_lose_whole_groups():
+    model, _, kept = _pruned_and_replayed(unseen.resnext)
+    assert kept < 0.6
+    conv = model.blocks[0].grouped
+    assert conv.groups < 4 and conv.out_channels == conv.groups * 16 and conv.in_channels == conv.groups * 16
+
+
+def test_removing_one_conv_group_equals_silencing_it():
+    """Removing group 1 of a ResNeXt block's grouped convolution gives the dense model with that group's
+    channels cut at the expanding 1x1 convolution: any misaligned channel would change the output."""
+    torch.manual_seed(0)
+    model, x = unseen.resnext()
+    pruner = PruneTorch(model, x)
+    index = next(i for i, g in enumerate(pruner.groups) if g.name == "blocks.0.grouped (conv groups)")
+    desc = desc_format.build_desc(model, pruner.groups, {index: [1]}, engine="torch-pruning")
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference.blocks[0].expand.weight[:, 16:32] = 0
+    pruner.prune_by_desc(desc)
+    assert model.blocks[0].grouped.groups == 3
+    torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-4)
+
+
+def test_a_desc_cutting_a_conv_group_in_half_is_refused_and_the_model_unchanged():
+    torch.manual_seed(0)
+    model, x = unseen.resnext()
+    pruner = PruneTorch(model, x)
+    index = next(i for i, g in enumerate(pruner.groups) if g.name == "blocks.0.grouped (conv groups)")
+    desc = desc_format.build_desc(model, pruner.groups, {index: [1]}, engine="torch-pruning")
+    size, mask = desc["blocks.0.grouped"]["output"]
+    mask = mask[:20] + desc_format.KEPT * 4 + mask[24:]  # keep 4 channels of group 1
+    desc["blocks.0.grouped"]["output"] = [mask.count(desc_format.KEPT), mask]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="blocks.0.grouped"):
+        pruner.prune_by_desc(desc)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_plan_that_breaks_the_model_is_repaired_by_protecting_the_group_responsible(caplog):
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        model, x, kept = _pruned_and_replayed(unseen.hard_coded_width)
+    assert "Pruning group mix breaks the model" in caplog.text
+    assert model.mix.out_features == 64 and model.body.out_features < 96
+    assert kept < 0.8
+
+
+@pytest.mark.parametrize("build", [lambda: (cnn.resnet18(10).eval(), torch.randn(1, 3, 32, 32)), hf.bert,
+                                   hf.mobilenet_v2], ids=["resnet18", "bert", "mobilenet_v2"])
+def test_the_macs_budget_lands_within_two_points(build):
+    torch.manual_seed(0)
+    model, x = build()
+    call = as_call_params(x)
+    dense = sum(profile(model, call)[2].values())
+    PruneTorch(model, call).prune(0.7, budget="macs")
+    assert abs(sum(profile(model, call)[2].values()) / dense - 0.7) <= 0.02
+
+
+def test_the_macs_budget_removes_more_compute_than_the_parameter_budget():
+    torch.manual_seed(0)
+    model, x = cnn.resnet18(10).eval(), torch.randn(1, 3, 32, 32)
+    call = as_call_params(x)
+    by_params, by_macs = copy.deepcopy(model), copy.deepcopy(model)
+    PruneTorch(by_params, x).prune(0.6)
+    PruneTorch(by_macs, x).prune(0.6, budget="macs")
+    assert sum(profile(by_macs, call)[2].values()) < sum(profile(by_params, call)[2].values())
+
+
+def test_the_latency_budget_plans_by_measured_trials_and_refuses_an_unknown_budget(caplog):
+    """The speed-up itself is measured by benchmarks/bench_prune.py on an idle machine, not in a unit test."""
+    torch.manual_seed(0)
+    model, x = cnn.resnet18(10).eval(), torch.randn(2, 3, 32, 32)
+    dense = copy.deepcopy(model)
+    call = as_call_params(x)
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        desc = PruneTorch(model, x).prune(0.5, budget="latency")
+    assert "Latency budget: MACs kept 50.0% -> latency" in caplog.text
+    assert sum(profile(model, call)[2].values()) < sum(profile(dense, call)[2].values())
+    replayed = copy.deepcopy(dense)
+    PruneTorch(replayed, x).prune_by_desc(desc)
+    torch.testing.assert_close(replayed(x), model(x))
+    with pytest.raises(ValueError, match="budget must be one of"):
+        PruneTorch(dense, x).prune(0.5, budget="flops")
+
+
+def test_a_pruned_model_still_traces_and_exports():
+    torch.manual_seed(0)
+    model, x = cnn.resnet18(10).eval(), torch.randn(1, 3, 32, 32)
+    PruneTorch(model, x).prune(0.5)
+    traced = torch.jit.trace(model, x)
+    torch.testing.assert_close(traced(x), model(x))
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x))
+
+
+def test_a_pruned_hugging_face_model_round_trips_through_save_pretrained(tmp_path):
+    torch.manual_seed(0)
+    model, inputs = hf.llama()
+    call = as_call_params(inputs)
+    PruneTorch(model, call).prune(0.5)
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
