@@ -2,7 +2,7 @@
 (*.png), and copy the tables and charts into the README's Benchmarks section (between its two marker comments).
 
 Run: python benchmarks/run_all.py [--quick] [--readme-only] [names ...]
-     (names: prune transformer_prune sparse distill mindspore)
+     (names: prune prune_fuzz prune_sweep transformer_prune sparse distill mindspore)
 """
 import argparse
 import pathlib
@@ -15,7 +15,8 @@ import plots
 HERE = pathlib.Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
-SCRIPTS = {"prune": "bench_prune.py", "transformer_prune": "bench_transformer_prune.py", "sparse": "bench_sparse.py",
+SCRIPTS = {"prune": "bench_prune.py", "prune_fuzz": "bench_prune_fuzz.py", "prune_sweep": "bench_prune_sweep.py",
+           "transformer_prune": "bench_transformer_prune.py", "sparse": "bench_sparse.py",
            "distill": "bench_distill.py", "mindspore": "bench_mindspore.py"}
 
 

@@ -28,11 +28,12 @@ from torch import nn
 
 from msmodelslim.pytorch.utils.calibration import CallParams
 
-CHANNELS = tuple(range(8, 49, 4))  # internal widths: 8, 12, ..., 48
+CHANNELS = tuple(range(8, 49, 4))  # internal widths: 8, 12, ..., 48 (drawn from WIDTHS, biased to wider)
+WIDTHS = CHANNELS + tuple(range(16, 49, 8)) * 2
 BATCH = 2
 VOCAB = 40
 RATIOS = (0.5, 0.6, 0.7, 0.8)
-ALIGNS = (8, 4, 1, 16)
+ALIGNS = (8, 4, 1, 8, 4, 16)
 
 
 # --------------------------------------------------------------------------------------------- the model
@@ -148,9 +149,12 @@ class Case:
     align: int
     recipe: list = field(default_factory=list)
     seed: object = None
+    keep_first: bool = False  # also protect the first and last layers, like the default un_prune_list [0, -1]
 
     def un_prune_list(self):
-        return [0, -1] + list(self.heads)
+        """The output layers (the documented way to keep the output shapes), with ``[0, -1]`` when
+        ``keep_first``."""
+        return ([0, -1] if self.keep_first else []) + list(self.heads)
 
     def run(self, model=None):
         """The output of ``model`` (default: the case's model) on the sample inputs, without gradients."""
@@ -158,9 +162,13 @@ class Case:
         with torch.no_grad():
             return call(model, self.inputs)
 
+    def _repr_pretty_(self, printer, cycle):  # hypothesis prints failing examples with this
+        printer.text(repr(self))
+
     def __repr__(self):
         lines = "\n    ".join(self.recipe)
-        return (f"Case(seed={self.seed!r}, ratio={self.ratio}, align={self.align}, heads={self.heads}, "
+        return (f"Case(seed={self.seed!r}, ratio={self.ratio}, align={self.align}, "
+                f"un_prune_list={self.un_prune_list()}, "
                 f"inputs={_describe_inputs(self.inputs)})\n    {lines}")
 
 
@@ -233,7 +241,7 @@ class _Builder:
         return self.step(op, [x], meta, name, note=_short(module))
 
     def width(self):
-        return self.c.pick(CHANNELS)
+        return self.c.pick(WIDTHS)
 
     # ---------------------------------------------------------------- inputs
     def add_input(self, index):
@@ -298,19 +306,21 @@ class _Builder:
 
     # ---------------------------------------------------------------- blocks (each consumes x, returns new values)
     def blocks_for(self, kind):
-        common = ["unit", "unit", "residual", "concat", "split", "gate", "scale", "twice", "siamese"]
-        if kind == "img":
-            return common + ["depthwise", "depthwise", "grouped", "grouped", "shuffle", "se", "pool", "to_tokens", "to_tokens",
-                             "to_vec", "norm"]
-        if kind == "tok":
-            return common + ["token_mix", "mha", "to_image", "to_vec", "norm"]
         if kind == "ids":
             return ["embed"]
-        return common + ["norm"]
+        common = ["unit", "unit", "unit", "residual", "residual", "concat", "split", "gate", "scale", "norm"]
+        if kind == "img":
+            return common + ["depthwise", "depthwise", "grouped", "grouped", "shuffle", "se", "pool", "to_tokens",
+                             "to_tokens", "to_vec"]
+        if kind == "tok":
+            return common + ["token_mix", "mha", "to_image", "to_vec"]
+        return common
 
     def block(self, x):
-        kind = self.meta[x][0]
-        name = self.c.pick(self.blocks_for(kind))
+        if self.c.chance(0.05):  # a module used twice: protected by the library, so kept rare
+            name = self.c.pick(("twice", "siamese"))
+        else:
+            name = self.c.pick(self.blocks_for(self.meta[x][0]))
         result = getattr(self, f"b_{name}")(x)
         return result if isinstance(result, list) else [result]
 
@@ -568,9 +578,13 @@ def generate(chooser, seed=0):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         b = _Builder(chooser)
-        tensors = [b.add_input(i) for i in range(chooser.int(1, 3))]
-        b.frontier = [name for name, _ in tensors]
-        for _ in range(chooser.int(1, 8)):
+        tensors = [b.add_input(i) for i in range(chooser.pick((1, 1, 1, 2, 2, 3)))]
+        for name, _ in tensors:  # a stem per input: its first layer, then a few blocks
+            x = b.b_embed(name) if b.meta[name][0] == "ids" else b.unit(name)
+            b.frontier.append(x)
+            for _ in range(chooser.int(1, 3)):
+                b.frontier += b.block(b.frontier.pop())
+        for _ in range(chooser.int(1, 6)):
             if len(b.frontier) >= 2 and chooser.chance(0.3):
                 i = chooser.int(0, len(b.frontier) - 2)
                 first, second = b.frontier.pop(i), b.frontier.pop(-1)
@@ -601,9 +615,9 @@ def generate(chooser, seed=0):
             model.register_parameter(name, param)
         model.eval()
         inputs = _inputs(chooser, [t for _, t in tensors])
-        ratio, align = chooser.pick(RATIOS), chooser.pick(ALIGNS)
+        ratio, align, keep_first = chooser.pick(RATIOS), chooser.pick(ALIGNS), chooser.chance(0.5)
     b.recipe.append(f"return {mode} of {outputs}")
-    case = Case(model, inputs, b.heads, ratio, align, b.recipe, seed)
+    case = Case(model, inputs, b.heads, ratio, align, b.recipe, seed, keep_first)
     check(case)
     return case
 
@@ -630,6 +644,7 @@ def check(case):
     for tensor in tensors:
         assert isinstance(tensor, torch.Tensor) and torch.isfinite(tensor).all(), "finite outputs"
     assert case.heads and all(isinstance(case.model.get_submodule(h), (nn.Linear, nn.Conv2d)) for h in case.heads)
+    assert _same_outputs(out, case.run()), "deterministic outputs"
     return out
 
 
@@ -648,3 +663,177 @@ def cases():
         return generate(DataChooser(draw), seed)
 
     return strategy()
+
+
+# --------------------------------------------------------------------------------------------- pruning one case
+PRUNED, SHORT, REFUSED, CRASHED = "pruned", "short", "refused", "crashed"
+TOLERANCE = 0.02  # the README's promise: within 2 points of the budget, or a logged reason
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+class _Records:
+    """Collects the msmodelslim log messages of one call (the logger does not propagate, so caplog misses it)."""
+
+    def __enter__(self):
+        import logging
+
+        self.messages = []
+        self._logger = logging.getLogger("msmodelslim")
+        self._level, self._handlers = self._logger.level, list(self._logger.handlers)
+        handler = logging.Handler(logging.INFO)
+        handler.emit = lambda record: self.messages.append(record.getMessage())
+        self._logger.handlers = [handler]  # collected, not printed
+        self._logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.handlers = self._handlers
+        self._logger.setLevel(self._level)
+
+
+def _state(model):
+    return {k: (v, v.detach().clone()) for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def _changes(model, state):
+    """What differs from ``state`` (a :func:`_state` snapshot): keys, tensor objects, shapes or values."""
+    now = model.state_dict(keep_vars=True)
+    found = [f"keys {sorted(set(now) ^ set(state))[:4]}"] if set(now) != set(state) else []
+    for key, (obj, value) in state.items():
+        if key in now and (now[key] is not obj or now[key].shape != value.shape
+                           or not torch.equal(now[key].detach(), value)):
+            found.append(key)
+    return found
+
+
+def _same_outputs(a, b):
+    ta, tb = output_tensors(a), output_tensors(b)
+    return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
+
+
+def error_info(exc):
+    """``{"type", "message", "frame", "traceback"}`` of an exception; ``frame`` is its last msmodelslim frame."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "/msmodelslim/" in f.filename.replace("\\", "/")]
+    last = ours[-1] if ours else None
+    frame = f"{last.filename.split('/msmodelslim/')[-1]}:{last.lineno} in {last.name}" if last else "-"
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return {"type": type(exc).__name__, "message": message[:300], "frame": frame,
+            "raised_by_msmodelslim": bool(frames) and frames[-1] == last,
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]}
+
+
+def documented(exc, info):
+    """Whether ``exc`` is a refusal the API documents: a ``ModelslimError``, or a ``ValueError``/``TypeError``
+    that msmodelslim raises on purpose (not one escaping from torch or torch-pruning)."""
+    from msmodelslim.errors import ModelslimError
+
+    if isinstance(exc, ModelslimError):
+        return True
+    return isinstance(exc, (ValueError, TypeError)) and info["raised_by_msmodelslim"]
+
+
+def attempt(case, trace_timeout=30.0, importance="l1"):
+    with _Records() as records:
+        result = _attempt(case, trace_timeout, importance, records)
+    result["notes"] = [m for m in records.messages if m.startswith(NOTES)]
+    return result
+
+
+NOTES = ("Protected from pruning", "Pruning stopped early", "Pruning group")  # the INFO lines that explain a plan
+# a logged reason for stopping short: the planner's note, or a group protected after it broke the model (recovery)
+STOPPED = ("Pruning stopped early", "Pruning group")
+
+
+def _attempt(case, trace_timeout, importance, records):
+    """Prune ``case`` with PruneTorch (analysis, then prune, then a replay of the desc on a fresh copy) and check
+    the documented contract. Returns a dict with ``category`` (pruned, short, refused or crashed), ``kept``,
+    ``problem`` (what broke, for crashed), ``error`` (:func:`error_info`, when an exception was raised),
+    ``raised`` (True when PruneTorch itself raised) and ``notes`` (the INFO lines that explain the plan)."""
+    import copy
+    import json
+
+    from msmodelslim.pytorch.prune.prune_torch import PruneTorch
+
+    model = case.model
+    original = copy.deepcopy(model)
+    reference = case.run()
+    state = _state(model)
+    before = count(model)
+    result = {"category": CRASHED, "kept": 1.0, "problem": None, "error": None, "ratio": case.ratio}
+    stage = "PruneTorch()"
+    try:
+        pruner = PruneTorch(model, case.inputs, align=case.align, trace_timeout=trace_timeout)
+        if importance != "l1":
+            pruner.set_importance_evaluation_function(importance)
+        stage = "analysis"
+        pruner.analysis(case.ratio, case.un_prune_list())  # a plan only (prune may replan: see its docstring)
+        changed = _changes(model, state)
+        if changed:
+            result["problem"] = f"analysis changed the model: {changed[:3]}"
+            return result
+        stage = "prune"
+        desc = pruner.prune(case.ratio, case.un_prune_list())
+    except Exception as exc:  # classified below: a documented refusal or a crash
+        info = error_info(exc)
+        result["error"], result["stage"], result["raised"] = info, stage, True
+        changed = _changes(model, state)
+        try:
+            runs_same = _same_outputs(case.run(), reference)
+        except Exception as run_exc:  # the model no longer runs
+            runs_same = False
+            changed.append(f"no longer runs ({type(run_exc).__name__})")
+        if changed or not runs_same:
+            result["problem"] = f"{stage} raised {info['type']} and left the model changed: {changed[:3]}"
+        elif documented(exc, info):
+            result["category"] = REFUSED
+        else:
+            result["problem"] = f"{stage} raised an undocumented {info['type']}"
+        return result
+    result["stage"] = "check"
+    after = count(model)
+    result["kept"] = kept = after / before
+    try:
+        out = case.run()
+    except Exception as exc:  # the pruned model must run
+        result["error"] = error_info(exc)
+        result["problem"] = "the pruned model does not run"
+        return result
+    shapes = [tuple(t.shape) for t in output_tensors(out)]
+    if shapes != [tuple(t.shape) for t in output_tensors(reference)]:
+        result["problem"] = f"output shapes changed: {shapes}"
+        return result
+    if not all(torch.isfinite(t).all() for t in output_tensors(out)):
+        result["problem"] = "non-finite outputs after pruning"
+        return result
+    fresh = copy.deepcopy(original)
+    try:
+        PruneTorch(fresh, case.inputs, align=case.align, trace_timeout=trace_timeout).prune_by_desc(
+            json.loads(json.dumps(desc)))
+    except Exception as exc:  # the desc must replay on a fresh copy
+        result["error"] = error_info(exc)
+        result["problem"] = "prune_by_desc on a fresh copy failed"
+        return result
+    shapes_now = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes_replayed = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    if shapes_now != shapes_replayed:
+        diff = sorted(k for k in shapes_now if shapes_now[k] != shapes_replayed.get(k))
+        result["problem"] = f"replay gives other shapes: {diff[:3]}"
+        return result
+    if not _same_outputs(case.run(fresh), out):
+        result["problem"] = "the replayed model computes other outputs"
+        return result
+    if abs(kept - case.ratio) <= TOLERANCE:
+        result["category"] = PRUNED
+    elif kept > case.ratio and any(m.startswith(STOPPED) for m in records.messages):
+        result["category"] = SHORT
+        result["reason"] = next(m for m in records.messages if m.startswith(STOPPED))
+    else:
+        result["problem"] = (f"kept {kept:.1%} for a budget of {case.ratio:.0%} "
+                             + ("(overshoot)" if kept < case.ratio else "without a logged reason"))
+    return result
