@@ -272,8 +272,13 @@ class PruneTorch:
             groups = self._channel_groups()
             scoped = [replace(g, protected="its pruning broke the model" if i in blamed
                               else self._is_protected(g, protected)) for i, g in enumerate(groups)]
+        user_function = ((callable(self._importance) and not isinstance(self._importance, str))
+                         or self._loss_fn is not None)
+        with contextlib.nullcontext() if user_function else _library_errors_explained(self._network):
+            # the errors of the user's own importance or loss function reach the user as they are
             scores = group_importance(self._network, groups, self._importance, call=self._call,
                                       loss_fn=self._loss_fn)
+        with _library_errors_explained(self._network):
             keys = [g.kind if self._engine is not None and self._engine.tied(g.kind, self._uniform_layers) else None
                     for g in scoped]
             plan_groups, plan_scores, untie = tie_groups(scoped, scores, keys)
