@@ -2,10 +2,13 @@
 
 When the pruned model fails to run, the groups of the plan are applied in prefixes (each a trial: applied, run,
 restored) and a bisection finds the first group whose addition breaks the model: ``log2(groups)`` trial runs.
+The same block repeated in every layer usually breaks the same way, so the group's *siblings* (the groups whose
+members have the same names once layer numbers are ignored) are protected with it.
 """
+import re
 from msmodelslim.utils.logging import logger
 
-MAX_REPLANS = 6  # groups blamed (and protected) before giving up
+MAX_REPLANS = 16  # bisections (each protecting a group and its siblings) before giving up
 
 
 def find_breaking_group(removed, runs_with):
@@ -23,6 +26,17 @@ def find_breaking_group(removed, runs_with):
         else:
             bad = middle
     return order[bad - 1]
+
+
+def _signature(group):
+    return tuple(sorted((re.sub(r"\d+", "#", m.target), m.role, m.axis) for m in group.members))
+
+
+def siblings_of(groups, index):
+    """The indices of the groups shaped like ``groups[index]`` (itself included): the same member names and roles
+    once numbers are ignored, and the same size."""
+    wanted = (_signature(groups[index]), groups[index].size)
+    return {i for i, group in enumerate(groups) if (_signature(group), group.size) == wanted}
 
 
 def prune_with_recovery(plan, apply, trial):
@@ -48,6 +62,9 @@ def prune_with_recovery(plan, apply, trial):
             culprit = find_breaking_group(planned.removed, lambda subset: trial(planned, subset))
             if culprit is None:
                 raise
-            logger.info("Pruning group %s breaks the model (%s); it is protected and the plan is made again.",
-                        planned.groups[culprit].name, exc.__cause__ or exc)
-            blamed.add(culprit)
+            siblings = siblings_of(planned.groups, culprit)
+            logger.info("Pruning group %s breaks the model (%s); it is protected%s and the plan is made again.",
+                        planned.groups[culprit].name, exc.__cause__ or exc,
+                        f" with {len(siblings) - 1} group(s) of the same shape in other layers" if len(siblings) > 1
+                        else "")
+            blamed.update(siblings)

@@ -40,7 +40,8 @@ def head_size(model, family, prefix):
             return value
     config = getattr(model, "config", None)
     heads = getattr(config, "num_attention_heads", None)
-    return getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    hidden = getattr(config, "hidden_size", None)
+    return getattr(config, "head_dim", None) or (hidden // heads if heads and hidden else None)
 
 
 def head_geometry(head_dim, q_out, k_out):
@@ -178,6 +179,8 @@ class StructureEngine:
     def patches(self, removed):
         """``(module patches, config fields)`` that make forward() agree with the pruned shapes."""
         family, config = self.family, getattr(self.model, "config", None)
+        if not isinstance(getattr(config, "hidden_size", None), int):
+            config = None  # a composite config (encoder-decoder, multimodal): its fields live in sub-configs
         patches, heads_kept, kv_kept, ffn_kept, hidden_kept = {}, set(), set(), set(), None
         for g, group in enumerate(self.groups):
             kept = group.size - len(removed.get(g, ()))
@@ -204,7 +207,7 @@ class StructureEngine:
             fields[family.kv_field] = kv_kept.pop()
         if len(ffn_kept) == 1:
             fields[family.ffn_field] = ffn_kept.pop()
-        if hidden_kept is not None and hidden_kept != config.hidden_size:
+        if hidden_kept is not None and hidden_kept != config.hidden_size:  # config has an int hidden_size here
             head_dim = next(iter(self._heads.values()))[3] if self._heads else None
             if family.explicit_head_dim:
                 fields["hidden_size"] = hidden_kept
@@ -243,7 +246,7 @@ def _layer_sizes(model, family, prefix):
     head_dim = head_size(model, family, prefix)
     q_out, k_out = _attention_widths(model, family, prefix)
     ffn = layer_spec(model.get_submodule(prefix + family.down)).size(INPUT)
-    hidden = layer_spec(model.get_submodule(prefix + family.norms[0])).size(INPUT) if family.norms else None
+    hidden = layer_spec(model.get_submodule(prefix + family.o)).size(OUTPUT)  # o writes the residual stream
     return _per_head(q_out, head_dim), _per_head(k_out, head_dim), ffn, hidden, head_dim
 
 
@@ -278,8 +281,7 @@ def implied_config(model):
     if family.kv_field:
         implied[family.kv_field] = _uniform(columns["kv"], family.kv_field, "key/value heads")
     implied[family.ffn_field] = _uniform(columns["ffn"], family.ffn_field, "FFN neurons")
-    if family.norms:
-        implied["hidden_size"] = _uniform(columns["hidden"], "hidden_size", "hidden channels")
+    implied["hidden_size"] = _uniform(columns["hidden"], "hidden_size", "hidden channels")
     if family.explicit_head_dim:
         implied["head_dim"] = _uniform(columns["head_dim"], "head_dim", "channels per head")
     return implied
