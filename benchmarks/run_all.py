@@ -15,6 +15,7 @@ import plots
 HERE = pathlib.Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+SUMMARY_ONLY = {"prune_sweep"}  # results too long for the README: its summary, and a link to the whole file
 SCRIPTS = {"prune": "bench_prune.py", "prune_fuzz": "bench_prune_fuzz.py", "prune_sweep": "bench_prune_sweep.py",
            "transformer_prune": "bench_transformer_prune.py", "sparse": "bench_sparse.py",
            "distill": "bench_distill.py", "mindspore": "bench_mindspore.py"}
@@ -57,6 +58,8 @@ def update_readme(redraw=()):
         path = HERE / "results" / f"{name}.md"
         if path.exists():
             text = path.read_text().strip()
+            if name in SUMMARY_ONLY:
+                text = _summary(text, path.name)
             charts = sorted(path.parent.glob(f"{name}_*.png"))
             lines = ["##" + line if line.startswith("#") else line for line in text.splitlines()]
             lines += [""] + [f"![{chart.stem}](benchmarks/results/{chart.name})" for chart in charts] if charts else []
@@ -67,6 +70,14 @@ def update_readme(redraw=()):
     head, rest = readme.split(START, 1)
     _, tail = rest.split(END, 1)
     README.write_text(head + START + "\n" + "\n\n".join(parts) + "\n" + END + tail)
+
+
+def _summary(text, filename):
+    """The title, the generator line and the first section of a results file, with a link to the rest."""
+    head, _, rest = text.partition("\n## ")
+    first = rest.split("\n## ", 1)[0]
+    return (f"{head}\n## {first.strip()}\n\nPer model type, the reasons for stopping short and the crashes: "
+            f"[benchmarks/results/{filename}](benchmarks/results/{filename}).")
 
 
 if __name__ == "__main__":
