@@ -88,6 +88,7 @@ class PruneTorch:
         self._loss_fn = None
         self._node_reserved_ratio = 0.5
         self._groups = None
+        self._scores_cache = None  # ((groups, criterion, loss_fn) ids, scores)
         self._engine = None
         self._last = None
         self._order, calls, self._macs = profile(network, self._call)
@@ -220,6 +221,7 @@ class PruneTorch:
             ValueError: an element of ``un_prune_list`` is neither int nor str; an unknown ``budget``.
         """
         protected = self._checked_arguments(reserved_ratio, un_prune_list, budget)
+        self._scores_cache = None  # scores are reused within one call only: the weights may change between calls
         planned = self._plan_for_budget(reserved_ratio, protected, budget)
         _log_channels(planned.desc)
         return planned.params_after, planned.desc
@@ -272,12 +274,7 @@ class PruneTorch:
             groups = self._channel_groups()
             scoped = [replace(g, protected="its pruning broke the model" if i in blamed
                               else self._is_protected(g, protected)) for i, g in enumerate(groups)]
-        user_function = ((callable(self._importance) and not isinstance(self._importance, str))
-                         or self._loss_fn is not None)
-        with contextlib.nullcontext() if user_function else _library_errors_explained(self._network):
-            # the errors of the user's own importance or loss function reach the user as they are
-            scores = group_importance(self._network, groups, self._importance, call=self._call,
-                                      loss_fn=self._loss_fn)
+        scores = self._scores(groups)
         with _library_errors_explained(self._network):
             keys = [g.kind if self._engine is not None and self._engine.tied(g.kind, self._uniform_layers) else None
                     for g in scoped]
@@ -291,6 +288,21 @@ class PruneTorch:
             removed = untie(plan.removed)
             desc = self._desc_of(groups, removed, params={"before": plan.params_before, "after": plan.params_after})
         return _Planned(groups=groups, removed=removed, desc=desc, params_after=plan.params_after)
+
+    def _scores(self, groups):
+        """The importance of the units of ``groups``, computed once per :meth:`analysis` / :meth:`prune` call (a
+        latency search or a repaired plan plans several times on the same, unchanged model)."""
+        key = (id(groups), id(self._importance), id(self._loss_fn))
+        if self._scores_cache is not None and self._scores_cache[0] == key:
+            return self._scores_cache[1]
+        user_function = ((callable(self._importance) and not isinstance(self._importance, str))
+                         or self._loss_fn is not None)
+        with contextlib.nullcontext() if user_function else _library_errors_explained(self._network):
+            # the errors of the user's own importance or loss function reach the user as they are
+            scores = group_importance(self._network, groups, self._importance, call=self._call,
+                                      loss_fn=self._loss_fn)
+        self._scores_cache = (key, scores)
+        return scores
 
     def _desc_of(self, groups, removed, params=None):
         patches, fields = self._engine.patches(removed) if self._engine is not None else ({}, {})
@@ -317,6 +329,7 @@ class PruneTorch:
             the errors of :meth:`analysis` and :meth:`prune_by_desc`; the model is unchanged on any error.
         """
         protected = self._checked_arguments(reserved_ratio, un_prune_list, budget)
+        self._scores_cache = None  # scores are reused within one call only: the weights may change between calls
         planned = prune_with_recovery(lambda blamed: self._plan_for_budget(reserved_ratio, protected, budget, blamed),
                                       self._apply_planned, self._runs_with)
         return planned.desc
@@ -354,6 +367,7 @@ class PruneTorch:
                       "layers": before_shapes, "layer_macs": (dict(self._macs), macs_after)}
         self._macs = macs_after
         self._groups = None  # the model changed: groups are rebuilt on the next analysis
+        self._scores_cache = None
         logger.info("Parameters: %d -> %d (%.2f%% pruned).", before_params, after_params,
                     100.0 * (before_params - after_params) / max(before_params, 1))
 
