@@ -23,7 +23,8 @@ def add_parser(subparsers):
                              "sample input, or the measured latency of one forward pass")
     parser.add_argument("--weights", help="weights to load first (.safetensors, .pt ...)")
     parser.add_argument("--importance", default="l1", choices=("l1", "l2", "bn_scale", "activation", "random"))
-    parser.add_argument("--align", type=int, default=16, help="channel alignment (default 16)")
+    parser.add_argument("--align", type=int, default=None,
+                        help="channel alignment (default 16, fewer in layers narrower than 128 channels)")
     add_output_arguments(parser, required=True)
     parser.set_defaults(run=run)
 

@@ -131,6 +131,28 @@ class HardCodedWidth(nn.Module):
         return self.head((grid + grid.transpose(1, 2)).flatten(1))
 
 
+class DeadEndBranch(nn.Module):
+    """A pooler computed on every call and then dropped (as CLIP's image classifier does): no output depends on
+    its normalisation layer, yet it runs on the stream and must be pruned with it."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(16, 64)
+        self.block = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64))
+        self.pool_norm = nn.LayerNorm(64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.block(h)
+        self.pool_norm(h.mean(0))  # computed, never used
+        return self.head(h)
+
+
+def dead_end_branch():
+    return DeadEndBranch().eval(), torch.randn(2, 16)
+
+
 def relpos():
     return RelPosEncoder().eval(), torch.randint(0, 100, (2, 8))
 
@@ -152,4 +174,4 @@ def hard_coded_width():
 
 
 ALL = {"hard_coded_width": hard_coded_width, "relpos": relpos, "split_concat": split_concat, "unknown_in_residual": unknown_in_residual,
-       "resnext": resnext}
+       "resnext": resnext, "dead_end_branch": dead_end_branch}

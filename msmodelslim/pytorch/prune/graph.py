@@ -17,6 +17,7 @@ from torch import nn
 from msmodelslim.errors import ModelslimError
 from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
 from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
+from msmodelslim.pytorch.utils.calibration import output_tensors
 
 DEFAULT_TRACE_TIMEOUT_S = 120.0
 
@@ -63,15 +64,22 @@ def _member_of_item(model, graph, item, names):
     return Member(name, role, idxs, roots)
 
 
-def _output_tensors(output):
-    """The tensors of a model output (tuples, lists, dicts and Hugging Face outputs), caches left out."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (list, tuple)):
-        return [t for item in output for t in _output_tensors(item)]
-    return []
+def _forward_with_dead_ends(model, call):
+    """The model's output tensors plus the output of every leaf layer, so that a layer whose result no output
+    depends on (e.g. a pooler computed and then dropped) is still in the graph: it runs, so it must be pruned
+    consistently too. Outputs already in the graph add nothing."""
+    produced = []
+
+    def keep(module, args, output):
+        produced.extend(t for t in output_tensors(output) if t.requires_grad)
+
+    handles = [m.register_forward_hook(keep) for m in model.modules() if not list(m.children())]
+    try:
+        output = call(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return output_tensors(output) + produced
 
 
 def _merge(members):
@@ -100,7 +108,7 @@ def torch_pruning_groups(model, call):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=call, forward_fn=lambda m, c: _output_tensors(c(m)), verbose=False)
+            model, example_inputs=call, forward_fn=_forward_with_dead_ends, verbose=False)
     root_types = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
     groups = []
     for tp_group in graph.get_all_groups(root_module_types=root_types):

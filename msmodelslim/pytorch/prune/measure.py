@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from msmodelslim.pytorch.prune.layers import layer_spec
-from msmodelslim.pytorch.utils.calibration import eval_mode, first_tensor, hooks
+from msmodelslim.pytorch.utils.calibration import eval_mode, first_tensor, hooks, output_tensors
 
 WEIGHTED_KINDS = ("linear", "conv", "conv1d", "depthwise_conv")
 
@@ -24,10 +24,11 @@ def _macs(module, spec_kind, output):
 
 
 def profile(model, call):
-    """Run ``call(model)`` once (eval mode, no grad) and return ``(order, calls, macs)``.
+    """Run ``call(model)`` once (eval mode, no grad) and return ``(order, calls, macs, shapes)``.
 
-    ``order`` lists the Linear/Conv/Conv1D layers in first-execution order, ``calls`` counts calls per layer, and
-    ``macs`` maps each of them to its multiply-accumulates in that forward pass.
+    ``order`` lists the Linear/Conv/Conv1D layers in first-execution order, ``calls`` counts calls per layer,
+    ``macs`` maps each of them to its multiply-accumulates in that forward pass, and ``shapes`` are the shapes of
+    the main output tensors (see :func:`_main_outputs`).
     """
     kinds = {}
     for name, module in model.named_modules():
@@ -43,8 +44,18 @@ def profile(model, call):
         macs[name] = macs.get(name, 0) + _macs(module, kinds[name], first_tensor(output))
 
     with eval_mode(model), torch.no_grad(), hooks([(n, model.get_submodule(n)) for n in kinds], record):
-        call(model)
-    return order, calls, macs
+        output = call(model)
+    return order, calls, macs, [tuple(t.shape) for t in _main_outputs(output)]
+
+
+def _main_outputs(output):
+    """The output tensors whose shapes pruning keeps: every tensor of a plain output; of a Hugging Face
+    ``ModelOutput`` only the first (``logits``, or ``last_hidden_state`` of a headless model), since the hidden
+    states that come with it (an encoder-decoder's ``encoder_last_hidden_state``) are the residual stream."""
+    tensors = output_tensors(output)
+    if callable(getattr(output, "to_tuple", None)) and tensors:
+        return tensors[:1]
+    return tensors
 
 
 def count_params(model):

@@ -93,9 +93,22 @@ class Plan:
     notes: list = field(default_factory=list)
 
 
+DEFAULT_ALIGN = 16
+
+
+def effective_align(group, align):
+    """``align``; None is the default alignment (16, as the original), lowered for a group narrower than 8 times
+    it to the largest power of two that is at most an eighth of its channels: a 64-channel layer moves in steps of
+    8, not in quarters."""
+    if align is not None:
+        return align
+    eighth = 1 << max(group.size * group.unit_channels // 8, 1).bit_length() - 1
+    return min(DEFAULT_ALIGN, eighth)
+
+
 def allowed_kept(group, align, max_group_ratio):
     """The unit counts a group may keep, in decreasing order (its full size first)."""
-    channel_multiple = align
+    channel_multiple = effective_align(group, align)
     for divisor in group.divisors:
         channel_multiple = channel_multiple * divisor // math.gcd(channel_multiple, divisor)
     step = channel_multiple // math.gcd(channel_multiple, group.unit_channels)
@@ -178,6 +191,7 @@ def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, 
     target = int(round(total * reserved_ratio))
     slack = max(1, int(total * tolerance))
     allowed = [set(allowed_kept(g, align, max_group_ratio)) for g in groups]
+    align = align or f"{DEFAULT_ALIGN} (fewer in narrow layers)"
     weights = _cost_weights(probe, groups) if make_counter is not None and what != "parameters" else None
     order = sorted((float(scores[g][u]) / (weights[g] if weights else 1.0), g, u)
                    for g, group in enumerate(groups) if not group.protected for u in range(group.size))

@@ -52,7 +52,8 @@ class PruneTorch:
         network: the ``torch.nn.Module`` to prune (in place).
         inputs: a sample input: a Tensor (``network(x)``), a list or tuple (``network(*x)``) or
             ``CallParams(*args, **kwargs)``.
-        align: channel counts stay multiples of this (default 16, as the original).
+        align: channel counts stay multiples of this. Default None: 16, as the original, except that a layer
+            narrower than 128 channels uses the largest power of two that is at most an eighth of its channels.
         engine: ``"auto"`` (structure rules for recognised transformer families, torch-pruning otherwise),
             ``"torch-pruning"`` or ``"structure"``.
         trace_timeout: seconds the torch-pruning graph build may take before a clear error.
@@ -66,14 +67,14 @@ class PruneTorch:
         TypeError: ``inputs`` is None or of another type; ``trace_timeout`` is not a number.
     """
 
-    def __init__(self, network, inputs=None, align=16, engine="auto", trace_timeout=DEFAULT_TRACE_TIMEOUT_S,
+    def __init__(self, network, inputs=None, align=None, engine="auto", trace_timeout=DEFAULT_TRACE_TIMEOUT_S,
                  prune_hidden=True, uniform_layers=True):
         if not isinstance(network, nn.Module):
             raise ValueError("network must be torch.nn.Module or Dag")
         if not isinstance(inputs, (torch.Tensor, list, tuple, CallParams)):
             raise TypeError("inputs must be type Tensor, list, tuple, CallParams")
-        if isinstance(align, bool) or not isinstance(align, int) or align < 1:
-            raise ValueError(f"align must be a positive int, got {align!r}.")
+        if align is not None and (isinstance(align, bool) or not isinstance(align, int) or align < 1):
+            raise ValueError(f"align must be a positive int or None, got {align!r}.")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}.")
         _check_timeout(trace_timeout)
@@ -90,8 +91,9 @@ class PruneTorch:
         self._groups = None
         self._scores_cache = None  # ((groups, criterion, loss_fn) ids, scores)
         self._engine = None
+        self._default_protection, self._default_unprotected = False, set()
         self._last = None
-        self._order, calls, self._macs = profile(network, self._call)
+        self._order, calls, self._macs, self._output_shapes = profile(network, self._call)
         self._reused = sorted(name for name, count in calls.items() if count > 1)
 
     # ------------------------------------------------------------------------------------------ properties
@@ -162,12 +164,11 @@ class PruneTorch:
             raise ValueError(f"engine='structure' needs a recognised Hugging Face transformer family; "
                              f"{type(self._network).__name__} is not one.")
         if family is not None:
-            self._engine = StructureEngine(self._network, family, layers, prune_hidden=self._prune_hidden)
+            self._engine = StructureEngine(self._network, family, layers, prune_hidden=self._prune_hidden,
+                                           trace=self._traced_groups)
             groups = self._engine.groups
         else:
-            with eval_mode(self._network):
-                groups = trace_groups(self._network, self._call, timeout_s=self._trace_timeout)
-            groups = couple_grouped_convs(self._network, groups)
+            groups = couple_grouped_convs(self._network, self._traced_groups())
             self._engine = None
         protect_unsound(self._network, groups)
         for name in self._reused:
@@ -179,6 +180,11 @@ class PruneTorch:
                 logger.info("Protected from pruning: %s - %s.", group.name, group.protected)
         self._groups = groups
         return groups
+
+    def _traced_groups(self):
+        """The channel groups of the dependency graph (raises :class:`GraphTraceError`)."""
+        with eval_mode(self._network):
+            return trace_groups(self._network, self._call, timeout_s=self._trace_timeout)
 
     def _protected_names(self, un_prune_list):
         names = set()
@@ -195,14 +201,37 @@ class PruneTorch:
                 names.add(item)
         return names
 
-    def _is_protected(self, group, protected):
+    def _is_protected(self, group, protected, by_default=False):
+        """Why ``group`` must stay: a layer of ``protected`` writes it, or its own reason; None when it may shrink.
+
+        The default ``[0, -1]`` (``by_default``) keeps a small network's stem and head; its first layer does not
+        freeze a group that the whole network shares (see :meth:`_shared_across_network`)."""
         for member in group.members:
             if member.target not in protected:
                 continue
             spec = spec_of(self._network, member.target, member.axis)
             if member.role == OUTPUT or len(spec.roles()) == 1:
+                if by_default and member.target == self._order[0] and self._shared_across_network(group):
+                    if group.name in self._default_unprotected:
+                        return group.protected
+                    self._default_unprotected.add(group.name)
+                    logger.info("%s is the first layer, but %s is shared across the network; the default "
+                                "un_prune_list does not protect it (pass un_prune_list=[0, -1] to keep it).",
+                                member.target, group.name)
+                    return group.protected
                 return f"{member.target} is in un_prune_list"
         return group.protected
+
+    def _shared_across_network(self, group):
+        """Whether ``group`` is a transformer's heads, neurons or residual stream: from the family rules (kept
+        uniform across layers, so protecting one layer's share would freeze all), or a stream that several layers
+        write, linear ones among them. A CNN's stem stays protected as in the original, even where its output is
+        the first stage's residual stream."""
+        if self._engine is not None:
+            return True
+        kinds = [spec_of(self._network, m.target).kind for m in group.members if m.role == OUTPUT and m.axis is None]
+        writers = [k for k in kinds if k in ("linear", "conv1d", "conv")]
+        return len(writers) >= 2 and any(k in ("linear", "conv1d") for k in writers)
 
     def analysis(self, reserved_ratio=0.75, un_prune_list=None, *, budget="params"):
         """Plan a pruning that keeps ``reserved_ratio`` of the parameters, without changing the model.
@@ -230,6 +259,8 @@ class PruneTorch:
         """The protected layer names, after validating the arguments of :meth:`analysis`."""
         if not isinstance(reserved_ratio, float):
             raise TypeError("prune ratio must be float")
+        self._default_protection = un_prune_list is None
+        self._default_unprotected = set()  # groups the default would have frozen, logged once per call
         if un_prune_list is None:
             un_prune_list = [0, -1]
         if not isinstance(un_prune_list, list):
@@ -273,7 +304,8 @@ class PruneTorch:
         with _library_errors_explained(self._network):
             groups = self._channel_groups()
             scoped = [replace(g, protected="its pruning broke the model" if i in blamed
-                              else self._is_protected(g, protected)) for i, g in enumerate(groups)]
+                              else self._is_protected(g, protected, self._default_protection))
+                      for i, g in enumerate(groups)]
         scores = self._scores(groups)
         with _library_errors_explained(self._network):
             keys = [g.kind if self._engine is not None and self._engine.tied(g.kind, self._uniform_layers) else None
@@ -311,19 +343,32 @@ class PruneTorch:
             patches=patches, config=fields, params=params)
 
     def _runs_with(self, planned, removed):
-        """Whether the model still runs with only ``removed`` of ``planned`` applied (a trial, always undone)."""
+        """Whether the model still runs, with outputs of unchanged shapes, with only ``removed`` of ``planned``
+        applied (a trial, always undone)."""
         try:
             operations, meta = desc_format.parse_desc(self._network, self._desc_of(planned.groups, removed))
-            desc_format.apply_operations(self._network, operations, meta, check=self._call, keep=False)
+            desc_format.apply_operations(self._network, operations, meta, keep=False,
+                                         check=lambda model: self._check_output_shapes(profile(model, self._call)))
         except ValueError:  # a layer rule refuses it, or the model fails to run
             return False
         return True
 
+    def _check_output_shapes(self, profiled):
+        """Raise ``ValueError`` when the outputs in ``profiled`` (see :func:`profile`) changed shape: a plan of
+        :meth:`prune` must keep them (a group that reaches an output, e.g. a headless encoder's hidden size, is
+        then found and protected)."""
+        shapes = profiled[3]
+        if shapes != self._output_shapes:
+            changed = next((f"output {i}: {a} -> {b}" for i, (a, b) in enumerate(zip(self._output_shapes, shapes))
+                            if a != b), f"{len(self._output_shapes)} -> {len(shapes)} output tensors")
+            raise ValueError(f"the pruned model's outputs change shape ({changed})")
+
     def prune(self, reserved_ratio=0.75, un_prune_list=None, *, budget="params"):
         """Plan like :meth:`analysis`, then apply the plan to the model in place; returns the ``desc``.
 
-        When the pruned model fails to run, the group responsible is found (a bisection over the plan's groups,
-        a few trial runs), protected, and the plan made again with the others (logged at INFO).
+        When the pruned model fails to run on the sample inputs, or its outputs change shape (a group that reaches
+        an output, such as a headless encoder's hidden size), the group responsible is found (a bisection over the
+        plan's groups, a few trial runs), protected, and the plan made again with the others (logged at INFO).
 
         Raises:
             the errors of :meth:`analysis` and :meth:`prune_by_desc`; the model is unchanged on any error.
@@ -336,7 +381,7 @@ class PruneTorch:
 
     def _apply_planned(self, planned):
         _log_channels(planned.desc)
-        self.prune_by_desc(planned.desc)
+        self._apply_desc(planned.desc, keep_output_shapes=True)
 
     def prune_by_desc(self, desc):
         """Apply a ``desc`` (from :meth:`prune`/:meth:`analysis`, possibly after a JSON round trip) in place.
@@ -350,6 +395,9 @@ class PruneTorch:
                 the model (the message names the first mismatching module, or both names of a layer registered
                 twice), config fields that contradict the pruned weights, or a pruned model that fails to run.
         """
+        self._apply_desc(desc)
+
+    def _apply_desc(self, desc, keep_output_shapes=False):
         operations, meta = desc_format.parse_desc(self._network, desc)
         before_params = count_params(self._network)
         before_macs = sum(self._macs.values())
@@ -359,10 +407,12 @@ class PruneTorch:
         def runs(model):
             # the post-prune check is also the new profile, so a failure there restores the model too
             profiled.append(profile(model, self._call))
+            if keep_output_shapes:
+                self._check_output_shapes(profiled[0])
 
         desc_format.apply_operations(self._network, operations, meta, check=runs)
         after_params = count_params(self._network)
-        self._order, _, macs_after = profiled[0]
+        self._order, _, macs_after, self._output_shapes = profiled[0]
         self._last = {"params": (before_params, after_params), "macs": (before_macs, sum(macs_after.values())),
                       "layers": before_shapes, "layer_macs": (dict(self._macs), macs_after)}
         self._macs = macs_after

@@ -13,6 +13,8 @@ returns on Llama), so recognised families are pruned from the one framework-free
 * **hidden** (one group for the model): a unit is one channel of the residual stream, shared by the embeddings,
   every normalisation layer, every projection's input or output on the stream, and the heads on top.
 """
+from dataclasses import replace
+
 from torch import nn
 
 from msmodelslim.common.structure import families
@@ -96,7 +98,7 @@ def _ffn_group(model, family, prefix):
 
 
 def _hidden_group(model, family, layers, hidden):
-    """The residual-stream group, or a protected one naming what could not be matched."""
+    """The residual-stream group, or a protected one naming what could not be matched by name."""
     per_unit = [[i] for i in range(hidden)]
     members, unknown = [], []
     covered = set()
@@ -111,9 +113,11 @@ def _hidden_group(model, family, layers, hidden):
                 members.append(_member(prefix + norm, INPUT, per_unit))
         covered.update(prefix + p for p in family.projections() + list(family.norms))
     layer_prefixes = tuple(layers)
+    inside_attention = {f"{name}.{child}" for name, m in model.named_modules()
+                        if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_children()}
     for name, module in model.named_modules():
         own = list(module.named_parameters(recurse=False))
-        if not own or name in covered:
+        if not own or name in covered or name in inside_attention:  # nn.MultiheadAttention slices its out_proj
             continue
         inside = name.startswith(layer_prefixes)
         spec = layer_spec(module)
@@ -126,26 +130,69 @@ def _hidden_group(model, family, layers, hidden):
                 elif hidden in param.shape:
                     unknown.append(f"{name}.{pname}")
             continue
-        roles = spec.roles()
-        matched = False
-        for role in roles:
-            if spec.size(role) == hidden:
-                members.append(_member(name, role, per_unit))
-                matched = True
-        if touches and not matched:
-            unknown.append(name)
-        elif inside and matched:
-            unknown.append(name)  # an extra layer inside a block: its coupling is not described by the rules
+        matched = [role for role in spec.roles() if spec.size(role) == hidden]
+        if inside and matched or touches and not matched:
+            unknown.append(name)  # e.g. an extra layer inside a block: its coupling is not described by the rules
+        else:
+            members.extend(_member(name, role, per_unit) for role in matched)
     group = ChannelGroup(name="hidden", size=hidden, members=members, kind="hidden")
     if unknown:
         group.protected = "the hidden size also reaches " + ", ".join(unknown[:5])
     return group
 
 
+def complete_from_graph(model, group, traced):
+    """``group`` (the residual stream found by name) with the members the dependency graph ``traced`` adds, when
+    the graph agrees with it; otherwise ``group`` unchanged.
+
+    The graph follows the stream into layers the family rules do not name (a cross-attention, extra norms, a
+    layer scale, a gate). It is trusted only where it confirms the rules: every traced group that shares a member
+    with ``group`` must have ``group.size`` units, map them one to one onto channels (no concatenation or
+    reordering), be prunable, and together they must hold every member the rules found.
+    """
+    def key(member):  # the tensors and axes it slices: modules that share a weight (tied embeddings) are one
+        if member.axis is not None:
+            return member.target, member.role
+        module = model.get_submodule(member.target)
+        spec = layer_spec(module)
+        if spec is None or member.role not in spec.roles():
+            return member.target, member.role
+        return frozenset((id(module.get_parameter(a.tensor)), a.axis) for a in spec.roles()[member.role])
+
+    ours = {key(m) for m in group.members}
+    touching = [g for g in traced if ours & {key(m) for m in g.members}]
+    if not touching or any(g.protected or g.size != group.size for g in touching):
+        return group
+    found = {key(m): m for g in touching for m in g.members}
+    modules = {key(m): m.target for m in group.members if m.axis is None}  # an unused bare parameter is untraced
+    untraced = sorted({target for k, target in modules.items() if k not in found})
+    if untraced:
+        return replace(group, protected=f"{group.protected}; {', '.join(untraced[:4])} did not run in the traced "
+                                        "forward (sample inputs that exercise them let the graph confirm the rest)")
+    if any(m.idxs != m.roots for m in found.values()):
+        return group
+    extra = [m for k, m in found.items() if k not in ours]
+    logger.info("The residual stream also reaches %s (from the dependency graph).",
+                ", ".join(sorted({m.target for m in extra})[:8]) or "nothing else")
+    return ChannelGroup(name=group.name, size=group.size, members=group.members + extra, kind=group.kind)
+
+
+def _completed(model, group, trace):
+    """:func:`complete_from_graph` with the groups of ``trace()``; ``group`` as it is when tracing fails."""
+    from msmodelslim.errors import ModelslimError
+
+    try:
+        traced = trace()
+    except ModelslimError as exc:  # a graph that cannot be built: the stream stays protected, for the reason found
+        logger.debug("No dependency graph to complete the residual stream: %s", exc)
+        return group
+    return complete_from_graph(model, group, traced)
+
+
 class StructureEngine:
     """Channel groups and attribute patches of a model of a recognised transformer family."""
 
-    def __init__(self, model, family, layers, prune_hidden=True):
+    def __init__(self, model, family, layers, prune_hidden=True, trace=None):
         self.model = model
         self.family = family
         self.layers = layers
@@ -163,6 +210,14 @@ class StructureEngine:
             group = _hidden_group(model, family, layers, hidden)
             if not prune_hidden:
                 group.protected = "hidden-size pruning is off"
+            elif not isinstance(getattr(getattr(model, "config", None), "hidden_size", None), int):
+                # a composite model (multimodal, encoder-decoder): another tower may share the width by chance, so
+                # what the rules matched by size is pruned only where the dependency graph confirms it
+                group.protected = group.protected or ("a composite model: its residual stream is pruned only where "
+                                                      "the dependency graph confirms it")
+                group = _completed(model, group, trace) if trace is not None else group
+            elif group.protected and trace is not None:
+                group = _completed(model, group, trace)
             self.groups.append(group)
 
     @property

@@ -84,6 +84,17 @@ def eval_mode(model):
             module.training = flag
 
 
+def output_tensors(output):
+    """The tensors of a model output (tuples, lists, dicts and Hugging Face outputs), caches left out."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in output_tensors(item)]
+    return []
+
+
 def first_tensor(value):
     """The first tensor in a module input/output (a tensor, or a tuple/list/dict holding one), else None."""
     if isinstance(value, torch.Tensor):

@@ -27,7 +27,7 @@ def test_dead_channels_are_removed_first_and_outputs_do_not_change(method):
         reference = model(x)
     # protect everything but this block's first conv so that exactly its dead channels are the cheapest
     others = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n != "layer3.1.conv1"]
-    pruner = PruneTorch(model, x).set_importance_evaluation_function(method)
+    pruner = PruneTorch(model, x, align=16).set_importance_evaluation_function(method)
     # conv1 loses 16 rows of 256 inputs, bn1 16 weights and biases, conv2 16 input slices of 64 x 3 x 3
     target = 1 - 16 * (256 + 2 + 64 * 9) / sum(p.numel() for p in model.parameters())
     desc = pruner.prune(float(target), un_prune_list=others)

@@ -6,11 +6,12 @@ import logging
 
 import pytest
 import torch
+import transformers as T
 
 from msmodelslim.pytorch.prune import desc as desc_format
 from msmodelslim.pytorch.prune.measure import profile
 from msmodelslim.pytorch.prune.prune_torch import PruneTorch
-from msmodelslim.pytorch.utils.calibration import as_call_params
+from msmodelslim.pytorch.utils.calibration import CallParams, as_call_params
 from zoo import cnn, hf, unseen
 
 
@@ -46,6 +47,51 @@ def test_attention_with_per_head_tables_is_protected_and_named_never_an_index_er
 def test_unforeseen_blocks_are_pruned_to_the_budget(name):
     _, _, kept = _pruned_and_replayed(unseen.ALL[name])
     assert kept < 0.6
+
+
+def test_a_layer_that_runs_but_feeds_no_output_is_pruned_with_its_stream():
+    model, _, kept = _pruned_and_replayed(unseen.dead_end_branch)
+    assert kept < 0.6
+    assert model.pool_norm.normalized_shape == (model.embed.out_features,) and model.embed.out_features < 64
+
+
+def test_the_default_protection_keeps_a_cnn_stem_but_freezes_no_transformer_group(caplog):
+    """The original's default ``[0, -1]`` protects the first layer; in a transformer that layer is the first query
+    projection (heads are kept uniform across layers, so all heads would stay) or a ViT's patch embedding (the
+    whole residual stream would stay). An explicit ``[0, -1]`` keeps the original behaviour."""
+    torch.manual_seed(0)
+    model, inputs = hf.llama()
+    explicit = copy.deepcopy(model)
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        PruneTorch(model, CallParams(**inputs)).prune(0.6)
+    assert "the default un_prune_list does not protect it" in caplog.text
+    attention = model.model.layers[1].self_attn
+    assert attention.q_proj.out_features < 128 and model.config.hidden_size < 128
+    PruneTorch(explicit, CallParams(**inputs)).prune(0.6, un_prune_list=[0, -1])
+    assert all(layer.self_attn.q_proj.out_features == 128 for layer in explicit.model.layers)
+
+    cnn_model, x = cnn.resnet18(10).eval(), torch.randn(1, 3, 32, 32)
+    PruneTorch(cnn_model, x).prune(0.6)
+    assert cnn_model.conv1.out_channels == 64  # the stem (and so the first stage's stream) stays, as the original
+
+
+def test_a_cross_attention_joins_the_residual_stream_from_the_dependency_graph(caplog):
+    """BART's decoder layers hold a cross-attention the family rules do not name; the dependency graph confirms
+    where the stream goes, so the hidden size shrinks instead of being protected."""
+    torch.manual_seed(0)
+    cfg = T.BartConfig(vocab_size=256, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                       decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                       max_position_embeddings=32)
+    model = T.BartForConditionalGeneration(cfg).eval()
+    inputs = {"input_ids": torch.randint(3, 256, (2, 8)), "decoder_input_ids": torch.randint(3, 256, (2, 8))}
+    fresh = copy.deepcopy(model)
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        desc = PruneTorch(model, CallParams(**inputs)).prune(0.6)
+    assert "encoder_attn" in caplog.text and "The residual stream also reaches" in caplog.text
+    assert model.config.d_model < 64 and model.model.decoder.layers[0].encoder_attn.k_proj.in_features < 64
+    assert abs(_params(model) / _params(fresh) - 0.6) <= 0.02
+    PruneTorch(fresh, CallParams(**inputs)).prune_by_desc(desc)
+    torch.testing.assert_close(fresh(**inputs).logits, model(**inputs).logits)
 
 
 def test_grouped_convolutions_lose_whole_groups():
