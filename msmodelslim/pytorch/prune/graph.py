@@ -83,18 +83,19 @@ def _forward_with_dead_ends(model, call):
 
 
 def _merge(members):
+    """One member per (layer, role), each channel index once: the graph repeats a layer's channel for every
+    position it reaches through a flatten, and lists a layer once per dependency. A channel listed under two
+    different units stays repeated, for the soundness check to reject."""
     merged = {}
     for member in members:
         key = (member.target, member.role)
-        if key not in merged:
-            merged[key] = member
-            continue
-        seen = set(merged[key].idxs)
+        target = merged.setdefault(key, Member(member.target, member.role, [], [], member.axis))
+        seen = set(zip(target.idxs, target.roots))
         for i, r in zip(member.idxs, member.roots):
-            if i not in seen:
-                merged[key].idxs.append(i)
-                merged[key].roots.append(r)
-                seen.add(i)
+            if (i, r) not in seen:
+                target.idxs.append(i)
+                target.roots.append(r)
+                seen.add((i, r))
     return list(merged.values())
 
 

@@ -31,6 +31,8 @@ def _member_reason(model, group, member):
         return f"{where}: the layer has no {member.role} channels"
     if len(member.idxs) != len(member.roots):
         return f"{where}: {len(member.idxs)} channel indices for {len(member.roots)} units"
+    if len(set(member.idxs)) != len(member.idxs):
+        return f"{where}: a channel belongs to more than one unit"
     try:
         size = spec.size(member.role)
         for axis in roles[member.role]:

@@ -12,7 +12,7 @@ from msmodelslim.pytorch.prune import desc as desc_format
 from msmodelslim.pytorch.prune.measure import profile
 from msmodelslim.pytorch.prune.prune_torch import PruneTorch
 from msmodelslim.pytorch.utils.calibration import CallParams, as_call_params
-from zoo import cnn, hf, unseen
+from zoo import cnn, graph_fuzz, hf, unseen
 
 
 def _params(model):
@@ -53,6 +53,15 @@ def test_a_layer_that_runs_but_feeds_no_output_is_pruned_with_its_stream():
     model, _, kept = _pruned_and_replayed(unseen.dead_end_branch)
     assert kept < 0.6
     assert model.pool_norm.normalized_shape == (model.embed.out_features,) and model.embed.out_features < 64
+
+
+def test_the_planned_parameter_count_is_the_pruned_one():
+    """The planner counts what the pruning removes. Generated model 860 flattens a grouped convolution's map into a
+    residual stream of features; the graph lists each of its channels once per flattened position, which once made
+    the plan count sixteen channels for one (kept 57.8 % for a budget of 50 %)."""
+    case = graph_fuzz.build(860)
+    desc = PruneTorch(case.model, case.inputs, align=case.align).prune(case.ratio, case.un_prune_list())
+    assert _params(case.model) == desc["__meta__"]["parameters"]["after"]
 
 
 def test_the_default_protection_keeps_a_cnn_stem_but_freezes_no_transformer_group(caplog):
