@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import functools
 import importlib.metadata
 import inspect
 import io
@@ -859,6 +860,19 @@ def counts(results, tool):
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def git_state():
+    """``(commit, uncommitted changes)`` of the code the sweep runs: read once, when the sweep starts."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=30).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", ""
+    return commit, bool(dirty)
+
+
 def provenance(load_before, load_after, started):
     import torch
     import transformers
@@ -869,13 +883,7 @@ def provenance(load_before, load_after, started):
         except importlib.metadata.PackageNotFoundError:
             return getattr(module, "__version__", "?")
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=30).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "unknown", ""
+    commit, dirty = git_state()
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -947,6 +955,7 @@ def main(argv=None):
     import msmodelslim.pytorch.prune.prune_torch  # noqa: F401
 
     started = datetime.datetime.now(datetime.timezone.utc)
+    git_state()  # the commit that runs, before anything can change it
     load_before = os.getloadavg()
     types = model_types()
     names = select(types, args.types.split(",") if args.types else None, args.quick, args.limit)
