@@ -148,7 +148,8 @@ def complete_from_graph(model, group, traced):
     The graph follows the stream into layers the family rules do not name (a cross-attention, extra norms, a
     layer scale, a gate). It is trusted only where it confirms the rules: every traced group that shares a member
     with ``group`` must have ``group.size`` units, map them one to one onto channels (no concatenation or
-    reordering), be prunable, and together they must hold every member the rules found.
+    reordering), be prunable, and together they must hold every layer the rules found (a bare parameter that
+    forward() never reads, such as an unused mask token, is not traced and keeps the rules' word).
     """
     def key(member):  # the tensors and axes it slices: modules that share a weight (tied embeddings) are one
         if member.axis is not None:
@@ -175,6 +176,11 @@ def complete_from_graph(model, group, traced):
     logger.info("The residual stream also reaches %s (from the dependency graph).",
                 ", ".join(sorted({m.target for m in extra})[:8]) or "nothing else")
     return ChannelGroup(name=group.name, size=group.size, members=group.members + extra, kind=group.kind)
+
+
+def _composite(config):
+    """Whether a model config describes several sub-models (multimodal, encoder-decoder) instead of one stream."""
+    return config is not None and not isinstance(getattr(config, "hidden_size", None), int)
 
 
 def _completed(model, group, trace):
@@ -210,7 +216,7 @@ class StructureEngine:
             group = _hidden_group(model, family, layers, hidden)
             if not prune_hidden:
                 group.protected = "hidden-size pruning is off"
-            elif not isinstance(getattr(getattr(model, "config", None), "hidden_size", None), int):
+            elif _composite(getattr(model, "config", None)):
                 # a composite model (multimodal, encoder-decoder): another tower may share the width by chance, so
                 # what the rules matched by size is pruned only where the dependency graph confirms it
                 group.protected = group.protected or ("a composite model: its residual stream is pruned only where "
@@ -234,7 +240,7 @@ class StructureEngine:
     def patches(self, removed):
         """``(module patches, config fields)`` that make forward() agree with the pruned shapes."""
         family, config = self.family, getattr(self.model, "config", None)
-        if not isinstance(getattr(config, "hidden_size", None), int):
+        if _composite(config):
             config = None  # a composite config (encoder-decoder, multimodal): its fields live in sub-configs
         patches, heads_kept, kv_kept, ffn_kept, hidden_kept = {}, set(), set(), set(), None
         for g, group in enumerate(self.groups):
