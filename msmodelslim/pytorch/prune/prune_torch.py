@@ -237,7 +237,9 @@ class PruneTorch:
         """Plan a pruning that keeps ``reserved_ratio`` of the parameters, without changing the model.
 
         ``un_prune_list`` lists layers whose output channels stay (int: index among the Conv/Linear layers in
-        execution order, negative allowed; str: module name); default ``[0, -1]``, the first and last layers.
+        execution order, negative allowed; str: module name); default ``[0, -1]``, the first and last layers,
+        except that the default does not protect a first layer whose channels a transformer shares across layers
+        (its first query projection, a ViT's patch embedding); an explicit ``[0, -1]`` does.
         ``budget`` says what ``reserved_ratio`` is a fraction of: ``"params"`` (default, as the original),
         ``"macs"`` (multiply-accumulates of the conv/linear layers on the sample inputs) or ``"latency"`` (the
         measured time of one forward pass on the sample inputs; planned over a few trial runs, each undone).
