@@ -266,7 +266,14 @@ def summary_section(rows, n):
     text = (f"**{n} generated models**: PruneTorch pruned {share(ours_counts['pruned'], n)} to the budget (goal >= "
             f"{GOAL_PRUNED:.0%}), crashed on {ours_counts['crashed']} and broke a promise on {ours_counts['broken']} "
             f"(goal 0 each): goals {'met' if ok else 'not met'}. Plain torch-pruning landed "
-            f"{share(tp_counts['pruned'], n)} at the budget with a working, replayable model.\n\n" + table)
+            f"{share(tp_counts['pruned'], n)} at the budget with a working, replayable model.")
+    limited = sum(1 for r in rows if r["ours_category"] == "short" and not _short_reasons(r))
+    if limited:
+        feasible = n - limited
+        text += (f" {limited} of the short models stopped at the limit of their drawn settings (no group protected "
+                 f"by the tool: the un_prune_list, align and node_reserved_ratio drawn for them allow no more); of "
+                 f"the other {feasible}, PruneTorch pruned {share(ours_counts['pruned'], feasible)}.")
+    text += "\n\n" + table
     if times:
         text += (f"\n\nMedian seconds per model: PruneTorch (analysis + prune + checks) "
                  f"{statistics.median(times):.2f}"
@@ -314,15 +321,20 @@ def refusals_section(rows):
     return format_table(["models", "exception", "message (digits as N)", "raised at", "first seed"], table)
 
 
+def _short_reasons(row):
+    """The protections the tool logged in one model (normalised), recovery included."""
+    notes = row["ours"].get("notes", [])
+    found = {normalise(n.split(" - ", 1)[1])[:110] for n in notes
+             if n.startswith("Protected from pruning") and " - " in n}
+    found |= {"a group broke the model and was protected (recovery)" for n in notes if n.startswith("Pruning group")}
+    return found
+
+
 def short_section(rows):
     reasons = collections.Counter()
     short = [r for r in rows if r["ours_category"] == "short"]
     for r in short:
-        found = {normalise(n.split(" - ", 1)[1])[:110] for n in r["ours"].get("notes", [])
-                 if n.startswith("Protected from pruning") and " - " in n}
-        found |= {"a group broke the model and was protected (recovery)" for n in r["ours"].get("notes", [])
-                  if n.startswith("Pruning group")}
-        reasons.update(found or {"nothing protected: alignment / node_reserved_ratio limits"})
+        reasons.update(_short_reasons(r) or {"nothing protected: alignment / node_reserved_ratio limits"})
     if not short:
         return "No model stopped short."
     rows_out = [[count, _cell(reason, 120)] for reason, count in reasons.most_common(12)]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from msmodelslim.errors import ModelslimError
+from msmodelslim.pytorch.prune import graph_axes
 from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
 from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
 from msmodelslim.pytorch.utils.calibration import output_tensors
@@ -99,6 +100,14 @@ def _merge(members):
     return list(merged.values())
 
 
+def _renumber_units(members, unit_of_root):
+    """Members with their root indices replaced by units (``unit_of_root``; others stay their own unit),
+    numbered 0, 1, ... in order of their smallest root."""
+    units = {root: unit_of_root.get(root, root) for member in members for root in member.roots}
+    number = {unit: n for n, unit in enumerate(sorted(set(units.values())))}
+    return [Member(m.target, m.role, list(m.idxs), [number[units[r]] for r in m.roots], m.axis) for m in members]
+
+
 def torch_pruning_groups(model, call):
     """Channel groups of ``model`` from torch-pruning, traced by ``call(model)``; runs in this process."""
     import warnings
@@ -110,11 +119,15 @@ def torch_pruning_groups(model, call):
         warnings.simplefilter("ignore")
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=call, forward_fn=_forward_with_dead_ends, verbose=False)
+    unsafe, chunks = graph_axes.correct(graph)
     root_types = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
     groups = []
     for tp_group in graph.get_all_groups(root_module_types=root_types):
         members, unsupported = [], []
         for item in tp_group:
+            for node in (item.dep.source, item.dep.target):
+                if node in unsafe:
+                    unsupported.append(unsafe[node])
             member = _member_of_item(model, graph, item, names)
             if isinstance(member, str):
                 unsupported.append(member)
@@ -122,8 +135,12 @@ def torch_pruning_groups(model, call):
                 members.append(member)
         if not members:
             continue
-        root = tp_group[0]
-        size = len(set(int(r) for r in root.root_idxs))
+        unit_of_root, reason = graph_axes.chunk_units(tp_group, chunks)
+        if reason:
+            unsupported.append(reason)
+        elif unit_of_root:
+            members = _renumber_units(members, unit_of_root)
+        size = len({r for member in members for r in member.roots})
         group = ChannelGroup(name=members[0].target, size=size, members=_merge(members))
         if unsupported:
             group.protected = "contains layers that cannot be pruned safely: " + ", ".join(sorted(set(unsupported)))

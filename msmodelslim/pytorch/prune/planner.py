@@ -121,20 +121,33 @@ def allowed_kept(group, align, max_group_ratio):
     return kept
 
 
+def _partial_members(group):
+    """The unit sets of the members that hold only some of the group's units (one part of a concatenation or
+    split): removing all of one would leave that layer without channels."""
+    parts = {frozenset(member.roots) for member in group.members}
+    return [part for part in parts if part and len(part) < group.size]
+
+
 def _greedy(counter, groups, order, allowed, target, slack, close_on_overshoot):
     """Remove units in ``order`` batch by batch until the count is within ``slack`` above ``target``.
 
     A batch that would overshoot below ``target - slack`` closes its group when ``close_on_overshoot``; otherwise
-    it is taken and the walk stops (see :func:`_restore`).
+    it is taken and the walk stops (see :func:`_restore`). A unit whose removal would empty one part of a group
+    (see :func:`_partial_members`) is skipped.
     """
     removed = {g: [] for g in range(len(groups))}
     pending = {g: [] for g in range(len(groups))}
+    parts = [_partial_members(group) for group in groups]
     closed = set()
     for _, g, u in order:
         if counter.current <= target + slack:
             break
         if g in closed:
             continue
+        if parts[g]:
+            gone = set(removed[g]) | set(pending[g]) | {u}
+            if any(part <= gone for part in parts[g]):
+                continue
         pending[g].append(u)
         kept = groups[g].size - len(removed[g]) - len(pending[g])
         if kept < min(allowed[g]):

@@ -93,8 +93,7 @@ class PruneTorch:
         self._engine = None
         self._default_protection, self._default_unprotected = False, set()
         self._last = None
-        self._order, calls, self._macs, self._output_shapes = profile(network, self._call)
-        self._reused = sorted(name for name, count in calls.items() if count > 1)
+        self._order, _, self._macs, self._output_shapes = profile(network, self._call)
 
     # ------------------------------------------------------------------------------------------ properties
     @property
@@ -171,10 +170,6 @@ class PruneTorch:
             groups = couple_grouped_convs(self._network, self._traced_groups())
             self._engine = None
         protect_unsound(self._network, groups)
-        for name in self._reused:
-            for group in groups:
-                if not group.protected and name in group.member_targets():
-                    group.protected = f"layer {name} is called more than once per forward"
         for group in groups:
             if group.protected:
                 logger.info("Protected from pruning: %s - %s.", group.name, group.protected)

@@ -1,0 +1,285 @@
+"""Corrections to torch-pruning's channel index maps where it loses track of the tensor axis.
+
+torch-pruning maps channel indices through ``split``/``chunk`` and ``cat`` by the position of each part, and through
+every other operation as if the channels stayed where they were. Read against the shapes autograd records for each
+operation, three cases go wrong:
+
+- the parts of a split are numbered in the order the trace met their consumers, not their order in the tensor,
+  and a part nobody reads shifts the numbering of the rest;
+- a split or concatenation is taken for a channel one or not by the number of its dimension (1, or a negative one),
+  so ``chunk(2, dim=2)`` of tokens ``(batch, tokens, channels)`` is ignored and a split of an image's width is
+  treated as a split of its channels;
+- a transpose or permute that moves the channels to an axis the next layer does not read (token mixing) still
+  couples them with that layer's channels.
+
+:func:`correct` fixes the first two from the recorded shapes and cuts the third; where the shapes cannot decide
+(two axes of the same length, a part whose length is unknown) torch-pruning's choice stays, or the operation is
+marked so that every group through it is protected. What a cut leaves inconsistent (a branch whose channels come
+back on another axis) is caught by the post-prune check and recovery like any other failure.
+"""
+from torch_pruning import ops
+
+_MAX_WALK = 16
+_PASS_THROUGH = (ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.RESHAPE)
+_TRANSPOSES = ("TransposeBackward0", "TransposeBackward1", "PermuteBackward0")
+
+
+def _signed(dim):
+    """A dimension as autograd saved it (negative ones wrap around 2**64) -> a plain int."""
+    dim = int(dim)
+    return dim - 2 ** 64 if dim >= 2 ** 63 else dim
+
+
+def _output_shapes(grad_fn):
+    try:
+        return [list(meta.shape) for meta in grad_fn._input_metadata]
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+
+
+def _input_shapes(grad_fn):
+    """The shape of each forward input of ``grad_fn`` (None where the input needs no gradient)."""
+    shapes = []
+    for fn, output_nr in getattr(grad_fn, "next_functions", ()):
+        produced = _output_shapes(fn) if fn is not None else None
+        shapes.append(produced[output_nr] if produced and output_nr < len(produced) else None)
+    return shapes
+
+
+def _channels(graph, node, upward):
+    """The channel count of the nearest layer above (``upward``) or below ``node``, walking through element-wise
+    operations only; None when none is found."""
+    for _ in range(_MAX_WALK):
+        neighbours = node.inputs if upward else node.outputs
+        if not neighbours:
+            return None
+        node = neighbours[0]
+        if node.type in _PASS_THROUGH:
+            continue
+        try:
+            count = graph.get_out_channels(node) if upward else graph.get_in_channels(node)
+        except (AttributeError, TypeError, KeyError, IndexError):
+            return None
+        return count if isinstance(count, int) and count > 0 else None
+    return None
+
+
+def _locate(shape, channels):
+    """The one axis (not the batch axis) of ``shape`` that has ``channels`` entries, or None."""
+    if shape is None or channels is None:
+        return None
+    axes = [axis for axis in range(1, len(shape)) if shape[axis] == channels]
+    return axes[0] if len(axes) == 1 else None
+
+
+def _part_numbers(split_node, consumer):
+    """Which outputs of the split ``consumer`` reads (the output numbers autograd records)."""
+    numbers = set()
+    for fn, output_nr in getattr(consumer.grad_fn, "next_functions", ()):
+        if fn is split_node.grad_fn:
+            numbers.add(output_nr)
+    return numbers
+
+
+class _PartMapping:
+    """Channel indices of a whole tensor -> of one part ``[start, end)`` (``to_part``), or back."""
+
+    def __init__(self, start, end, to_part):
+        self.start, self.end, self.to_part = start, end, to_part
+
+    def __call__(self, idxs):
+        from torch_pruning import _helpers
+
+        if self.to_part:
+            return [_helpers._HybridIndex(idx=i.idx - self.start, root_idx=i.root_idx)
+                    for i in idxs if self.start <= i.idx < self.end]
+        return [_helpers._HybridIndex(idx=i.idx + self.start, root_idx=i.root_idx) for i in idxs]
+
+
+def _set_mapping(from_node, to_node, slot, mapping):
+    for dep in from_node.dependencies:
+        if dep.target is to_node:
+            dep.index_mapping[slot] = mapping
+
+
+def _is_channel_axis(dim, rank, located):
+    """Whether an operation along ``dim`` acts on the channels: the located channel axes decide; without them,
+    torch-pruning's rule (axis 1 or the last axis)."""
+    located = [axis for axis in located if axis is not None]
+    if located:
+        if all(axis == dim for axis in located):
+            return True
+        if all(axis != dim for axis in located):
+            return False
+    return dim in (1, rank - 1)
+
+
+def _correct_split(graph, node, unsafe, chunks):
+    grad_fn = node.grad_fn
+    parts = _output_shapes(grad_fn)
+    source = _input_shapes(grad_fn)
+    if not parts or not hasattr(grad_fn, "_saved_dim"):
+        return
+    rank = len(parts[0])
+    dim = _signed(grad_fn._saved_dim) % rank
+    whole = source[0] if source else None
+    located = _locate(whole, _channels(graph, node, upward=True))
+    node.enable_index_mapping = False  # torch-pruning must not overwrite the maps set here
+    numbers = {consumer: _part_numbers(node, consumer) for consumer in node.outputs}
+    if not _is_channel_axis(dim, rank, [located]):
+        node.module.split_sizes = None  # channels pass through unchanged
+        for consumer in node.outputs:
+            _set_mapping(node, consumer, 0, None)
+            _set_mapping(consumer, node, 0, None)
+        return
+    offsets = [0]
+    for shape in parts:
+        offsets.append(offsets[-1] + shape[dim])
+    if any(len(found) != 1 for found in numbers.values()):
+        unsafe[node] = "two parts of one split are combined with each other (e.g. a gate: a * b)"
+        return
+    if grad_fn.name() != "SplitBackward0":
+        unsafe[node] = "a split into parts of sizes written in the forward code"
+        return
+    chunks[node] = (offsets[1], offsets[-1])  # equal parts (chunk): the parts must keep equal sizes
+    node.outputs.sort(key=lambda consumer: min(numbers[consumer]))
+    node.module.split_sizes = [parts[min(numbers[consumer])][dim] for consumer in node.outputs]
+    for consumer in node.outputs:
+        number = min(numbers[consumer])
+        start, end = offsets[number], offsets[number + 1]
+        _set_mapping(node, consumer, 0, _PartMapping(start, end, to_part=True))
+        _set_mapping(consumer, node, 0, _PartMapping(start, end, to_part=False))
+
+
+def _correct_concat(graph, node, unsafe):
+    grad_fn = node.grad_fn
+    produced = _output_shapes(grad_fn)
+    if not produced or not hasattr(grad_fn, "_saved_dim"):
+        return
+    rank = len(produced[0])
+    dim = _signed(grad_fn._saved_dim) % rank
+    shapes = _input_shapes(grad_fn)
+    sizes = [shape[dim] if shape is not None else None for shape in shapes]
+    if sizes.count(None) == 1:
+        sizes[sizes.index(None)] = produced[0][dim] - sum(s for s in sizes if s is not None)
+    positions = {}
+    for position, (fn, _) in enumerate(grad_fn.next_functions):
+        for producer in node.inputs:
+            if fn is not None and fn is producer.grad_fn:
+                positions.setdefault(producer, []).append(position)
+    located = [_locate(shapes[pos[0]], _channels(graph, producer, upward=True)) if producer.type in _PASS_THROUGH
+               else _locate(shapes[pos[0]], _out_channels(graph, producer))
+               for producer, pos in positions.items()]
+    node.enable_index_mapping = False
+    if not _is_channel_axis(dim, rank, located):
+        for producer in node.inputs:
+            _set_mapping(node, producer, 1, None)
+            _set_mapping(producer, node, 1, None)
+        return
+    if None in sizes or any(len(pos) != 1 for pos in positions.values()) or len(positions) != len(node.inputs):
+        unsafe[node] = "a concatenation whose parts cannot all be located"
+        return
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    node.module.concat_sizes = [sizes[positions[producer][0]] for producer in node.inputs]
+    for producer in node.inputs:
+        position = positions[producer][0]
+        start, end = offsets[position], offsets[position + 1]
+        _set_mapping(node, producer, 1, _PartMapping(start, end, to_part=True))
+        _set_mapping(producer, node, 1, _PartMapping(start, end, to_part=False))
+
+
+def _out_channels(graph, node):
+    try:
+        count = graph.get_out_channels(node)
+    except (AttributeError, TypeError, KeyError, IndexError):
+        return None
+    return count if isinstance(count, int) and count > 0 else None
+
+
+def _permutation(grad_fn, rank):
+    name = grad_fn.name()
+    if name == "PermuteBackward0":
+        return [_signed(d) % rank for d in grad_fn._saved_dims]
+    first, second = _signed(grad_fn._saved_dim0) % rank, _signed(grad_fn._saved_dim1) % rank
+    order = list(range(rank))
+    order[first], order[second] = order[second], order[first]
+    return order
+
+
+def _moves_channels(graph, node):
+    """Whether a transpose/permute ``node`` puts the channels of the layer above on another axis than the one
+    the layer below reads (decided only when both axes can be located by their lengths)."""
+    grad_fn = node.grad_fn
+    if grad_fn is None or grad_fn.name() not in _TRANSPOSES:
+        return False
+    produced, source = _output_shapes(grad_fn), _input_shapes(grad_fn)
+    if not produced or not source or source[0] is None:
+        return False
+    try:
+        order = _permutation(grad_fn, len(source[0]))
+    except (AttributeError, TypeError, ValueError):
+        return False
+    axis_in = _locate(source[0], _channels(graph, node, upward=True))
+    axis_out = _locate(produced[0], _channels(graph, node, upward=False))
+    if axis_in is None or axis_out is None:
+        return False
+    return order[axis_out] != axis_in
+
+
+def _cut(node):
+    """Remove every dependency into and out of ``node``: no channel index crosses it."""
+    for neighbour in list(node.inputs) + list(node.outputs):
+        neighbour.dependencies = [dep for dep in neighbour.dependencies if dep.target is not node]
+    node.dependencies = []
+
+
+def correct(graph):
+    """Correct the index maps of a built ``torch_pruning.DependencyGraph`` in place (see the module docstring).
+
+    Returns ``(unsafe, chunks)``: ``{node: reason}`` for the operations whose groups must be protected, and
+    ``{node: (part size, whole size)}`` for the channel splits into equal parts (``chunk``), whose parts must lose the same
+    channels (see :func:`chunk_units`)."""
+    unsafe, chunks = {}, {}
+    for node in list(graph.module2node.values()):
+        if node.type == ops.OPTYPE.SPLIT:
+            _correct_split(graph, node, unsafe, chunks)
+        elif node.type == ops.OPTYPE.CONCAT:
+            _correct_concat(graph, node, unsafe)
+    for node in list(graph.module2node.values()):
+        if node.type == ops.OPTYPE.ELEMENTWISE and _moves_channels(graph, node):
+            _cut(node)
+    return unsafe, chunks
+
+
+def chunk_units(items, chunks):
+    """Units of a torch-pruning group that must go together because a ``chunk`` cuts their channels into equal
+    parts: channel ``i`` of every part is one unit (as heads are). ``items`` are the group's items.
+
+    Returns ``(unit_of_root, None)`` (a dict; empty when no chunk is reached) or ``(None, reason)`` when the group
+    reaches a chunk with only some of its channels (its parts could not stay equal).
+    """
+    parent = {}
+
+    def find(root):
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        return root
+
+    for item in items:
+        node = item.dep.target
+        if node not in chunks or item.dep.source is node:
+            continue
+        part, total = chunks[node]
+        whole = set(int(i) for i in item.idxs)
+        if whole != set(range(total)):
+            return None, "a chunk cuts the channels into equal parts and the group holds only some of them"
+        first_root = {}
+        for idx, root in zip(item.idxs, item.root_idxs):
+            position = int(idx) % part
+            if position in first_root:
+                parent[find(int(root))] = find(first_root[position])
+            else:
+                first_root[position] = int(root)
+    return {root: find(root) for root in parent}, None

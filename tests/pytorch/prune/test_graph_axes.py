@@ -1,0 +1,208 @@
+"""Channel bookkeeping through splits, concatenations, transposes and shared layers (graph_axes.py): the groups the
+dependency graph reports follow the tensor axis the layers actually read, and the models they describe prune."""
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from msmodelslim.pytorch.prune.graph import trace_groups
+from msmodelslim.pytorch.prune.prune_torch import PruneTorch
+
+
+class ChunkedBranches(nn.Module):
+    """A projection chunked into two halves read by different layers, then concatenated (token tensors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(12, 40)
+        self.first = nn.Linear(20, 24)
+        self.second = nn.Linear(20, 32)
+        self.head = nn.Linear(56, 5)
+
+    def forward(self, x):
+        a, b = torch.relu(self.proj(x)).chunk(2, dim=2)
+        # the second half is used first, so the trace meets the parts out of order
+        late = self.second(b)
+        return self.head(torch.cat([self.first(a), late], dim=-1)).mean(1)
+
+
+class TokenSplit(nn.Module):
+    """A class token split off the token axis: every channel goes on to both consumers."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 32)
+        self.cls_head = nn.Linear(32, 16)
+        self.body = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        cls, rest = torch.split(self.embed(x), [1, x.shape[1] - 1], dim=1)
+        return self.head(self.cls_head(cls)[:, 0] + self.body(rest).mean(1))
+
+
+class TokenMixer(nn.Module):
+    """MLP-Mixer style: a Linear over the token axis (transpose in, transpose out) inside a residual stream."""
+
+    def __init__(self, tokens=6, width=32):
+        super().__init__()
+        self.embed = nn.Linear(10, width)
+        self.mix = nn.Linear(tokens, tokens)
+        self.up = nn.Linear(width, 64)
+        self.down = nn.Linear(64, width)
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.mix(h.transpose(1, 2)).transpose(1, 2)
+        h = h + self.down(torch.relu(self.up(h)))
+        return self.head(h.mean(1))
+
+
+class FixedSplit(nn.Module):
+    """A split whose sizes are written in the forward code: the projection cannot lose a channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 40)
+        self.a = nn.Linear(30, 16)
+        self.b = nn.Linear(10, 16)
+        self.hidden = nn.Linear(16, 48)
+        self.head = nn.Linear(48, 2)
+
+    def forward(self, x):
+        a, b = torch.split(self.proj(x), [30, 10], dim=-1)
+        return self.head(torch.relu(self.hidden(self.a(a) + self.b(b))))
+
+
+class SharedLayer(nn.Module):
+    """One Linear called twice in a chain, between two prunable layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 48)
+        self.shared = nn.Linear(48, 48)
+        self.out_hidden = nn.Linear(48, 64)
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, x):
+        h = self.shared(torch.relu(self.shared(torch.relu(self.inp(x)))))
+        return self.head(torch.relu(self.out_hidden(h)))
+
+
+class NarrowConcat(nn.Module):
+    """A concatenation of a 2-channel branch and a 40-channel branch, added to a 42-channel layer: one group in
+    which each branch holds only some of the units."""
+
+    def __init__(self):
+        super().__init__()
+        self.narrow = nn.Linear(8, 2)
+        self.wide = nn.Linear(8, 40)
+        self.skip = nn.Linear(8, 42)
+        self.head = nn.Linear(42, 3)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.narrow(x), self.wide(x)], dim=-1) + self.skip(x))
+
+
+def _groups(model, x):
+    return trace_groups(model, lambda m: m(x))
+
+
+def _member(groups, target, role):
+    for group in groups:
+        for member in group.members:
+            if member.target == target and member.role == role:
+                return group, member
+    raise AssertionError(f"{target} ({role}) is in no group")
+
+
+def _prune_and_replay(model, x, ratio, un_prune_list, align):
+    fresh = copy.deepcopy(model)
+    shape = model(x).shape
+    before = sum(p.numel() for p in model.parameters())
+    desc = PruneTorch(model, x, align=align).prune(ratio, un_prune_list)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == shape
+    PruneTorch(fresh, x).prune_by_desc(desc)
+    torch.testing.assert_close(fresh(x), out)
+    return sum(p.numel() for p in model.parameters()) / before
+
+
+def test_chunk_parts_are_mapped_in_tensor_order_and_lose_the_same_channels():
+    torch.manual_seed(0)
+    model, x = ChunkedBranches(), torch.randn(2, 5, 12)
+    group, proj = _member(_groups(model, x), "proj", "output")
+    _, first = _member([group], "first", "input")
+    _, second = _member([group], "second", "input")
+    unit_of_channel = dict(zip(proj.idxs, proj.roots))
+    # channel j of each half is one unit: removing it keeps the halves equal, as chunk needs
+    assert group.size == 20
+    assert dict(zip(first.idxs, first.roots)) == {j: unit_of_channel[j] for j in range(20)}
+    assert dict(zip(second.idxs, second.roots)) == {j: unit_of_channel[20 + j] for j in range(20)}
+    assert unit_of_channel[3] == unit_of_channel[23]
+
+    kept = _prune_and_replay(model, x, 0.6, un_prune_list=["head"], align=2)
+    assert abs(kept - 0.6) <= 0.02
+    assert model.first.in_features == model.second.in_features == model.proj.out_features // 2 < 20
+
+
+def test_a_split_of_the_token_axis_leaves_every_channel_to_every_consumer():
+    model, x = TokenSplit(), torch.randn(2, 7, 8)
+    group, embed = _member(_groups(model, x), "embed", "output")
+    for consumer in ("cls_head", "body"):
+        _, member = _member([group], consumer, "input")
+        assert sorted(member.idxs) == list(range(32))
+        assert dict(zip(member.idxs, member.roots)) == dict(zip(embed.idxs, embed.roots))
+    assert group.protected is None
+
+
+def test_a_token_mixing_layer_is_not_coupled_with_the_channels_it_carries():
+    torch.manual_seed(0)
+    model, x = TokenMixer(), torch.randn(2, 6, 10)
+    groups = _groups(model, x)
+    stream, _ = _member(groups, "embed", "output")
+    assert "mix" not in stream.member_targets() and stream.protected is None
+    assert {"down", "up", "head"} <= set(stream.member_targets())
+
+    kept = _prune_and_replay(model, x, 0.6, un_prune_list=["head"], align=1)
+    assert abs(kept - 0.6) <= 0.02
+    assert (model.mix.in_features, model.mix.out_features) == (6, 6)  # the token count is the input's
+    assert model.embed.out_features < 32
+
+
+def test_a_split_with_sizes_in_the_forward_code_protects_its_channels(caplog):
+    torch.manual_seed(0)
+    model, x = FixedSplit(), torch.randn(3, 8)
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        kept = _prune_and_replay(model, x, 0.8, un_prune_list=["head"], align=1)
+    assert "a split into parts of sizes written in the forward code" in caplog.text
+    assert model.proj.out_features == 40 and model.hidden.out_features < 48
+    assert kept < 0.85
+
+
+def test_a_layer_called_twice_is_pruned_consistently():
+    torch.manual_seed(0)
+    model, x = SharedLayer(), torch.randn(3, 8)
+    group, _ = _member(_groups(model, x), "inp", "output")
+    assert {("shared", "input"), ("shared", "output")} <= {(m.target, m.role) for m in group.members}
+    kept = _prune_and_replay(model, x, 0.5, un_prune_list=["head"], align=1)
+    assert abs(kept - 0.5) <= 0.02
+    assert model.shared.in_features == model.shared.out_features == model.inp.out_features < 48
+
+
+@pytest.mark.parametrize("ratio", [0.6, 0.75])
+def test_a_concatenated_part_never_loses_all_its_channels(ratio):
+    torch.manual_seed(0)
+    model, x = NarrowConcat(), torch.randn(3, 8)
+    with torch.no_grad():  # the narrow branch is the least important one
+        for tensor in (model.narrow.weight, model.narrow.bias, model.skip.weight[:2], model.skip.bias[:2],
+                       model.head.weight[:, :2]):
+            tensor.mul_(1e-3)
+    kept = _prune_and_replay(model, x, ratio, un_prune_list=["head"], align=1)
+    assert abs(kept - ratio) <= 0.02
+    assert model.narrow.out_features >= 1
+    assert model.head.in_features == model.narrow.out_features + model.wide.out_features == model.skip.out_features
