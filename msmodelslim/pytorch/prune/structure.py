@@ -71,6 +71,30 @@ def _member(target, role, per_unit):
     return Member(target, role, idxs, roots)
 
 
+def _head_aligned(model, family, prefix):
+    """``[(name, role, "q" | "k")]``: layers inside a layer's attention, beyond the family's projections, whose
+    channels are laid out by heads like the query or key projection: a norm of the whole projection (OLMo-2's
+    ``q_norm``/``k_norm``; role input) or a Linear writing one value per query channel (an output gate; role
+    output). A per-head norm (one head's width, shared by all heads, as Qwen3's) is not listed: pruning heads
+    leaves it as it is."""
+    if not family.attention or family.qkv:
+        return []
+    q_out, k_out = _attention_widths(model, family, prefix)
+    own = {prefix + p for p in family.projections()}
+    found = []
+    attention = prefix + family.attention
+    for name, module in model.get_submodule(attention).named_modules(prefix=attention):
+        spec = layer_spec(module) if name not in own and not list(module.children()) else None
+        if spec is None:
+            continue
+        roles = list(spec.roles())
+        if roles == [INPUT] and spec.size(INPUT) in (q_out, k_out):
+            found.append((name, INPUT, "q" if spec.size(INPUT) == q_out else "k"))
+        elif isinstance(module, nn.Linear) and spec.size(OUTPUT) == q_out:
+            found.append((name, OUTPUT, "q"))
+    return found
+
+
 def _head_group(model, family, prefix):
     q_out, k_out = _attention_widths(model, family, prefix)
     heads, kv_heads, head_dim = head_geometry(head_size(model, family, prefix), q_out, k_out)
@@ -81,6 +105,8 @@ def _head_group(model, family, prefix):
         members = [_member(prefix + family.q, OUTPUT, [q for q, _ in units]),
                    _member(prefix + family.k, OUTPUT, [kv for _, kv in units]),
                    _member(prefix + family.v, OUTPUT, [kv for _, kv in units])]
+    for name, role, follows in _head_aligned(model, family, prefix):
+        members.append(_member(name, role, [q if follows == "q" else kv for q, kv in units]))
     members.append(_member(prefix + family.o, INPUT, [q for q, _ in units]))
     group = ChannelGroup(name=f"{prefix}heads", size=kv_heads, members=members, kind="heads",
                          unit_channels=(heads // kv_heads) * head_dim)
@@ -112,6 +138,10 @@ def _hidden_group(model, family, layers, hidden):
             if prefix + norm in names:
                 members.append(_member(prefix + norm, INPUT, per_unit))
         covered.update(prefix + p for p in family.projections() + list(family.norms))
+        for name, role, _ in _head_aligned(model, family, prefix):
+            covered.add(name)
+            if role == OUTPUT and layer_spec(model.get_submodule(name)).size(INPUT) == hidden:
+                members.append(_member(name, INPUT, per_unit))
     layer_prefixes = tuple(layers)
     inside_attention = {f"{name}.{child}" for name, m in model.named_modules()
                         if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_children()}

@@ -206,3 +206,46 @@ def test_a_pruned_hugging_face_model_round_trips_through_save_pretrained(tmp_pat
     reloaded = type(model).from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
+
+
+def _olmo2():
+    cfg = T.Olmo2Config(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                        num_key_value_heads=4, intermediate_size=96, max_position_embeddings=32, eos_token_id=None,
+                        pad_token_id=None, bos_token_id=None)
+    return T.Olmo2ForCausalLM(cfg), "model.layers.{}.self_attn"
+
+
+def _gated_attention():
+    cfg = T.MuseGlimmerTextConfig(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                                  num_key_value_heads=4, head_dim=16, intermediate_size=96,
+                                  max_position_embeddings=32, sliding_window=8, eos_token_id=None,
+                                  bos_token_id=None)
+    return T.MuseGlimmerTextModel(cfg), "layers.{}.self_attn"
+
+
+@pytest.mark.parametrize("build", [_olmo2, _gated_attention], ids=["olmo2_qk_norm", "output_gate"])
+def test_layers_laid_out_by_heads_are_pruned_with_their_heads(build, caplog):
+    """OLMo-2 normalises the whole query and key projections (q_norm, k_norm); some attentions gate their output
+    with one Linear value per query channel (gate_proj). Both follow the heads they belong to."""
+    torch.manual_seed(0)
+    model, attention = build()
+    model.eval()
+    batch = {"input_ids": torch.randint(2, 96, (2, 10), generator=torch.Generator().manual_seed(1))}
+    fresh = copy.deepcopy(model)
+    before = _params(model)
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        desc = PruneTorch(model, CallParams(**batch)).prune(0.6)
+    assert "breaks the model" not in caplog.text and "Protected from pruning" not in caplog.text
+    assert abs(_params(model) / before - 0.6) <= 0.02
+    for layer in range(2):
+        attn = model.get_submodule(attention.format(layer))
+        q_rows, k_rows = attn.q_proj.out_features, attn.k_proj.out_features
+        assert q_rows < 8 * 16
+        for name, module in attn.named_children():
+            if name.startswith("q_norm") or name == "gate_proj":
+                assert (module.weight.shape[0]) == q_rows
+            if name == "k_norm":
+                assert module.weight.shape[0] == k_rows
+    PruneTorch(fresh, CallParams(**batch)).prune_by_desc(desc)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch)[0], model(**batch)[0])
