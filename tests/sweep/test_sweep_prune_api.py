@@ -75,7 +75,7 @@ DESC_REFUSALS = [
                  id="A06-name"),
     pytest.param({"a" * 600: {"output": [1, "-"]}}, ValueError, "desc contains invalid characters.", id="A06-long"),
     pytest.param({"3": {"output": [16, "é" * 32]}}, ValueError, "desc contains invalid characters.", id="A06-mask"),
-    pytest.param({"3": 5}, ValueError, "Module '3': an entry must be a dict with 'output' and/or 'input'",
+    pytest.param({"3": 5}, ValueError, "Module '3': an entry must be a dict with 'output', 'input' and/or 'inner'",
                  id="A07-int"),
     pytest.param({"3": {"weights": [16, half_mask()]}}, ValueError, "Module '3': an entry must be a dict",
                  id="A07-role"),

@@ -103,7 +103,7 @@ FAMILIES = (
            q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj",
            up=("mlp.gate_proj", "mlp.up_proj"), down="mlp.down_proj",
            norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                  "post_feedforward_layernorm"), attention="self_attn",
+                  "post_feedforward_layernorm", "pre_mlp_layernorm", "post_mlp_layernorm"), attention="self_attn",
            kv_field="num_key_value_heads", explicit_head_dim=True),
     Family("phi3", model_types=("phi3",), qkv="self_attn.qkv_proj", o="self_attn.o_proj",
            gate_up="mlp.gate_up_proj", down="mlp.down_proj",

@@ -29,7 +29,7 @@ import re
 
 import torch
 
-from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, ParameterSpec, slice_tensor, spec_of
+from msmodelslim.pytorch.prune.layers import INNER, INPUT, OUTPUT, ParameterSpec, slice_tensor, spec_of
 from msmodelslim.utils.logging import logger
 
 META_KEY = "__meta__"
@@ -40,7 +40,7 @@ BELONGS = "Please Check whether desc belongs to the network."
 _ALLOWED = re.compile(r"""^[_A-Za-z0-9"'><=\[\])(,}{: /.*~-]*$""")
 MAX_KEY_LENGTH = 512
 MAX_DEPTH = 16  # a desc is at most 4 levels deep (__meta__ -> patches -> module -> attribute)
-ROLE_ORDER = (OUTPUT, INPUT)  # one order for every layer, so a tensor shared by two layers is sliced alike
+ROLE_ORDER = (OUTPUT, INPUT, INNER)  # one order for every layer, so a tensor shared by two layers is sliced alike
 
 
 def fingerprint(model):
@@ -154,8 +154,8 @@ def _check_meta(meta):
 
 def _role_keep(target, spec, entry):
     """``{role: kept index}`` of one desc entry, roles in :data:`ROLE_ORDER`."""
-    if not isinstance(entry, dict) or not entry or set(entry) - {OUTPUT, INPUT}:
-        raise _bad(target, "an entry must be a dict with 'output' and/or 'input'")
+    if not isinstance(entry, dict) or not entry or set(entry) - {OUTPUT, INPUT, INNER}:
+        raise _bad(target, "an entry must be a dict with 'output', 'input' and/or 'inner'")
     roles = spec.roles()
     keep = {}
     for role, value in entry.items():

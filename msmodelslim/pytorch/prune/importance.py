@@ -65,7 +65,7 @@ def _weight_score(model, group, value_of, only_norms=False):
         totals = torch.zeros(group.size, dtype=torch.float64)
         counts = torch.zeros(group.size, dtype=torch.float64)
         for axis in spec.roles()[member.role]:
-            if not axis.tensor.endswith("weight") and member.axis is None:
+            if member.axis is None and (axis.tensor.endswith("bias") or "running_" in axis.tensor):
                 continue  # biases and running statistics live on another scale
             values = value_of(spec.tensor(axis.tensor))
             if values is None:

@@ -8,8 +8,9 @@ three can never disagree.
 
 Supported: ``nn.Linear``, ``nn.ConvNd`` and ``nn.ConvTransposeNd`` (ungrouped or depthwise), Hugging Face
 ``Conv1D``, ``nn.BatchNormNd``, ``nn.InstanceNormNd``, ``nn.LayerNorm``, ``nn.GroupNorm``, ``nn.PReLU``,
-``nn.Embedding``, ``nn.MultiheadAttention``, any norm-like module with a 1-D ``weight`` (RMSNorm and friends), and
-a bare ``nn.Parameter`` along one axis.
+``nn.Embedding``, ``nn.MultiheadAttention``, any norm-like module with a 1-D ``weight`` (RMSNorm and friends), the
+routed experts of a mixture-of-experts layer stored as 3-D tensors (:class:`ExpertsSpec`), and a bare
+``nn.Parameter`` along one axis.
 """
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from torch import nn
 
 OUTPUT = "output"
 INPUT = "input"
+INNER = "inner"  # the hidden neurons of a block of experts (see ExpertsSpec)
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,69 @@ class ParameterSpec(LayerSpec):
         return {OUTPUT: [Axis(self.attr, self.axis)]}
 
 
+_EXPERT_UPS = ("gate_up_proj", "gate_proj", "up_proj")
+_EXPERT_ATTRS = {INPUT: ("hidden_dim", "hidden_size"), OUTPUT: (), INNER: ("intermediate_dim", "intermediate_size",
+                                                                          "expert_dim")}
+
+
+def _experts_layout(module):
+    """``(ups, fused)`` of a Hugging Face experts module, or None: ``ups`` are its 3-D input projections
+    ``[experts, neurons, hidden]`` (``fused``: one ``gate_up_proj`` holding ``[gate | up]``, split by
+    ``chunk(2)`` in forward(), as the source says; an interleaved layout is not recognised), beside a 3-D
+    ``down_proj`` ``[experts, hidden, neurons]``; nothing else may carry weights."""
+    import inspect
+
+    params = dict(module.named_parameters(recurse=False))
+    down = params.get("down_proj")
+    if down is None or down.dim() != 3 or list(module.children()) and any(
+            list(child.parameters()) for child in module.children()):
+        return None
+    ups = [name for name in _EXPERT_UPS if name in params]
+    if not ups or set(params) != {*ups, "down_proj"} or ("gate_up_proj" in ups and len(ups) > 1):
+        return None
+    experts, hidden, neurons = down.shape
+    fused = ups == ["gate_up_proj"]
+    for name in ups:
+        if params[name].shape != (experts, neurons * (2 if fused else 1), hidden):
+            return None
+    if fused:
+        try:
+            source = inspect.getsource(type(module).forward)
+        except (OSError, TypeError):
+            return None
+        if ".chunk(2" not in source or "::2" in source:
+            return None
+    return ups, fused
+
+
+class ExpertsSpec(LayerSpec):
+    """The routed experts of a mixture-of-experts layer, stored as 3-D tensors (Hugging Face transformers 5):
+    ``gate_up_proj`` ``[experts, 2 * neurons, hidden]`` (or ``gate_proj``/``up_proj`` ``[experts, neurons,
+    hidden]``) and ``down_proj`` ``[experts, hidden, neurons]``. Roles: ``input`` (the hidden channels read),
+    ``output`` (the hidden channels written) and ``inner`` (the neurons; neuron ``i`` of every expert together)."""
+
+    kind = "experts"
+
+    def __init__(self, module, ups, fused):
+        super().__init__(module)
+        self.ups, self.fused = ups, fused
+
+    def roles(self):
+        return {OUTPUT: [Axis("down_proj", 1)],
+                INPUT: [Axis(name, 2) for name in self.ups],
+                INNER: [Axis(name, 1, 2 if self.fused else 1) for name in self.ups] + [Axis("down_proj", 2)]}
+
+    def channel_multiple(self, role):
+        # transformers runs experts with grouped matrix products, whose rows must start on 16-byte boundaries
+        return 8
+
+    def update_attributes(self, kept):
+        for role, count in kept.items():
+            for attr in _EXPERT_ATTRS[role]:
+                if isinstance(getattr(self.module, attr, None), int):
+                    setattr(self.module, attr, count)
+
+
 def layer_spec(module):
     """The :class:`LayerSpec` of ``module``, or None when pruning it is not supported."""
     if isinstance(module, nn.MultiheadAttention):
@@ -361,6 +426,9 @@ def layer_spec(module):
         return EmbeddingSpec(module)
     if _is_norm_like(module):
         return NormSpec(module)
+    layout = _experts_layout(module) if isinstance(getattr(module, "down_proj", None), nn.Parameter) else None
+    if layout is not None:
+        return ExpertsSpec(module, *layout)
     return None
 
 

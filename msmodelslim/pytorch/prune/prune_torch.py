@@ -31,7 +31,7 @@ from msmodelslim.pytorch.prune.measure import count_params, profile
 from msmodelslim.pytorch.prune.planner import plan_pruning
 from msmodelslim.pytorch.prune.recovery import prune_with_recovery
 from msmodelslim.pytorch.prune.soundness import protect_unsound
-from msmodelslim.pytorch.prune.structure import StructureEngine, detect_family
+from msmodelslim.pytorch.prune.structure import StructureEngine, detect_layers
 from msmodelslim.pytorch.utils.calibration import CallParams, as_call_params, eval_mode
 from msmodelslim.utils.logging import logger
 from msmodelslim.utils.report import format_table
@@ -156,15 +156,15 @@ class PruneTorch:
     def _channel_groups(self):
         if self._groups is not None:
             return self._groups
-        family, layers = (None, {})
+        family, layers, moe = (None, {}, {})
         if self._engine_choice in ("auto", "structure") and hasattr(self._network, "config"):
-            family, layers = detect_family(self._network)
+            family, layers, moe = detect_layers(self._network)
         if self._engine_choice == "structure" and family is None:
             raise ValueError(f"engine='structure' needs a recognised Hugging Face transformer family; "
                              f"{type(self._network).__name__} is not one.")
         if family is not None:
             self._engine = StructureEngine(self._network, family, layers, prune_hidden=self._prune_hidden,
-                                           trace=self._traced_groups)
+                                           trace=self._traced_groups, moe=moe)
             groups = self._engine.groups
         else:
             groups = couple_grouped_convs(self._network, self._traced_groups())

@@ -10,10 +10,12 @@ returns on Llama), so recognised families are pruned from the one framework-free
   output projection;
 * **ffn** (one group per layer): a unit is one neuron: a row of every up/gate projection (two rows of a fused
   gate_up) and a column of the down projection;
+* **moe_ffn** (one group per block of experts of a mixture-of-experts layer, stored as 3-D tensors): a unit is
+  neuron ``i`` of every expert of the block, so the tensors stay rectangular;
 * **hidden** (one group for the model): a unit is one channel of the residual stream, shared by the embeddings,
   every normalisation layer, every projection's input or output on the stream, and the heads on top.
 """
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
@@ -21,7 +23,7 @@ from msmodelslim.common.structure import families
 from msmodelslim.common.structure.families import FAMILIES, Family  # noqa: F401  (re-exported)
 from msmodelslim.common.structure.layout import fused_gate_up_rows, fused_qkv_rows, head_units
 from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
-from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
+from msmodelslim.pytorch.prune.layers import INNER, INPUT, OUTPUT, ExpertsSpec, layer_spec
 from msmodelslim.utils.logging import logger
 
 
@@ -31,6 +33,87 @@ def detect_family(model):
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     names = [name for name, _ in model.named_modules()]
     return families.detect_family(names, model_type if isinstance(model_type, str) else None)
+
+
+@dataclass
+class MoeLayer:
+    """The mixture-of-experts parts of one layer: blocks of experts (3-D tensors), the router weights that read
+    the hidden size and the shared experts stored as Linear layers."""
+
+    experts: list = field(default_factory=list)  # qualified names of ExpertsSpec modules
+    routers: list = field(default_factory=list)  # (qualified name, Linear?) of weights [experts, hidden]
+    shared: list = field(default_factory=list)  # (up names, down name) of Linear FFNs
+    gates: list = field(default_factory=list)  # Linear layers hidden -> 1 (a shared expert's gate)
+
+    def names(self):
+        """Every module name this description covers."""
+        found = list(self.experts) + [name for name, _ in self.routers] + list(self.gates)
+        for ups, down in self.shared:
+            found += [*ups, down]
+        return found
+
+
+def _moe_layer(model, prefix, hidden):
+    """The :class:`MoeLayer` of layer ``prefix``, or None when it holds no experts stored as 3-D tensors."""
+    layer = model.get_submodule(prefix[:-1])
+    experts = [prefix + name for name, module in layer.named_modules()
+               if name and isinstance(layer_spec(module), ExpertsSpec)]
+    if not experts:
+        return None
+    counts = {model.get_submodule(name).down_proj.shape[0] for name in experts}
+    moe = MoeLayer(experts=experts)
+    parents = {name.rpartition(".")[0] for name in experts}
+    for parent in sorted(parents):
+        inside_ffn = set()
+        for child, module in model.get_submodule(parent).named_modules(prefix=parent):
+            if child == parent or child in experts or child.startswith(tuple(f"{n}." for n in inside_ffn)):
+                continue
+            weight = getattr(module, "weight", None)
+            if _linear_ffn(module):
+                ups, down = _linear_ffn(module)
+                moe.shared.append((tuple(f"{child}.{up}" for up in ups), f"{child}.{down}"))
+                inside_ffn.add(child)
+            elif isinstance(module, nn.Linear) and module.in_features == hidden and module.out_features == 1:
+                moe.gates.append(child)
+            elif isinstance(weight, nn.Parameter) and weight.dim() == 2 and tuple(weight.shape)[1] == hidden \
+                    and weight.shape[0] in counts:
+                moe.routers.append((child, isinstance(module, nn.Linear)))
+    return moe
+
+
+def _linear_ffn(module):
+    """``((up names), down name)`` of a Linear gated FFN module (gate_proj/up_proj/down_proj), or None."""
+    children = dict(module.named_children())
+    down = children.get("down_proj")
+    ups = tuple(n for n in ("gate_proj", "up_proj") if isinstance(children.get(n), nn.Linear))
+    if isinstance(down, nn.Linear) and ups:
+        return (ups, "down_proj")
+    return None
+
+
+def detect_layers(model):
+    """``(family, layers, moe)`` for PruneTorch: the family and its dense layers as :func:`detect_family` finds
+    them, plus ``moe = {prefix: MoeLayer}``: the layers that hold the family's attention and experts stored as
+    3-D tensors instead of its FFN (every layer of Mixtral-like models, some of DeepSeek-like ones)."""
+    family, layers = detect_family(model)
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if not isinstance(hidden, int):
+        return family, layers, {}
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    names = [name for name, _ in model.named_modules()]
+    candidates = [family] if family is not None else (
+        [f for f in FAMILIES if model_type in f.model_types] + [f for f in FAMILIES if model_type not in f.model_types])
+    for candidate in candidates:
+        attention_only = replace(candidate, up=(), gate_up=None, down=None)
+        moe = {}
+        for prefix in families.find_layers(names, attention_only):
+            if prefix not in layers:
+                found = _moe_layer(model, prefix, hidden)
+                if found is not None:
+                    moe[prefix] = found
+        if moe:
+            return candidate, layers, moe
+    return family, layers, {}
 
 
 def head_size(model, family, prefix):
@@ -123,26 +206,66 @@ def _ffn_group(model, family, prefix):
     return ChannelGroup(name=f"{prefix}ffn", size=size, members=members, kind="ffn")
 
 
-def _hidden_group(model, family, layers, hidden):
+def _experts_groups(model, prefix, moe):
+    """One ``moe_ffn`` group per block of routed experts and one group per shared expert of a layer: of kind
+    ``shared_ffn`` when the config sizes the shared experts on their own (``shared_expert_intermediate_size``),
+    else ``moe_ffn``, so that they keep as many neurons as the experts the config derives them from."""
+    config = getattr(model, "config", None)
+    shared_kind = "shared_ffn" if hasattr(config, "shared_expert_intermediate_size") else "moe_ffn"
+    groups = []
+    for name in moe.experts:
+        size = layer_spec(model.get_submodule(name)).size(INNER)
+        groups.append(ChannelGroup(name=f"{name}.neurons", size=size,
+                                   members=[_member(name, INNER, [[i] for i in range(size)])], kind="moe_ffn"))
+    for ups, down in moe.shared:
+        size = layer_spec(model.get_submodule(down)).size(INPUT)
+        per_unit = [[i] for i in range(size)]
+        members = [_member(up, OUTPUT, per_unit) for up in ups] + [_member(down, INPUT, per_unit)]
+        groups.append(ChannelGroup(name=f"{down.rpartition('.')[0]}.ffn", size=size, members=members,
+                                   kind=shared_kind))
+    return groups
+
+
+def _moe_hidden_members(moe, per_unit, hidden):
+    members = []
+    for name in moe.experts:
+        members += [_member(name, INPUT, per_unit), _member(name, OUTPUT, per_unit)]
+    for name, is_linear in moe.routers:
+        members.append(_member(name, INPUT, per_unit) if is_linear else
+                       Member(f"{name}.weight", OUTPUT, list(range(hidden)), list(range(hidden)), axis=1))
+    for ups, down in moe.shared:
+        members += [_member(up, INPUT, per_unit) for up in ups] + [_member(down, OUTPUT, per_unit)]
+    members += [_member(name, INPUT, per_unit) for name in moe.gates]
+    return members
+
+
+def _hidden_group(model, family, layers, hidden, moe=None):
     """The residual-stream group, or a protected one naming what could not be matched by name."""
     per_unit = [[i] for i in range(hidden)]
     members, unknown = [], []
     covered = set()
     names = {name for name, _ in model.named_modules()}
-    for prefix in layers:
-        for name in (*family.attention_inputs(), *family.ffn_inputs()):
+    moe = moe or {}
+    for prefix in [*layers, *moe]:
+        ffn = () if prefix in moe else family.ffn_inputs()
+        for name in (*family.attention_inputs(), *ffn):
             members.append(_member(prefix + name, INPUT, per_unit))
         members.append(_member(prefix + family.o, OUTPUT, per_unit))
-        members.append(_member(prefix + family.down, OUTPUT, per_unit))
+        if prefix in moe:
+            members += _moe_hidden_members(moe[prefix], per_unit, hidden)
+            covered.update(moe[prefix].names())
+            covered.update(f"{name}.weight" for name, _ in moe[prefix].routers)
+        else:
+            members.append(_member(prefix + family.down, OUTPUT, per_unit))
         for norm in family.norms:
             if prefix + norm in names:
                 members.append(_member(prefix + norm, INPUT, per_unit))
-        covered.update(prefix + p for p in family.projections() + list(family.norms))
+        covered.update(prefix + p for p in family.projections() + list(family.norms) if prefix + p in names)
         for name, role, _ in _head_aligned(model, family, prefix):
             covered.add(name)
             if role == OUTPUT and layer_spec(model.get_submodule(name)).size(INPUT) == hidden:
                 members.append(_member(name, INPUT, per_unit))
-    layer_prefixes = tuple(layers)
+    layer_prefixes = tuple([*layers, *moe])
     inside_attention = {f"{name}.{child}" for name, m in model.named_modules()
                         if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_children()}
     for name, module in model.named_modules():
@@ -208,6 +331,11 @@ def complete_from_graph(model, group, traced):
     return ChannelGroup(name=group.name, size=group.size, members=group.members + extra, kind=group.kind)
 
 
+def _index(prefix):
+    """The layer index at the end of a layer prefix (``model.layers.3.`` -> 3)."""
+    return int(prefix.rstrip(".").rpartition(".")[2])
+
+
 def _composite(config):
     """Whether a model config describes several sub-models (multimodal, encoder-decoder) instead of one stream."""
     return config is not None and not isinstance(getattr(config, "hidden_size", None), int)
@@ -228,22 +356,28 @@ def _completed(model, group, trace):
 class StructureEngine:
     """Channel groups and attribute patches of a model of a recognised transformer family."""
 
-    def __init__(self, model, family, layers, prune_hidden=True, trace=None):
+    def __init__(self, model, family, layers, prune_hidden=True, trace=None, moe=None):
         self.model = model
         self.family = family
         self.layers = layers
+        self.moe = moe or {}
         self.groups = []
         self._heads = {}  # group index -> (layer prefix, heads, kv_heads, head_dim)
-        for prefix in layers:
+        ordered = sorted([*layers, *self.moe], key=lambda prefix: {**layers, **{p: _index(p) for p in self.moe}}[prefix])
+        for prefix in ordered:
             group, geometry = _head_group(model, family, prefix)
             self._heads[len(self.groups)] = (prefix, *geometry)
             self.groups.append(group)
-            self.groups.append(_ffn_group(model, family, prefix))
+            if prefix in self.moe:
+                self.groups.extend(_experts_groups(model, prefix, self.moe[prefix]))
+            else:
+                self.groups.append(_ffn_group(model, family, prefix))
         hidden = getattr(getattr(model, "config", None), "hidden_size", None)
         if not hidden and layers:  # no config: the output projection writes the residual stream
             hidden = layer_spec(model.get_submodule(next(iter(layers)) + family.o)).size(OUTPUT)
+        self._hidden = hidden
         if hidden:
-            group = _hidden_group(model, family, layers, hidden)
+            group = _hidden_group(model, family, layers, hidden, self.moe)
             if not prune_hidden:
                 group.protected = "hidden-size pruning is off"
             elif _composite(getattr(model, "config", None)):
@@ -265,7 +399,7 @@ class StructureEngine:
         or forced for heads when forward() reads the head count from the shared config."""
         if kind == "heads" and self.family.heads_in_config:
             return True
-        return uniform_layers and kind in ("heads", "ffn")
+        return uniform_layers and kind in ("heads", "ffn", "moe_ffn", "shared_ffn")
 
     def patches(self, removed):
         """``(module patches, config fields)`` that make forward() agree with the pruned shapes."""
@@ -273,6 +407,7 @@ class StructureEngine:
         if _composite(config):
             config = None  # a composite config (encoder-decoder, multimodal): its fields live in sub-configs
         patches, heads_kept, kv_kept, ffn_kept, hidden_kept = {}, set(), set(), set(), None
+        moe_kept, shared_kept = set(), set()
         for g, group in enumerate(self.groups):
             kept = group.size - len(removed.get(g, ()))
             if group.kind == "heads":
@@ -287,11 +422,26 @@ class StructureEngine:
                     patches[prefix + family.attention] = attrs
             elif group.kind == "ffn":
                 ffn_kept.add(kept)
+            elif group.kind == "moe_ffn":
+                moe_kept.add(kept)
+            elif group.kind == "shared_ffn":
+                shared_kept.add(kept)
             elif group.kind == "hidden":
                 hidden_kept = kept
+        if hidden_kept is not None and hidden_kept != self._hidden:
+            for moe in self.moe.values():  # routers that reshape their input to the hidden size they were built with
+                for name, _ in moe.routers:
+                    attrs = {attr: hidden_kept for attr in ("hidden_dim", "hidden_size")
+                             if getattr(self.model.get_submodule(name), attr, None) == self._hidden}
+                    if attrs:
+                        patches[name] = attrs
         if config is None:
             return patches, {}
         fields = {}
+        if len(moe_kept) == 1:
+            fields["moe_intermediate_size"] = next(iter(moe_kept))
+        if len(shared_kept) == 1 and getattr(config, "n_shared_experts", None) in (None, 1):
+            fields["shared_expert_intermediate_size"] = next(iter(shared_kept))
         if len(heads_kept) == 1:
             fields[family.heads_field] = heads_kept.pop()
         if family.kv_field and len(kv_kept) == 1:
@@ -332,13 +482,12 @@ def _uniform(values, field, what):
     return None, f"the layers have different numbers of {what} ({distinct}), so config.{field} cannot describe them"
 
 
-def _layer_sizes(model, family, prefix):
-    """``(heads, kv_heads, ffn neurons, hidden, head_dim)`` of one layer as its tensors are now."""
+def _attention_sizes(model, family, prefix):
+    """``(heads, kv_heads, hidden, head_dim)`` of one layer as its tensors are now."""
     head_dim = head_size(model, family, prefix)
     q_out, k_out = _attention_widths(model, family, prefix)
-    ffn = layer_spec(model.get_submodule(prefix + family.down)).size(INPUT)
     hidden = layer_spec(model.get_submodule(prefix + family.o)).size(OUTPUT)  # o writes the residual stream
-    return _per_head(q_out, head_dim), _per_head(k_out, head_dim), ffn, hidden, head_dim
+    return _per_head(q_out, head_dim), _per_head(k_out, head_dim), hidden, head_dim
 
 
 def _per_head(channels, head_dim):
@@ -363,9 +512,29 @@ def implied_config(model):
         embedding = None
     if isinstance(embedding, nn.Embedding):
         implied["vocab_size"] = (embedding.num_embeddings, f"the input embedding has {embedding.num_embeddings} rows")
-    family, layers = detect_family(model)
+    family, layers, moe = detect_layers(model)
     if family is None:
         return implied
+    sizes = [_attention_sizes(model, family, prefix) for prefix in [*layers, *moe]]
+    columns = dict(zip(("heads", "kv", "hidden", "head_dim"), zip(*sizes)))
+    implied[family.heads_field] = _uniform(columns["heads"], family.heads_field, "attention heads")
+    if family.kv_field:
+        implied[family.kv_field] = _uniform(columns["kv"], family.kv_field, "key/value heads")
+    if layers:
+        ffn = [layer_spec(model.get_submodule(prefix + family.down)).size(INPUT) for prefix in layers]
+        implied[family.ffn_field] = _uniform(ffn, family.ffn_field, "FFN neurons")
+    routed = [layer_spec(model.get_submodule(name)).size(INNER) for part in moe.values() for name in part.experts
+              if name.rpartition(".")[2] == "experts"]
+    if routed:
+        implied["moe_intermediate_size"] = _uniform(routed, "moe_intermediate_size", "neurons per expert")
+    shared = [layer_spec(model.get_submodule(down)).size(INPUT) for part in moe.values() for _, down in part.shared]
+    if shared:
+        implied["shared_expert_intermediate_size"] = _uniform(shared, "shared_expert_intermediate_size",
+                                                              "neurons of the shared experts")
+    implied["hidden_size"] = _uniform(columns["hidden"], "hidden_size", "hidden channels")
+    if family.explicit_head_dim:
+        implied["head_dim"] = _uniform(columns["head_dim"], "head_dim", "channels per head")
+    return implied
     sizes = [_layer_sizes(model, family, prefix) for prefix in layers]
     columns = dict(zip(("heads", "kv", "ffn", "hidden", "head_dim"), zip(*sizes)))
     implied[family.heads_field] = _uniform(columns["heads"], family.heads_field, "attention heads")
