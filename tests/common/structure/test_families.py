@@ -89,7 +89,13 @@ def _starcoder2():
     return T.Starcoder2ForCausalLM(cfg), _ids()
 
 
-TINY_MODELS = {"bert": _bert, "vit": _vit, "vit_legacy": _yolos, "gpt2": _gpt2, "llama": _llama, "phi3": _phi3,
+def _apertus():
+    cfg = T.ApertusConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                          num_key_value_heads=4, intermediate_size=96, max_position_embeddings=32)
+    return T.ApertusForCausalLM(cfg), _ids()
+
+
+TINY_MODELS = {"apertus": _apertus, "bert": _bert, "vit": _vit, "vit_legacy": _yolos, "gpt2": _gpt2, "llama": _llama, "phi3": _phi3,
                "timm_vit": _timm_vit, "opt": _opt, "phi": _phi, "starcoder2": _starcoder2}
 FAMILY = {family.name: family for family in FAMILIES}
 REMOVED_HEAD_UNIT = 1  # not the first unit, so keeping "the first ones" would be caught
