@@ -93,7 +93,10 @@ class _PartMapping:
         if self.to_part:
             return [_helpers._HybridIndex(idx=i.idx - self.start, root_idx=i.root_idx)
                     for i in idxs if self.start <= i.idx < self.end]
-        return [_helpers._HybridIndex(idx=i.idx + self.start, root_idx=i.root_idx) for i in idxs]
+        # an index beyond the part cannot be one of its channels; dropping it also ends a cycle of the graph that
+        # would otherwise add the offset again and again
+        return [_helpers._HybridIndex(idx=i.idx + self.start, root_idx=i.root_idx)
+                for i in idxs if 0 <= i.idx < self.end - self.start]
 
 
 def _set_mapping(from_node, to_node, slot, mapping):
@@ -239,8 +242,8 @@ def correct(graph):
     """Correct the index maps of a built ``torch_pruning.DependencyGraph`` in place (see the module docstring).
 
     Returns ``(unsafe, chunks)``: ``{node: reason}`` for the operations whose groups must be protected, and
-    ``{node: (part size, whole size)}`` for the channel splits into equal parts (``chunk``), whose parts must lose the same
-    channels (see :func:`chunk_units`)."""
+    ``{node: (part size, whole size)}`` for the channel splits into equal parts (``chunk``), whose parts must
+    lose the same channels (see :func:`chunk_units`)."""
     unsafe, chunks = {}, {}
     for node in list(graph.module2node.values()):
         if node.type == ops.OPTYPE.SPLIT:

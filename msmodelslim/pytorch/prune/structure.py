@@ -331,6 +331,16 @@ def complete_from_graph(model, group, traced):
     return ChannelGroup(name=group.name, size=group.size, members=group.members + extra, kind=group.kind)
 
 
+def _experts_field(config, dense, family=None):
+    """The config field that sizes the routed experts: ``moe_intermediate_size`` where the config has it, else
+    the FFN field when no layer is dense (Mixtral sizes its experts with ``intermediate_size``), else None."""
+    if hasattr(config, "moe_intermediate_size"):
+        return "moe_intermediate_size"
+    if not dense:
+        return (family.ffn_field if family is not None else "intermediate_size")
+    return None
+
+
 def _index(prefix):
     """The layer index at the end of a layer prefix (``model.layers.3.`` -> 3)."""
     return int(prefix.rstrip(".").rpartition(".")[2])
@@ -363,7 +373,8 @@ class StructureEngine:
         self.moe = moe or {}
         self.groups = []
         self._heads = {}  # group index -> (layer prefix, heads, kv_heads, head_dim)
-        ordered = sorted([*layers, *self.moe], key=lambda prefix: {**layers, **{p: _index(p) for p in self.moe}}[prefix])
+        index = {**layers, **{prefix: _index(prefix) for prefix in self.moe}}
+        ordered = sorted(index, key=index.get)
         for prefix in ordered:
             group, geometry = _head_group(model, family, prefix)
             self._heads[len(self.groups)] = (prefix, *geometry)
@@ -439,7 +450,8 @@ class StructureEngine:
             return patches, {}
         fields = {}
         if len(moe_kept) == 1:
-            fields["moe_intermediate_size"] = next(iter(moe_kept))
+            field = _experts_field(config, dense=bool(ffn_kept), family=family) or "moe_intermediate_size"
+            fields[field] = next(iter(moe_kept))
         if len(shared_kept) == 1 and getattr(config, "n_shared_experts", None) in (None, 1):
             fields["shared_expert_intermediate_size"] = next(iter(shared_kept))
         if len(heads_kept) == 1:
@@ -525,8 +537,9 @@ def implied_config(model):
         implied[family.ffn_field] = _uniform(ffn, family.ffn_field, "FFN neurons")
     routed = [layer_spec(model.get_submodule(name)).size(INNER) for part in moe.values() for name in part.experts
               if name.rpartition(".")[2] == "experts"]
-    if routed:
-        implied["moe_intermediate_size"] = _uniform(routed, "moe_intermediate_size", "neurons per expert")
+    field = _experts_field(getattr(model, "config", None), dense=bool(layers), family=family)
+    if routed and field:
+        implied[field] = _uniform(routed, field, "neurons per expert")
     shared = [layer_spec(model.get_submodule(down)).size(INPUT) for part in moe.values() for _, down in part.shared]
     if shared:
         implied["shared_expert_intermediate_size"] = _uniform(shared, "shared_expert_intermediate_size",

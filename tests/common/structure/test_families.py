@@ -95,8 +95,8 @@ def _apertus():
     return T.ApertusForCausalLM(cfg), _ids()
 
 
-TINY_MODELS = {"apertus": _apertus, "bert": _bert, "vit": _vit, "vit_legacy": _yolos, "gpt2": _gpt2, "llama": _llama, "phi3": _phi3,
-               "timm_vit": _timm_vit, "opt": _opt, "phi": _phi, "starcoder2": _starcoder2}
+TINY_MODELS = {"apertus": _apertus, "bert": _bert, "vit": _vit, "vit_legacy": _yolos, "gpt2": _gpt2, "llama": _llama,
+               "phi3": _phi3, "timm_vit": _timm_vit, "opt": _opt, "phi": _phi, "starcoder2": _starcoder2}
 FAMILY = {family.name: family for family in FAMILIES}
 REMOVED_HEAD_UNIT = 1  # not the first unit, so keeping "the first ones" would be caught
 REMOVED_NEURONS = [1, 4, 7, 10]

@@ -206,3 +206,19 @@ def test_a_concatenated_part_never_loses_all_its_channels(ratio):
     assert abs(kept - ratio) <= 0.02
     assert model.narrow.out_features >= 1
     assert model.head.in_features == model.narrow.out_features + model.wide.out_features == model.skip.out_features
+
+
+def test_a_split_inside_a_cycle_of_the_graph_does_not_loop():
+    """Falcon's fused query/key/value projection is split into parts that meet again; mapping an index from a part
+    back to the whole tensor must not add the part's offset around that cycle forever (the graph build hung)."""
+    import transformers as T
+
+    from msmodelslim.pytorch.prune.prune_torch import CallParams
+
+    cfg = T.FalconConfig(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = T.FalconForCausalLM(cfg).eval()
+    batch = CallParams(input_ids=torch.randint(2, 96, (2, 8), generator=torch.Generator().manual_seed(1)))
+    groups = trace_groups(model, batch, timeout_s=60)
+    assert groups and all(g.size > 0 for g in groups)
