@@ -89,7 +89,7 @@ def call_factory(spec, option):
         raise UsageError(f"{option} {spec} cannot be called without arguments: {exc}") from None
 
 
-def calibration_texts(source):
+def calibration_texts(source, option="--calib"):
     """Texts for calibration: ``wiki`` (the Wikipedia train split), a ``.txt`` file (blank-line separated) or a
     ``.jsonl`` file (one ``{"text": ...}`` per line).
 
@@ -102,24 +102,24 @@ def calibration_texts(source):
     if source == "wiki":
         return assets.wiki_split()[0]
     if not source.endswith((".txt", ".jsonl")):
-        raise UsageError(f"--calib must be 'wiki', a .txt or a .jsonl file, got '{source}'")
-    existing_path(source, "--calib file")
+        raise UsageError(f"{option} must be 'wiki', a .txt or a .jsonl file, got '{source}'")
+    existing_path(source, f"{option} file")
     if not os.path.isfile(source):
-        raise UsageError(f"--calib '{source}' is not a regular file")
-    text = _read_utf8(source)
+        raise UsageError(f"{option} '{source}' is not a regular file")
+    text = _read_utf8(source, option)
     if source.endswith(".txt"):
         return [part for part in text.split("\n\n") if part.strip()]
-    return _jsonl_texts(source, text)
+    return _jsonl_texts(source, text, option)
 
 
-def _read_utf8(path):
+def _read_utf8(path, option):
     with open(path, "rb") as handle:
         raw = handle.read()
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
-        raise UsageError(f"--calib '{path}' is not UTF-8 text: byte {exc.start} (line {line}) cannot be "
+        raise UsageError(f"{option} '{path}' is not UTF-8 text: byte {exc.start} (line {line}) cannot be "
                          f"decoded") from None
 
 
@@ -132,7 +132,7 @@ def _encodable(text):
     return True
 
 
-def _jsonl_texts(path, text):
+def _jsonl_texts(path, text, option):
     texts = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -143,7 +143,7 @@ def _jsonl_texts(path, text):
             record = None
         value = record.get("text") if isinstance(record, dict) else None
         if not isinstance(value, str) or not _encodable(value):
-            raise UsageError(f"--calib '{path}', line {number}: expected a JSON object with a string 'text' "
+            raise UsageError(f"{option} '{path}', line {number}: expected a JSON object with a string 'text' "
                              f"field, got {line.strip()[:80]!r}")
         texts.append(value)
     return texts

@@ -24,12 +24,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from msmodelslim.cli import demo, prune, prune_transformer, sparse
+    from msmodelslim.cli import demo, prune, prune_transformer, slim, sparse
 
     parser = _Parser(prog="msmodelslim", description="Make trained PyTorch models smaller and faster.")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and debug logs")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in (sparse, prune_transformer, prune, demo):
+    for module in (sparse, prune_transformer, prune, slim, demo):
         module.add_parser(subparsers)
     return parser
 

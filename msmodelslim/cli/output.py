@@ -42,10 +42,12 @@ def _refuse(out, reason):
     raise UsageError(f"--out '{out}' {reason}")
 
 
-def check_output(out, inputs=(), overwrite=False):
+def check_output(out, inputs=(), overwrite=False, work_subdir=None):
     """Check ``--out`` before any work; return its absolute real path.
 
     ``inputs`` are the paths the job reads (model directory, weights, checkpoint, config, calibration file).
+    ``work_subdir``: the name of a subdirectory a resumable job keeps its checkpoints in while it runs; an
+    ``--out`` holding only that subdirectory is accepted (the job decides whether to resume from it).
 
     Raises:
         UsageError: any rule of the module docstring is broken; the message names ``--out``, the path and why.
@@ -73,6 +75,8 @@ def check_output(out, inputs=(), overwrite=False):
     if os.path.lexists(target) and not os.path.isdir(target):
         _refuse(out, "exists and is not a directory")
     if os.path.isdir(target) and os.listdir(target):
+        if work_subdir and os.listdir(target) == [work_subdir] and os.path.isdir(os.path.join(target, work_subdir)):
+            return target
         if not overwrite:
             _refuse(out, "exists and is not empty; choose another directory or pass --overwrite")
         foreign = _not_written_by_us(target)
@@ -249,8 +253,9 @@ class OutputDirectory:
     writes the files.
     """
 
-    def __init__(self, out, inputs=(), overwrite=False, command="msmodelslim"):
+    def __init__(self, out, inputs=(), overwrite=False, command="msmodelslim", work_subdir=None):
         self.out = out
+        self.work_subdir = work_subdir
         self.inputs = tuple(inputs)
         self.overwrite = overwrite
         self.command = command
@@ -259,20 +264,28 @@ class OutputDirectory:
         self._found = None  # what --out held when the job started
 
     def __enter__(self):
-        self.target = check_output(self.out, self.inputs, self.overwrite)
+        self.target = check_output(self.out, self.inputs, self.overwrite, self.work_subdir)
         self._lock = _Lock(self.target).acquire(self.out)
         try:  # checked again under the lock: another run may have written it in between
-            check_output(self.out, self.inputs, self.overwrite)
+            check_output(self.out, self.inputs, self.overwrite, self.work_subdir)
             self._found = self._contents()
         except BaseException:
             self._lock.release()
             raise
         return self
 
+    @property
+    def work_dir(self):
+        """The checkpoint subdirectory inside ``--out`` (it goes when the result is swapped in), or None."""
+        return os.path.join(self.target, self.work_subdir) if self.work_subdir else None
+
     def _contents(self):
         if not os.path.lexists(self.target):
             return None
-        return _files(self.target, lambda info: (info.st_size, info.st_mtime_ns, info.st_ino))
+        found = _files(self.target, lambda info: (info.st_size, info.st_mtime_ns, info.st_ino))
+        if self.work_subdir:  # the job's own checkpoints change while it runs
+            found = {k: v for k, v in found.items() if k.split(os.sep)[0] != self.work_subdir}
+        return found or None
 
     def __exit__(self, *exc):
         self._lock.release()

@@ -104,14 +104,12 @@ def _check_big_layers(layer_map, pattern, weights):
 
 
 def _layer_pattern(model):
-    from msmodelslim.pytorch.prune.structure import detect_family
+    from msmodelslim.pytorch.prune.structure import layer_pattern
 
-    _, layers = detect_family(model)
-    if not layers:
+    pattern = layer_pattern(model)
+    if pattern is None:
         raise UsageError("cannot tell where the layers are in this model: give --pattern")
-    prefix = next(iter(layers))
-    stem = re.escape(prefix[: prefix.rstrip(".").rfind(".") + 1])
-    return stem + r"(\d+)\."
+    return pattern
 
 
 def run(args):

@@ -21,7 +21,7 @@ def error_lines(proc):
     return [line for line in proc.stderr.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("command", [[], ["sparse"], ["prune-transformer"], ["prune"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["sparse"], ["prune-transformer"], ["prune"], ["slim"], ["demo"]])
 def test_help(command):
     proc = cli(*command, "--help")
     assert proc.returncode == 0 and "usage: msmodelslim" in proc.stdout

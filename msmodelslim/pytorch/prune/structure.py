@@ -15,6 +15,7 @@ returns on Llama), so recognised families are pruned from the one framework-free
 * **hidden** (one group for the model): a unit is one channel of the residual stream, shared by the embeddings,
   every normalisation layer, every projection's input or output on the stream, and the heads on top.
 """
+import re
 from dataclasses import dataclass, field, replace
 
 from torch import nn
@@ -33,6 +34,18 @@ def detect_family(model):
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     names = [name for name, _ in model.named_modules()]
     return families.detect_family(names, model_type if isinstance(model_type, str) else None)
+
+
+
+def layer_pattern(model):
+    """The regular expression whose one group captures the layer id in the model's parameter names (e.g.
+    ``model\\.layers\\.(\\d+)\\.``), or None when no family's layers are found."""
+    _, layers = detect_family(model)
+    if not layers:
+        return None
+    prefix = next(iter(layers))
+    stem = re.escape(prefix[: prefix.rstrip(".").rfind(".") + 1])
+    return stem + r"(\d+)\."
 
 
 @dataclass

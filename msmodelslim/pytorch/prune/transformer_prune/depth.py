@@ -68,9 +68,9 @@ def small_layer_ids(model, pattern):
     return sorted({int(m.group(1)) for m in map(regex.match, model.state_dict()) if m})
 
 
-def choose_layer_map(small_model, big_model, dataset, pattern):
-    """``{small layer id: checkpoint layer id}`` keeping the checkpoint layers of highest block influence, in
-    their original order.
+def choose_layer_map(small_model, measure_influence, pattern):
+    """``{small layer id: checkpoint layer id}`` keeping the checkpoint layers of highest block influence
+    (``measure_influence()``, e.g. :func:`block_influence` on the big model), in their original order.
 
     Raises:
         ValueError: ``pattern`` finds no layer in the small model, or more layers than the big model has.
@@ -78,4 +78,4 @@ def choose_layer_map(small_model, big_model, dataset, pattern):
     wanted = small_layer_ids(small_model, pattern)
     if not wanted:
         raise ValueError(f"layer_id_map='auto': pattern {pattern!r} matches no parameter of the small model.")
-    return layer_choice.choose_layer_map(wanted, block_influence(big_model, dataset, pattern), pattern)
+    return layer_choice.choose_layer_map(wanted, measure_influence(), pattern)

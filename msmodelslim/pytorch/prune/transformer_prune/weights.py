@@ -91,18 +91,33 @@ class _Run:
 
     def _stats(self):
         if self._activation_stats is None:
-            self._activation_stats = collect_activation_stats(self._big(), self.config.importance_dataset)
+            self._activation_stats = self._measured(
+                "activation", lambda: collect_activation_stats(self._big(), self.config.importance_dataset))
         return self._activation_stats
+
+    def _measured(self, key, measure):
+        """``measure()``, reused across calls when the config carries a ``measurement_cache`` dict (set by callers
+        that fill many small models from one big model and one dataset, e.g. ``slim_model``'s search)."""
+        cache = getattr(self.config, "measurement_cache", None)
+        if not isinstance(cache, dict):
+            return measure()
+        if key not in cache:
+            cache[key] = measure()
+        return cache[key]
 
     # ---------------------------------------------------------------------------------------- prune_blocks
     def blocks_step(self):
         """Resolve ``layer_id_map="auto"`` passes (the config itself is left as given), then rename the keys."""
         self.blocks_params = [
-            {**params, "layer_id_map": depth.choose_layer_map(self.model, self._big(), self.config.importance_dataset,
-                                                              params["pattern"])}
+            {**params, "layer_id_map": depth.choose_layer_map(
+                self.model, lambda pattern=params["pattern"]: self._influence(pattern), params["pattern"])}
             if params["layer_id_map"] == "auto" else params
             for params in self.config.prune_blocks_params]
         self.entries = rename_blocks(self.entries, self.blocks_params)
+
+    def _influence(self, pattern):
+        return self._measured(("influence", pattern), lambda: depth.block_influence(
+            self._big(), self.config.importance_dataset, pattern))
 
     # ---------------------------------------------------------------------------------------- final state dict
     def build_state_dict(self):

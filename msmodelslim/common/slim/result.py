@@ -1,0 +1,82 @@
+"""What ``slim_model`` returns, and how it is written: ``model/`` (``save_pretrained`` of the model and its
+tokenizer), ``report.md`` with the candidate table and the dense -> pruned -> distilled figures, ``loss.png``,
+``metrics.json``."""
+import json
+import os
+from dataclasses import dataclass
+
+from msmodelslim.utils.report import format_table, human_count
+
+
+@dataclass
+class SlimResult:
+    model: object
+    tokenizer: object
+    architecture: object
+    dense_architecture: object
+    candidates: list
+    metrics: dict
+    history: dict
+    config: dict
+
+    def save(self, directory):
+        """Write the slim model, its tokenizer and the report into ``directory`` (created if needed; existing files
+        of the same names are replaced). Returns ``directory``."""
+        os.makedirs(directory, exist_ok=True)
+        self.model.save_pretrained(os.path.join(directory, "model"))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(os.path.join(directory, "model"))
+        with open(os.path.join(directory, "metrics.json"), "w", encoding="utf-8") as handle:
+            json.dump({"metrics": self.metrics, "architecture": self.architecture.to_dict(),
+                       "dense_architecture": self.dense_architecture.to_dict(), "candidates": self.candidates,
+                       "history": self.history, "config": self.config}, handle, indent=1)
+        plotted = _plot(self.history, os.path.join(directory, "loss.png"))
+        with open(os.path.join(directory, "report.md"), "w", encoding="utf-8") as handle:
+            handle.write(report_markdown(self, plotted))
+        return directory
+
+
+def report_markdown(result, plotted=False):
+    """The Markdown report of a :class:`SlimResult`."""
+    m = result.metrics
+    lines = ["# slim report", "",
+             f"Budget: {m['budget']} of the dense model's {m['budget_kind']}; chosen "
+             f"**{result.architecture.label()}** (dense {result.dense_architecture.label()}): "
+             f"{human_count(m['slim_size'])} of {human_count(m['dense_size'])} {m['budget_kind']} "
+             f"({m['fraction']:.1%}); {human_count(m['slim_params'])} parameters in all.", "",
+             format_table(["", m["metric"]], [["dense (teacher)", m["dense"]], ["pruned, no training", m["pruned"]],
+                                              ["pruned + distillation", m["distilled"]]]), "",
+             f"Distillation: {m['steps']} steps, {m['train_tokens']:,} tokens. CPU latency of one forward, slim / "
+             f"dense: {m['latency_ratio']:.2f} (median of interleaved runs on the machine that ran it).", "",
+             "## Candidates", "",
+             "Proxy: " + ("mean KL(teacher || student) per held-out token" if m["objective"] == "lm" else
+                          "1 - cosine of held-out sentence embeddings") + "; the best "
+             f"{result.config['top_k']} by proxy get a short distillation and are ranked again.", ""]
+    rows = [[r["label"] + (" (chosen)" if r.get("chosen") else ""), r["size"], f"{r['fraction']:.1%}", r["proxy"],
+             r.get("proxy_after", "")] for r in result.candidates]
+    lines += [format_table(["architecture", m["budget_kind"], "of dense", "proxy", "proxy after short KD"], rows), ""]
+    if plotted:
+        lines += ["![training loss](loss.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(history, path):
+    """Loss per step and the held-out metric; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(range(1, len(history["loss"]) + 1), history["loss"])
+    axes[0].set(xlabel="step", ylabel="distillation loss", title="training")
+    if history["evaluations"]:
+        steps, values = zip(*history["evaluations"])
+        axes[1].plot(steps, values, marker="o")
+    axes[1].set(xlabel="step", ylabel="held-out metric", title="held-out")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

@@ -1,0 +1,109 @@
+"""Token data for ``slim_model``: a training split and a held-out split that is never trained on, as fixed tensors,
+and batches chosen by step number alone (so a resumed run reads exactly the batches an uninterrupted one reads).
+
+Causal language models read packed chunks: the texts joined with blank lines, tokenized once, cut into ``seq_len``
+tokens. Encoders read one text per row, truncated and padded to ``seq_len`` with an attention mask.
+"""
+from dataclasses import dataclass
+
+import torch
+
+HELD_OUT_EVERY = 10  # every 10th text (0, 10, ...) is held out, as the Wikipedia split of msmodelslim.assets
+
+
+@dataclass
+class TokenRows:
+    """``ids`` and ``mask``, ``[rows, seq_len]`` LongTensors."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self):
+        return self.ids.shape[0]
+
+    def select(self, index):
+        index = torch.as_tensor(index, dtype=torch.long)
+        return {"input_ids": self.ids[index], "attention_mask": self.mask[index]}
+
+    def head(self, count):
+        return TokenRows(self.ids[:count], self.mask[:count])
+
+    def tokens(self):
+        return int(self.mask.sum())
+
+
+def split_texts(data):
+    """``(train, held_out)`` texts of ``data``: ``"wiki"`` (the Wikipedia extracts shipped with the assets, split as
+    :func:`msmodelslim.assets.wiki_split`) or a list of str (every 10th text held out).
+
+    Raises:
+        TypeError: ``data`` is neither ``"wiki"`` nor a list of str.
+        ValueError: no non-blank text, or too few texts to hold one out.
+    """
+    if data == "wiki":
+        from msmodelslim import assets
+
+        return assets.wiki_split()
+    if not isinstance(data, (list, tuple)) or not all(isinstance(t, str) for t in data):
+        raise TypeError(f"data must be 'wiki' or a list of str, not {type(data).__name__}.")
+    texts = [t for t in data if t.strip()]
+    if len(texts) < 2:
+        raise ValueError(f"data holds {len(texts)} non-blank text(s); slim_model needs at least 2 (one is held out "
+                         f"for evaluation, every {HELD_OUT_EVERY}th in general).")
+    held_out = texts[::HELD_OUT_EVERY]
+    train = [t for i, t in enumerate(texts) if i % HELD_OUT_EVERY]
+    return train, held_out
+
+
+def packed_rows(tokenizer, texts, seq_len, max_rows, name):
+    """Up to ``max_rows`` packed chunks of ``seq_len`` tokens of ``texts`` (at least one).
+
+    Raises:
+        ValueError: the texts hold fewer than ``seq_len`` tokens.
+    """
+    needed = max_rows * seq_len
+    joined, chars = [], 0
+    for text in texts:
+        joined.append(text)
+        chars += len(text) + 2
+        if chars > needed * 8:  # about 4 characters per token, with a wide margin
+            break
+    ids = tokenizer("\n\n".join(joined), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    rows = min(ids.numel() // seq_len, max_rows)
+    if rows < 1:
+        raise ValueError(f"{name} holds {ids.numel()} tokens, fewer than one sequence of seq_len={seq_len}; give more "
+                         f"text or a smaller seq_len.")
+    ids = ids[:rows * seq_len].view(rows, seq_len).clone()
+    return TokenRows(ids, torch.ones_like(ids))
+
+
+def padded_rows(tokenizer, texts, seq_len, max_rows, name):
+    """One row per text (at most ``max_rows``), truncated and padded to ``seq_len`` with special tokens.
+
+    Raises:
+        ValueError: no text.
+    """
+    texts = list(texts[:max_rows])
+    if not texts:
+        raise ValueError(f"{name} holds no text.")
+    encoded = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length", return_tensors="pt")
+    return TokenRows(encoded["input_ids"], encoded["attention_mask"])
+
+
+def order(rows, epoch, seed):
+    """The order of the rows in ``epoch``: a fixed permutation per (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(rows, generator=generator)
+
+
+def batch_at(rows, step, batch_size, seed):
+    """The ``step``-th batch of ``batch_size`` rows: epochs of shuffled rows, one after another."""
+    first = step * batch_size
+    index = []
+    while len(index) < batch_size:
+        position = first + len(index)
+        epoch, offset = divmod(position, len(rows))
+        permutation = order(len(rows), epoch, seed)
+        take = min(batch_size - len(index), len(rows) - offset)
+        index.extend(permutation[offset:offset + take].tolist())
+    return rows.select(index)

@@ -1,0 +1,107 @@
+"""What the slim model is distilled to match, and how it is scored.
+
+* ``lm`` (causal language models): forward KL between the teacher's and the student's next-token distributions
+  at a temperature (KDKLDiv); proxy: the mean KL at T=1 on held-out tokens; metric: held-out perplexity.
+* ``embedding`` (encoders): 1 - cosine between the teacher's and the student's last hidden states at every
+  unpadded token (HiddenCosine); proxy: 1 - cosine of the mean-pooled sentence embeddings; metric: that cosine.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from msmodelslim.common.knowledge_distill.knowledge_distill import KnowledgeDistillConfig
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+class LmObjective:
+    name = "lm"
+    metric_name = "perplexity"
+    lower_is_better = True
+
+    def distill_config(self, temperature):
+        return KnowledgeDistillConfig().add_output_soft_label(
+            {"t_output_idx": "logits", "s_output_idx": "logits",
+             "loss_func": [{"func_name": "KDKLDiv", "func_weight": 1, "temperature": temperature}]})
+
+    @staticmethod
+    def inputs(batch, device):
+        return {"input_ids": batch["input_ids"].to(device), "use_cache": False}
+
+    @torch.no_grad()
+    def proxy(self, teacher, student, rows, batch_size=4):
+        """Mean KL(teacher || student) per token on ``rows``."""
+        total, count = 0.0, 0
+        for start in range(0, len(rows), batch_size):
+            batch = rows.select(range(start, min(start + batch_size, len(rows))))
+            log_p = F.log_softmax(teacher(**self.inputs(batch, _device(teacher))).logits.float(), -1)
+            log_q = F.log_softmax(student(**self.inputs(batch, _device(student))).logits.float(), -1)
+            kl = (log_p.exp() * (log_p - log_q.to(log_p.device))).sum(-1)
+            total += kl.sum().item()
+            count += kl.numel()
+        return total / count
+
+    @torch.no_grad()
+    def metric(self, teacher, model, rows, batch_size=4):
+        total, count = 0.0, 0
+        for start in range(0, len(rows), batch_size):
+            ids = rows.ids[start:start + batch_size].to(_device(model))
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                     reduction="sum").item()
+            count += ids[:, 1:].numel()
+        return math.exp(total / count)
+
+
+class EmbeddingObjective:
+    name = "embedding"
+    metric_name = "embedding cosine"
+    lower_is_better = False
+
+    def distill_config(self, temperature):
+        return KnowledgeDistillConfig().add_output_soft_label(
+            {"t_output_idx": "last_hidden_state", "s_output_idx": "last_hidden_state",
+             "loss_func": [{"func_name": "HiddenCosine", "func_weight": 1}]})
+
+    @staticmethod
+    def inputs(batch, device):
+        return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+    def _pooled(self, model, batch):
+        inputs = self.inputs(batch, _device(model))
+        hidden = model(**inputs).last_hidden_state.float()
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
+
+    @torch.no_grad()
+    def _cosine(self, teacher, student, rows, batch_size=8):
+        total = 0.0
+        for start in range(0, len(rows), batch_size):
+            batch = rows.select(range(start, min(start + batch_size, len(rows))))
+            total += (self._pooled(teacher, batch) * self._pooled(student, batch).to(_device(teacher))).sum().item()
+        return total / len(rows)
+
+    def proxy(self, teacher, student, rows):
+        return 1 - self._cosine(teacher, student, rows)
+
+    def metric(self, teacher, model, rows):
+        return self._cosine(teacher, model, rows)
+
+
+def objective_for(name, model):
+    """The objective ``name`` (``"auto"``: ``lm`` for a causal language model, else ``embedding``).
+
+    Raises:
+        ValueError: ``lm`` for a model without next-token logits, or ``embedding`` for a model without hidden states.
+    """
+    causal = type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+    if name == "auto":
+        name = "lm" if causal else "embedding"
+    if name == "lm" and not causal:
+        raise ValueError(f"objective 'lm' needs a causal language model (…ForCausalLM), not {type(model).__name__}.")
+    if name == "embedding" and causal:
+        raise ValueError(f"objective 'embedding' needs an encoder (e.g. BertModel), not {type(model).__name__}.")
+    return LmObjective() if name == "lm" else EmbeddingObjective()

@@ -1,0 +1,278 @@
+"""``slim_model`` for PyTorch: search an architecture under the budget, fill each candidate with the teacher's
+most important weights (``prune_model_weight``, activation importance, layers by block influence), rank the
+candidates by a proxy, give the best few a short distillation and rank them again (ranking before any training
+misleads, Minitron), then distill the winner for the whole token budget.
+
+Checkpoint directory (optional): ``search.json`` and ``start.pt`` once the search is done (a resumed run skips it),
+``final.pt`` during the final distillation.
+"""
+import contextlib
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from functools import lru_cache
+
+import torch
+
+from msmodelslim.common.prune.transformer_prune.prune_model import PruneConfig, prune_model_weight
+from msmodelslim.common.slim import search
+from msmodelslim.common.slim.result import SlimResult
+from msmodelslim.pytorch.prune.structure import layer_pattern
+from msmodelslim.pytorch.slim import data as slim_data
+from msmodelslim.pytorch.slim import families
+from msmodelslim.pytorch.slim.objective import objective_for
+from msmodelslim.pytorch.slim.train import Distillation, TrainPlan
+from msmodelslim.utils.logging import logger
+
+SETTINGS_FILE, SEARCH_FILE, START_FILE, FINAL_FILE = "settings.json", "search.json", "start.pt", "final.pt"
+
+
+class Checkpoints:
+    """The checkpoint directory of one run (None: no checkpoints). ``settings.json`` records the run's settings;
+    a run resumes only from checkpoints written with the same settings."""
+
+    def __init__(self, folder, settings, resume):
+        self.folder, self.settings = folder, settings
+        recorded = self._recorded()
+        if folder is None:
+            return
+        if resume and recorded is None:
+            raise ValueError(f"resume: checkpoint_dir '{folder}' holds no checkpoint of a slim run to resume.")
+        if resume and recorded != settings:
+            changed = sorted(k for k in set(settings) | set(recorded) if settings.get(k) != recorded.get(k))
+            raise ValueError(f"resume: the checkpoints in '{folder}' were written with other settings "
+                             f"({', '.join(changed)} differ); resume with the same settings or start in an empty "
+                             f"directory.")
+        if not resume and recorded is not None:
+            raise ValueError(f"checkpoint_dir '{folder}' holds the checkpoints of an earlier slim run; pass "
+                             f"resume=True (--resume) to continue it, or give another directory.")
+
+    def _recorded(self):
+        path = self.path(SETTINGS_FILE)
+        if path is None or not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def path(self, name):
+        return os.path.join(self.folder, name) if self.folder else None
+
+    def has(self, name):
+        return self.folder is not None and os.path.isfile(self.path(name))
+
+    def write(self, name, content):
+        """Write ``content`` (JSON for ``.json``, else torch.save) atomically; creates the directory first."""
+        if self.folder is None:
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        if name != SETTINGS_FILE and not self.has(SETTINGS_FILE):
+            self.write(SETTINGS_FILE, self.settings)
+        temporary = self.path(name) + ".tmp"
+        if name.endswith(".json"):
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(content, handle, indent=1)
+        else:
+            torch.save(content, temporary)
+        os.replace(temporary, self.path(name))
+
+
+def load_teacher(model, tokenizer):
+    """``(teacher, tokenizer, weights_dir)``: a Hugging Face directory is loaded in float32 (no remote code);
+    a model object is used as it is (``weights_dir`` None)."""
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        path = os.fspath(model)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"model: '{path}' is not a Hugging Face model directory (no config.json).")
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
+        loader = AutoModelForCausalLM if causal else AutoModel
+        teacher = loader.from_pretrained(path, dtype=torch.float32, trust_remote_code=False).eval()
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        return teacher, tokenizer, path
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model must be a Hugging Face model directory or a transformers model, not "
+                        f"{type(model).__name__}.")
+    if tokenizer is None:
+        raise ValueError("tokenizer is required when model is a model object (it is saved with the slim model).")
+    return model.eval(), tokenizer, None
+
+
+class _Search:
+    """The candidates of one run: their sizes, fillings and proxy scores."""
+
+    def __init__(self, teacher, family, objective, config, calibration, held_out, weights_dir):
+        self.teacher, self.family, self.objective, self.config = teacher, family, objective, config
+        self.held_out, self.weights_dir = held_out, weights_dir
+        self.space = families.search_space(family, teacher.config, prune_hidden=objective.name == "lm")
+        self.pattern = layer_pattern(teacher)
+        self.prune_config = (PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"])
+                             .add_blocks_params(self.pattern, "auto")
+                             .set_importance("activation", dataset=calibration, model=teacher))
+        self.prune_config.measurement_cache = {}
+        self.count = lru_cache(maxsize=None)(self._count)
+
+    def _count(self, arch):
+        small = families.candidate_config(self.family, self.teacher.config, self.space, arch)
+        return families.model_size(families.build(type(self.teacher), small, "meta"), self.config.budget_kind)
+
+    def candidates(self):
+        """The spread of architectures within the budget. Raises ValueError when none meets it."""
+        found, smallest = search.candidates(self.space, self.count, self.config.budget, self.config.tolerance,
+                                            self.config.align)
+        if not found:
+            raise ValueError(search.describe_unreachable(self.config.budget, smallest, self.config.budget_kind))
+        picked = search.spread(found, self.config.max_candidates)
+        logger.info("Architecture search: %d architectures meet the budget, %d are scored.", len(found), len(picked))
+        return picked
+
+    def build(self, arch):
+        """A student of ``arch`` filled from the teacher (in the teacher's device, float32)."""
+        small_config = families.candidate_config(self.family, self.teacher.config, self.space, arch)
+        device = next(self.teacher.parameters()).device
+        student = families.build(type(self.teacher), small_config, device).eval()
+        prune_model_weight(student, self.prune_config, self.weights_dir)
+        return student
+
+    def proxy(self, student):
+        student.eval()
+        return self.objective.proxy(self.teacher, student, self.held_out)
+
+
+def _plan(config, steps, seed_offset=0):
+    return TrainPlan(steps=steps, batch_size=config.batch_size, micro_batch_size=config.micro_batch_size,
+                     learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+                     warmup_steps=math.ceil(config.warmup_fraction * steps), max_grad_norm=config.max_grad_norm,
+                     temperature=config.temperature,
+                     eval_every=config.eval_every or max(steps // 10, 1), checkpoint_every=config.checkpoint_every,
+                     seed=config.seed + seed_offset)
+
+
+@contextlib.contextmanager
+def _weights_dir(teacher, weights_dir):
+    """The teacher's weights on disk for ``prune_model_weight``: its directory, or a temporary copy."""
+    if weights_dir is not None:
+        yield weights_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="msmodelslim-teacher-") as folder:
+        teacher.save_pretrained(folder)
+        yield folder
+
+
+def run_search(search_state, config, train):
+    """Score every candidate, distill the ``top_k`` best briefly, return ``(rows, winner arch, winner student,
+    metric of the winner before training)``."""
+    rows = []
+    for candidate in search_state.candidates():
+        student = search_state.build(candidate.architecture)
+        proxy = search_state.proxy(student)
+        rows.append({"architecture": candidate.architecture.to_dict(), "label": candidate.architecture.label(),
+                     "size": candidate.size, "fraction": candidate.fraction, "proxy": proxy})
+        logger.info("Candidate %s (%.1f%%): proxy %.4f", candidate.architecture.label(), 100 * candidate.fraction,
+                    proxy)
+        del student
+    rows.sort(key=lambda row: row["proxy"])
+    tokens_per_step = config.batch_size * train.ids.shape[1]
+    short_steps = max(1, round(config.search_fraction * config.train_tokens / tokens_per_step))
+    best = None
+    for rank, row in enumerate(rows[:config.top_k]):
+        arch = search.Architecture(**row["architecture"])
+        student = search_state.build(arch)
+        row["metric_pruned"] = search_state.objective.metric(search_state.teacher, student, search_state.held_out)
+        Distillation(search_state.teacher, student, search_state.objective, _plan(config, short_steps, rank + 1),
+                     train, search_state.held_out, name=f"short distillation {rank + 1}/{config.top_k}").run()
+        row["proxy_after"] = search_state.proxy(student)
+        row["short_steps"] = short_steps
+        logger.info("Candidate %s after %d steps: proxy %.4f", arch.label(), short_steps, row["proxy_after"])
+        if best is None or row["proxy_after"] < best[0]["proxy_after"]:
+            best = (row, student)
+    winner, student = best
+    winner["chosen"] = True
+    return rows, search.Architecture(**winner["architecture"]), student, winner["metric_pruned"]
+
+
+@torch.no_grad()
+def latency_ratio(teacher, student, batch, inputs, repeats=5):
+    """Median time of one forward of ``student`` over the teacher's on ``batch`` (interleaved, after a warm-up)."""
+    times = {"teacher": [], "student": []}
+    models = (("teacher", teacher), ("student", student))
+    for _ in range(repeats + 1):
+        for name, model in models:
+            was_training = model.training
+            model.eval()
+            device = next(model.parameters()).device
+            start = time.perf_counter()
+            model(**inputs(batch, device))
+            times[name].append(time.perf_counter() - start)
+            model.train(was_training)
+    return statistics.median(times["student"][1:]) / statistics.median(times["teacher"][1:])
+
+
+def _identity(model):
+    """What names the teacher in the checkpoint settings: its directory, or its class and size."""
+    if isinstance(model, (str, os.PathLike)):
+        return os.path.realpath(os.fspath(model))
+    return f"{type(model).__name__} with {sum(p.numel() for p in model.parameters())} parameters"
+
+
+def slim_model_torch(model, config, data, tokenizer, checkpoint_dir, resume):
+    """Backend of :func:`msmodelslim.common.slim.slim_model` (arguments validated)."""
+    checkpoints = Checkpoints(checkpoint_dir, {"model": _identity(model), "config": config.to_dict(),
+                                               "data": data if isinstance(data, str) else f"{len(data)} texts"},
+                              resume)
+    torch.manual_seed(config.seed)
+    teacher, tokenizer, weights_dir = load_teacher(model, tokenizer)
+    family = families.family_of(teacher)
+    if family is None:
+        model_type = getattr(teacher.config, "model_type", type(teacher).__name__)
+        raise ValueError(f"slim_model does not know the architecture '{model_type}'; supported model types: "
+                         f"{', '.join(families.supported_types())}.")
+    objective = objective_for(config.objective, teacher)
+    train_texts, held_texts = slim_data.split_texts(data)
+    rows_of = slim_data.packed_rows if objective.name == "lm" else slim_data.padded_rows
+    steps = max(1, math.ceil(config.train_tokens / (config.batch_size * config.seq_len)))
+    train = rows_of(tokenizer, train_texts, config.seq_len, steps * config.batch_size, "the training text")
+    held_out = rows_of(tokenizer, held_texts, config.seq_len, config.eval_samples, "the held-out text")
+    calibration = [train.select(range(i, min(i + 4, config.calib_samples, len(train))))
+                   for i in range(0, min(config.calib_samples, len(train)), 4)]
+    search_state = _Search(teacher, family, objective, config, calibration, held_out, weights_dir)
+    dense_metric = objective.metric(teacher, teacher, held_out)
+    dense_size = families.model_size(teacher, config.budget_kind)
+    if checkpoints.has(SEARCH_FILE):
+        with open(checkpoints.path(SEARCH_FILE), encoding="utf-8") as handle:
+            found = json.load(handle)
+        arch = search.Architecture(**found["architecture"])
+        student = families.build(type(teacher), families.candidate_config(family, teacher.config, search_state.space,
+                                                                          arch), next(teacher.parameters()).device)
+        student.load_state_dict(torch.load(checkpoints.path(START_FILE), map_location="cpu", weights_only=True))
+        rows, metric_pruned = found["candidates"], found["metric_pruned"]
+        logger.info("Resuming: the search chose %s.", arch.label())
+    else:
+        with _weights_dir(teacher, weights_dir) as folder:
+            search_state.weights_dir = folder
+            rows, arch, student, metric_pruned = run_search(search_state, config, train)
+        checkpoints.write(START_FILE, student.state_dict())
+        checkpoints.write(SEARCH_FILE, {"architecture": arch.to_dict(), "candidates": rows,
+                                        "metric_pruned": metric_pruned})
+    torch.manual_seed(config.seed)  # the same start whether or not the search ran in this process
+    history = Distillation(teacher, student, objective, _plan(config, steps), train, held_out,
+                           checkpoint=(checkpoints, FINAL_FILE) if checkpoint_dir else None,
+                           name="distillation").run(resume=resume)
+    student.eval()
+    metrics = {
+        "objective": objective.name, "metric": objective.metric_name,
+        "dense": dense_metric, "pruned": metric_pruned, "distilled": objective.metric(teacher, student, held_out),
+        "budget": config.budget, "budget_kind": config.budget_kind,
+        "dense_size": dense_size, "slim_size": families.model_size(student, config.budget_kind),
+        "dense_params": families.model_size(teacher, "params"), "slim_params": families.model_size(student, "params"),
+        "latency_ratio": latency_ratio(teacher, student, held_out.select(range(min(4, len(held_out)))),
+                                       objective.inputs),
+        "train_tokens": history.tokens, "steps": len(history.loss),
+    }
+    metrics["fraction"] = metrics["slim_size"] / dense_size
+    dense_arch = families.dense_architecture(family, teacher.config)
+    return SlimResult(student, tokenizer, arch, dense_arch, rows, metrics, history.to_dict(), config.to_dict())

@@ -1,0 +1,82 @@
+"""``msmodelslim slim``: each mistake is one line at the shell (exit 2) and nothing is written."""
+import pytest
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from msmodelslim import assets
+from msmodelslim.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama")
+    tokenizer = assets.minilm_tokenizer()
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                 max_position_embeddings=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _run(capsys, *args):
+    try:
+        code = main(["slim", *map(str, args)])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("budget", ["0", "1", "1.5", "-0.2", "half"])
+def test_a_budget_outside_0_1_is_refused(capsys, tmp_path, tiny_llama, budget):
+    code, lines = _run(capsys, tiny_llama, "--budget", budget, "--out", tmp_path / "out")
+    assert code == 2 and len(lines) == 1 and "--budget" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_budget_no_architecture_meets_names_the_smallest_size(capsys, tmp_path, tiny_llama):
+    code, lines = _run(capsys, tiny_llama, "--budget", "0.01", "--seq-len", "16", "--out", tmp_path / "out")
+    assert code == 2, lines
+    assert "below the smallest reachable architecture" in lines[-1] and "params" in lines[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_architecture_lists_the_supported_ones(capsys, tmp_path):
+    model = tmp_path / "neox"
+    tokenizer = assets.minilm_tokenizer()
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=2)).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    code, lines = _run(capsys, model, "--budget", "0.5", "--out", tmp_path / "out")
+    assert code == 2
+    assert "does not know the architecture 'gpt_neox'" in lines[-1] and "llama" in lines[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_data_is_refused(capsys, tmp_path, tiny_llama):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    code, lines = _run(capsys, tiny_llama, "--budget", "0.5", "--data", empty, "--out", tmp_path / "out")
+    assert code == 2 and lines == [f"msmodelslim slim: error: --data '{empty}' holds no text"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused(capsys, tmp_path, tiny_llama):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    code, lines = _run(capsys, tiny_llama, "--budget", "0.5", "--out", blocker / "out")
+    assert code == 2 and "--out" in lines[-1] and "cannot be created" in lines[-1]
+    assert blocker.read_text() == "mine"
+
+
+@pytest.mark.parametrize("option, value, words", [("--train-tokens", "0", "--train-tokens must be at least 1"),
+                                                  ("--batch-size", "-1", "--batch-size must be at least 1"),
+                                                  ("--lr", "0", "--lr must be positive")])
+def test_bad_numbers_name_the_option(capsys, tmp_path, tiny_llama, option, value, words):
+    code, lines = _run(capsys, tiny_llama, "--budget", "0.5", option, value, "--out", tmp_path / "out")
+    assert code == 2 and len(lines) == 1 and words in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_without_an_interrupted_run_is_refused(capsys, tmp_path, tiny_llama):
+    code, lines = _run(capsys, tiny_llama, "--budget", "0.5", "--resume", "--out", tmp_path / "out")
+    assert code == 2 and "holds no checkpoint of a slim run to resume" in lines[-1]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,200 @@
+"""slim_model end to end on tiny random models with a real tokenizer and the shipped Wikipedia text: the budget is
+met, the result reloads with from_pretrained, distillation lowers the loss, and an interrupted run (SIGKILL, then
+SIGINT) resumes to exactly the weights of an uninterrupted one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+from msmodelslim import assets
+from msmodelslim.common.slim import SlimConfig, slim_model
+
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "msmodelslim")
+# settings the command line can say too (the others keep their defaults in both)
+LLAMA_ARGS = dict(budget=0.5, budget_kind="non_embedding_params", train_tokens=24 * 4 * 32, seq_len=32, batch_size=4,
+                  align=16, max_candidates=3, top_k=2, checkpoint_every=3, learning_rate=1e-3)
+
+
+def _cli_args(config):
+    return ["--budget", str(config["budget"]), "--budget-kind", config["budget_kind"], "--train-tokens",
+            str(config["train_tokens"]), "--seq-len", str(config["seq_len"]), "--batch-size",
+            str(config["batch_size"]), "--align", str(config["align"]), "--max-candidates",
+            str(config["max_candidates"]), "--top-k", str(config["top_k"]), "--checkpoint-every",
+            str(config["checkpoint_every"]), "--lr", str(config["learning_rate"])]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return assets.minilm_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, tokenizer):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True, initializer_range=0.1)  # peaked outputs: pruning costs
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama_result(llama_dir, tmp_path_factory):
+    checkpoints = tmp_path_factory.mktemp("run") / "checkpoints"
+    result = slim_model(str(llama_dir), SlimConfig(**LLAMA_ARGS), data="wiki", checkpoint_dir=str(checkpoints))
+    out = tmp_path_factory.mktemp("saved")
+    result.save(str(out))
+    return result, out
+
+
+def test_llama_meets_the_budget_and_reloads(llama_result, llama_dir):
+    result, out = llama_result
+    metrics = result.metrics
+    assert abs(metrics["fraction"] - 0.5) <= 0.02
+    teacher = AutoModelForCausalLM.from_pretrained(llama_dir)
+    non_embedding = sum(p.numel() for p in teacher.parameters()) - teacher.get_input_embeddings().weight.numel()
+    assert metrics["dense_size"] == non_embedding
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    assert reloaded.config.num_hidden_layers == result.architecture.layers
+    assert reloaded.config.intermediate_size == result.architecture.ffn
+    ids = torch.randint(0, 1000, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, result.model.eval()(ids).logits)
+    kept = sum(p.numel() for p in reloaded.parameters()) - reloaded.get_input_embeddings().weight.numel()
+    assert kept == metrics["slim_size"]
+
+
+def test_llama_distillation_lowers_the_loss_and_the_report_is_written(llama_result):
+    result, out = llama_result
+    loss = result.history["loss"]
+    assert sum(loss[-4:]) / 4 < sum(loss[:4]) / 4
+    assert result.metrics["distilled"] < result.metrics["pruned"]  # held-out perplexity
+    report = (out / "report.md").read_text()
+    assert result.architecture.label() + " (chosen)" in report and "proxy after short KD" in report
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"]["slim_size"] == result.metrics["slim_size"]
+    assert len(saved["candidates"]) == LLAMA_ARGS["max_candidates"]
+    assert sum("proxy_after" in row for row in saved["candidates"]) == LLAMA_ARGS["top_k"]
+    assert (out / "loss.png").stat().st_size > 0
+
+
+def _wait_for_step(path, at_least, process, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        if os.path.isfile(path):
+            try:
+                if torch.load(path, weights_only=True)["step"] >= at_least:
+                    return
+            except (EOFError, RuntimeError):  # never half-written: only the rename makes it visible
+                raise
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint of step {at_least} in {timeout} s")
+
+
+def _start(llama_dir, out, *extra):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([SCRIPT, "slim", str(llama_dir), *_cli_args(LLAMA_ARGS), "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_killed_then_interrupted_run_resumes_to_the_uninterrupted_weights(llama_result, llama_dir, tmp_path):
+    result, reference = llama_result
+    out = tmp_path / "slim"
+    final = out / "checkpoints" / "final.pt"
+    process = _start(llama_dir, out)
+    _wait_for_step(final, 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert sorted(os.listdir(out)) == ["checkpoints"]  # no result, only the checkpoints
+
+    process = _start(llama_dir, out, "--resume")
+    _wait_for_step(final, 9, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted; nothing was written" in stderr
+    stopped_at = torch.load(final, weights_only=True)["step"]
+    assert 9 <= stopped_at < 24
+
+    done = subprocess.run([SCRIPT, "slim", str(llama_dir), *_cli_args(LLAMA_ARGS), "--out", str(out), "--resume"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert not (out / "checkpoints").exists()
+    resumed, uninterrupted = load_file(out / "model" / "model.safetensors"), load_file(
+        reference / "model" / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_bert_embedding_objective_keeps_the_hidden_size(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=4,
+                        num_attention_heads=4, max_position_embeddings=64, initializer_range=0.1)
+    teacher = BertModel(config).eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    texts = assets.bbc_news()[0][:200]
+    result = slim_model(teacher, SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=12 * 8 * 32,
+                                            seq_len=32, align=16, max_candidates=3, top_k=2, calib_samples=8,
+                                            eval_samples=8, learning_rate=1e-3),
+                        data=texts, tokenizer=tokenizer)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the teacher is untouched
+    assert abs(result.metrics["fraction"] - 0.5) <= 0.02
+    assert result.architecture.hidden == 64 and result.metrics["objective"] == "embedding"
+    assert result.metrics["distilled"] > result.metrics["pruned"] - 1e-4  # embedding cosine to the teacher
+    result.save(str(tmp_path))
+    reloaded = AutoModel.from_pretrained(tmp_path / "model")
+    assert isinstance(reloaded, BertModel) and reloaded.config.num_hidden_layers == result.architecture.layers
+
+
+@pytest.mark.parametrize("name", ["gpt2", "opt", "qwen3"])
+def test_other_families_meet_the_budget_and_reload_with_equal_outputs(name, tmp_path, tokenizer):
+    import transformers
+
+    vocab = len(tokenizer)
+    configs = {
+        "gpt2": lambda: transformers.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=4, n_head=4, n_positions=64),
+        "opt": lambda: transformers.OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=256, num_hidden_layers=4,
+                                              num_attention_heads=4, max_position_embeddings=64,
+                                              word_embed_proj_dim=64),
+        "qwen3": lambda: transformers.Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                                                  num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                                  head_dim=16, max_position_embeddings=64),
+    }
+    teacher = AutoModelForCausalLM.from_config(configs[name]())
+    result = slim_model(teacher, SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=4 * 4 * 32,
+                                            seq_len=32, batch_size=4, align=16, max_candidates=4, top_k=1,
+                                            calib_samples=4, eval_samples=4),
+                        tokenizer=tokenizer)
+    assert abs(result.metrics["fraction"] - 0.5) <= 0.02
+    result.save(str(tmp_path))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    ids = torch.randint(0, 1000, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, result.model.eval()(ids).logits)
+
+
+def test_bad_data_and_checkpoint_arguments_are_refused_before_any_work(llama_dir, tmp_path):
+    with pytest.raises(TypeError, match="data must be 'wiki' or a list of str, not str"):
+        slim_model(str(llama_dir), data="my-corpus.txt")
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
+        slim_model(str(llama_dir), resume=True)
+    with pytest.raises(ValueError, match="holds no checkpoint of a slim run to resume"):
+        slim_model(str(llama_dir), checkpoint_dir=str(tmp_path), resume=True)
+    (tmp_path / "settings.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds the checkpoints of an earlier slim run"):
+        slim_model(str(llama_dir), checkpoint_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="the checkpoints in .* were written with other settings"):
+        slim_model(str(llama_dir), checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match="needs at least 2"):
+        slim_model(str(llama_dir), data=["only one text"])
+    assert sorted(os.listdir(tmp_path)) == ["settings.json"]
