@@ -31,13 +31,32 @@ class LmObjective:
     def inputs(batch, device):
         return {"input_ids": batch["input_ids"].to(device), "use_cache": False}
 
+    CACHE_BYTES = 2 ** 30  # the teacher's log-probabilities on the held-out rows are kept when they fit
+
+    def __init__(self):
+        self._teacher_cache = (None, None)
+
+    def _teacher_log_probs(self, teacher, rows, batch):
+        """The teacher's log-probabilities on ``rows`` (computed once per teacher and rows when small enough)."""
+        key, cached = self._teacher_cache
+        if key == (id(teacher), id(rows)):
+            return cached
+        vocab = teacher.get_output_embeddings().weight.shape[0]
+        log_probs = []
+        for start in range(0, len(rows), batch):
+            part = rows.select(range(start, min(start + batch, len(rows))))
+            log_probs.append(F.log_softmax(teacher(**self.inputs(part, _device(teacher))).logits.float(), -1))
+        if rows.ids.numel() * vocab * 4 <= self.CACHE_BYTES:
+            self._teacher_cache = ((id(teacher), id(rows)), log_probs)
+        return log_probs
+
     @torch.no_grad()
     def proxy(self, teacher, student, rows, batch_size=4):
         """Mean KL(teacher || student) per token on ``rows``."""
         total, count = 0.0, 0
-        for start in range(0, len(rows), batch_size):
+        for index, log_p in enumerate(self._teacher_log_probs(teacher, rows, batch_size)):
+            start = index * batch_size
             batch = rows.select(range(start, min(start + batch_size, len(rows))))
-            log_p = F.log_softmax(teacher(**self.inputs(batch, _device(teacher))).logits.float(), -1)
             log_q = F.log_softmax(student(**self.inputs(batch, _device(student))).logits.float(), -1)
             kl = (log_p.exp() * (log_p - log_q.to(log_p.device))).sum(-1)
             total += kl.sum().item()

@@ -22,6 +22,7 @@ from msmodelslim.common.slim import search
 from msmodelslim.common.slim.result import SlimResult
 from msmodelslim.pytorch.prune.structure import layer_pattern
 from msmodelslim.pytorch.slim import data as slim_data
+from msmodelslim.pytorch.slim import distributed
 from msmodelslim.pytorch.slim import families
 from msmodelslim.pytorch.slim.objective import objective_for
 from msmodelslim.pytorch.slim.train import Distillation, TrainPlan
@@ -64,12 +65,18 @@ class Checkpoints:
         return self.folder is not None and os.path.isfile(self.path(name))
 
     def write(self, name, content):
-        """Write ``content`` (JSON for ``.json``, else torch.save) atomically; creates the directory first."""
+        """Write ``content`` (JSON for ``.json``, else torch.save) atomically; creates the directory and the
+        settings file first. With several processes, rank 0 writes and every process waits for it."""
         if self.folder is None:
             return
-        os.makedirs(self.folder, exist_ok=True)
-        if name != SETTINGS_FILE and not self.has(SETTINGS_FILE):
-            self.write(SETTINGS_FILE, self.settings)
+        if distributed.rank() == 0:
+            os.makedirs(self.folder, exist_ok=True)
+            if not self.has(SETTINGS_FILE):
+                self._write_file(SETTINGS_FILE, self.settings)
+            self._write_file(name, content)
+        distributed.barrier()
+
+    def _write_file(self, name, content):
         temporary = self.path(name) + ".tmp"
         if name.endswith(".json"):
             with open(temporary, "w", encoding="utf-8") as handle:
@@ -226,6 +233,10 @@ def slim_model_torch(model, config, data, tokenizer, checkpoint_dir, resume):
                               resume)
     torch.manual_seed(config.seed)
     teacher, tokenizer, weights_dir = load_teacher(model, tokenizer)
+    distributed.init_from_environment(next(teacher.parameters()).device)
+    if config.batch_size % distributed.world():
+        raise ValueError(f"SlimConfig.batch_size ({config.batch_size}) must be a multiple of the number of processes "
+                         f"({distributed.world()}).")
     family = families.family_of(teacher)
     if family is None:
         model_type = getattr(teacher.config, "model_type", type(teacher).__name__)

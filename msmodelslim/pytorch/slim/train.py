@@ -7,6 +7,7 @@ RNG states are written atomically (temporary file, then rename); the batches are
 a run resumed from a checkpoint ends with the same weights as an uninterrupted one. SIGINT/SIGTERM finish the
 current step, write a checkpoint, then stop as the signal asks (a second signal stops at once).
 """
+import contextlib
 import math
 import os
 import signal
@@ -17,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from msmodelslim.common.knowledge_distill.knowledge_distill import get_distill_model
+from msmodelslim.pytorch.slim import distributed
 from msmodelslim.pytorch.slim.data import batch_at
 from msmodelslim.utils.logging import logger
 
@@ -124,13 +126,14 @@ class Distillation:
             step, history = self._load(optimizer, scheduler)
             logger.info("%s: resumed at step %d of %d.", self.name, step, plan.steps)
         dual = get_distill_model(self.teacher, self.student, self.objective.distill_config(plan.temperature))
+        model = dual.to_ddp() if distributed.active() else dual
         bar = tqdm(total=plan.steps, initial=step, desc=self.name, unit="step",
-                   disable=not logger.isEnabledFor(20))
+                   disable=not logger.isEnabledFor(20) or distributed.rank() != 0)
         started, done_here = time.perf_counter(), 0
         try:
             with _StopRequest() as stop:
                 while step < plan.steps:
-                    loss, tokens = self._step(dual, optimizer, scheduler, step)
+                    loss, tokens = self._step(model, optimizer, scheduler, step)
                     step += 1
                     done_here += tokens
                     history.loss.append(loss)
@@ -140,35 +143,43 @@ class Distillation:
                     rate = done_here / max(time.perf_counter() - started, 1e-9)
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:.0f}")
                     bar.update(1)
-                    if self.checkpoint and (step % plan.checkpoint_every == 0 or stop.signal):
+                    stopping = distributed.any_process(stop.signal is not None)
+                    if self.checkpoint and (step % plan.checkpoint_every == 0 or stopping):
                         self._save(step, history, optimizer, scheduler)
-                    if stop.signal:
+                    if stopping:
                         logger.info("%s: stopped at step %d%s.", self.name, step,
                                     "; checkpoint written" if self.checkpoint else "")
-                        stop.deliver()
+                        stop.deliver(stop.signal or signal.SIGINT)
         finally:
             bar.close()
             dual.close()
         return history
 
-    def _step(self, dual, optimizer, scheduler, step):
+    def _step(self, model, optimizer, scheduler, step):
+        """One optimizer step on batch ``step`` (this process's rows of it); returns the batch's mean loss and its
+        token count, over every process."""
         plan = self.plan
-        batch = batch_at(self.train, step, plan.batch_size, plan.seed)
-        micro = plan.micro_batch_size or plan.batch_size
+        batch = distributed.shard(batch_at(self.train, step, plan.batch_size, plan.seed))
+        rows = batch["input_ids"].shape[0]
+        micro = plan.micro_batch_size or rows
         self.student.train()
         total = 0.0
-        for start in range(0, plan.batch_size, micro):
+        starts = range(0, rows, micro)
+        for start in starts:
             part = {k: v[start:start + micro] for k, v in batch.items()}
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                loss, _, _ = dual(**self.objective.inputs(part, self.device))
-            (loss * (part["input_ids"].shape[0] / plan.batch_size)).backward()
-            total += loss.item() * part["input_ids"].shape[0] / plan.batch_size
+            last = start == starts[-1]
+            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    loss, _, _ = model(**self.objective.inputs(part, self.device))
+                (loss * (part["input_ids"].shape[0] / rows)).backward()
+            total += loss.item() * part["input_ids"].shape[0] / rows
         if plan.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), plan.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return total, int(batch["attention_mask"].sum())
+        return distributed.mean(total), distributed.total(int(batch["attention_mask"].sum()))
 
     def _evaluate(self):
         was_training = self.student.training
@@ -184,7 +195,7 @@ class Distillation:
                  "rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         store, name = self.checkpoint
-        store.write(name, state)
+        store.write(name, state)  # rank 0 writes, the others wait
 
     def _load(self, optimizer, scheduler):
         store, name = self.checkpoint

@@ -198,3 +198,36 @@ def test_bad_data_and_checkpoint_arguments_are_refused_before_any_work(llama_dir
     with pytest.raises(ValueError, match="needs at least 2"):
         slim_model(str(llama_dir), data=["only one text"])
     assert sorted(os.listdir(tmp_path)) == ["settings.json"]
+
+
+DDP_WORKER = r"""
+import os, sys, torch
+from msmodelslim import set_logger_level
+from msmodelslim.common.slim import SlimConfig, slim_model
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from settings import DDP_ARGS
+set_logger_level("warning")
+result = slim_model(sys.argv[1], SlimConfig(**DDP_ARGS), checkpoint_dir=os.path.join(sys.argv[2], "checkpoints"))
+torch.save({"student": result.model.state_dict(), "loss": result.history["loss"]},
+           os.path.join(sys.argv[2], f"rank_{os.environ['RANK']}.pt"))
+"""
+DDP_ARGS = dict(budget=0.5, budget_kind="non_embedding_params", train_tokens=8 * 4 * 32, seq_len=32, batch_size=4,
+                align=16, max_candidates=2, top_k=1, calib_samples=4, eval_samples=4, checkpoint_every=2,
+                learning_rate=1e-3)
+
+
+def test_two_gloo_processes_follow_the_single_process_run(llama_dir, tmp_path):
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
+    (tmp_path / "settings.py").write_text(f"DDP_ARGS = {DDP_ARGS!r}\n")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(tmp_path / "worker.py"),
+                           str(llama_dir), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank_{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert all(torch.equal(value, ranks[1]["student"][key]) for key, value in ranks[0]["student"].items())
+    single = slim_model(str(llama_dir), SlimConfig(**DDP_ARGS))
+    assert ranks[0]["loss"] == pytest.approx(single.history["loss"], rel=1e-4)
+    for key, value in single.model.state_dict().items():
+        assert torch.allclose(ranks[0]["student"][key], value, atol=1e-4), key
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["final.pt", "search.json", "settings.json", "start.pt"]
