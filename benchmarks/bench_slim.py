@@ -182,7 +182,7 @@ def provenance():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     return (f"commit {commit.strip()}, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
             f"torch {torch.__version__}, transformers {transformers.__version__}, load average "
-            f"{os.getloadavg()[0]:.1f} at the end")
+            f"{os.getloadavg()[0]:.1f} at the end of the row")
 
 
 def main():
@@ -215,6 +215,7 @@ def main():
             arch = _arch_of(found)
             found[row] = run_trained(row, teacher, tokenizer, path, config, arch)
         found[row]["seconds"] = time.perf_counter() - start
+        found[row]["provenance"] = provenance()
         results_file.write_text(json.dumps(found, indent=1))
     write_table(found, config, args, args.results or (WORK / "quick-results" if args.quick else None))
     for row in ROWS:
@@ -230,23 +231,32 @@ def _arch_of(found):
 
 def write_table(found, config, args, folder):
     slim = found["slim"]
-    points = [step for step, _ in slim["curve"]]
+    steps = [step for step, _ in slim["curve"]]
+    points = [steps[round(i * (len(steps) - 1) / 5)] for i in range(6)] if len(steps) > 6 else steps
+    points = sorted(set(points))
     tokens_per_step = config.batch_size * config.seq_len
-    headers = ["row", "architecture", "no training"] + [f"{step * tokens_per_step:,} tokens" for step in points]
+    headers = (["row", "architecture", "no training"] + [f"{step * tokens_per_step:,} tokens" for step in points]
+               + ["last / slim + KD"])
     model = "a tiny random Llama (--quick)" if args.quick else "SmolLM2-135M"
-    rows = [[LABELS["dense"], model, slim["dense"]] + [""] * len(points)]
+    final = {row: found[row]["curve"][-1][1] for row in ROWS if row in found}
+    rows = [[LABELS["dense"], model, slim["dense"]] + [""] * len(points) + [""]]
     for row in ROWS:
         if row not in found:
             continue
         curve = dict((step, value) for step, value in found[row]["curve"])
         rows.append([LABELS[row], found[row]["architecture"], found[row]["pruned"]]
-                    + [curve.get(step, "") for step in points])
+                    + [curve.get(step, "") for step in points] + [f"{final[row] / final['slim']:.2f}x"])
+    goals = (f"At {config.train_tokens:,} tokens: slim + KD is {final['slim'] / slim['dense']:.2f}x the dense "
+             f"perplexity (goal at the largest budget: <= 2x)")
+    goals += "".join(f"; {LABELS[row]} {final[row] / final['slim']:.2f}x slim + KD" for row in ROWS[1:]
+                     if row in final) + "."
     candidates = [[c["label"] + (" (chosen)" if c.get("chosen") else ""), f"{c['fraction']:.1%}", c["proxy"],
                    c.get("proxy_after", "")] for c in slim["candidates"]]
     write_result("slim", "slim: prune to a budget, then distill", [
         ("Perplexity", f"Held-out perplexity of {model} at 50 % of its non-embedding parameters "
                        f"({slim['fraction']:.1%} reached), {config.train_tokens:,} training tokens per row; "
-                       f"{provenance()}.\n\n" + format_table(headers, rows)),
+                       f"measured at {slim.get('provenance') or provenance()}.\n\n" + format_table(headers, rows)
+                       + "\n\n" + goals),
         ("Candidates", "Proxy: mean KL(teacher || student) per held-out token, before and after the short "
                        "distillation of the best three.\n\n"
                        + format_table(["architecture", "of dense", "proxy", "after short KD"], candidates)),

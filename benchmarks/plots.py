@@ -1,4 +1,4 @@
-"""Bar charts of the benchmark tables: reads benchmarks/results/<name>.md and writes <name>_<chart>.png beside it.
+"""Bar charts (and, for training curves, line charts) of the benchmark tables: reads benchmarks/results/<name>.md and writes <name>_<chart>.png beside it.
 
 The charts are drawn from the Markdown tables themselves, so they always show what the tables say.
 Run: python benchmarks/plots.py   (run_all.py calls it after the benchmarks)
@@ -26,6 +26,12 @@ CHARTS = {
     "distill": [
         ("accuracy", "BBC News", ("model",), ("test accuracy",), "test accuracy", False),
     ],
+}
+
+# name -> [(chart, section heading prefix, label column, first value column, y-axis title)]: one line per row, the
+# value columns ("N tokens") on the x axis
+CURVES = {
+    "slim": [("perplexity", "Perplexity", "row", "no training", "held-out perplexity (log scale)")],
 }
 
 
@@ -68,23 +74,39 @@ def _column(headers, prefix):
     raise KeyError(f"no column starting with {prefix!r} in {headers}")
 
 
-def draw(name):
-    """Write the charts of ``results/<name>.md``; return the PNG paths written (none if the file is missing)."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _section(tables, section):
+    """``(headers, rows)`` of the first table under a heading starting with ``section``, or None."""
+    return next(((headers, rows) for heading, headers, rows in tables if heading.startswith(section)), None)
+
+
+def _save(plt, figure, axis, title, path):
+    axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def draw(name):
+    """Write the charts of ``results/<name>.md``; return the PNG paths written (none if the file is missing)."""
     source = RESULTS / f"{name}.md"
     if not source.exists():
         return []
-    written = []
-    tables = read_tables(source)
+    plt, written, tables = _pyplot(), [], read_tables(source)
     for chart, section, label_columns, value_columns, axis_title, log in CHARTS[name]:
-        found = [(headers, rows) for heading, headers, rows in tables if heading.startswith(section)]
+        found = _section(tables, section)
         if not found:
             continue
-        headers, rows = found[0]
+        headers, rows = found
         labels = [" / ".join(row[_column(headers, c)] for c in label_columns) for row in rows]
         series = [[_number(row[_column(headers, c)]) for row in rows] for c in value_columns]
         height = 0.8 / len(series)
@@ -99,16 +121,43 @@ def draw(name):
             axis.set_xscale("log")
         if len(series) > 1:
             axis.legend(fontsize=8)
-        axis.set_title(f"{name}: {section}", fontsize=10)
-        figure.tight_layout()
-        path = RESULTS / f"{name}_{chart}.png"
-        figure.savefig(path, dpi=90)
-        plt.close(figure)
-        written.append(path)
+        written.append(_save(plt, figure, axis, f"{name}: {section}", RESULTS / f"{name}_{chart}.png"))
+    return written
+
+
+def draw_curves(name):
+    """Write the line charts of ``results/<name>.md``; return the PNG paths written."""
+    source = RESULTS / f"{name}.md"
+    if not source.exists():
+        return []
+    plt, written, tables = _pyplot(), [], read_tables(source)
+    for chart, section, label_column, first_column, axis_title in CURVES[name]:
+        found = _section(tables, section)
+        if not found:
+            continue
+        headers, rows = found
+        start = _column(headers, first_column)
+        points = [0.0] + [_number(h.split(" ")[0].replace(",", "")) for h in headers[start + 1:]]
+        figure, axis = plt.subplots(figsize=(8, 4.5))
+        for row in rows:
+            values = [_number(cell) for cell in row[start:]]
+            line = [(x, y) for x, y in zip(points, values) if not math.isnan(y)]
+            if len(line) > 1:
+                axis.plot(*zip(*line), marker="o", label=row[_column(headers, label_column)])
+            elif line:
+                axis.axhline(line[0][1], linestyle="--", color="gray", label=row[_column(headers, label_column)])
+        axis.set_yscale("log")
+        axis.set_xlabel("training tokens")
+        axis.set_ylabel(axis_title)
+        axis.legend(fontsize=8)
+        written.append(_save(plt, figure, axis, f"{name}: {section}", RESULTS / f"{name}_{chart}.png"))
     return written
 
 
 def main():
+    for name in CURVES:
+        for path in draw_curves(name):
+            print(path)
     for name in CHARTS:
         for path in draw(name):
             print(path)

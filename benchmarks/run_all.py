@@ -2,7 +2,7 @@
 (*.png), and copy the tables and charts into the README's Benchmarks section (between its two marker comments).
 
 Run: python benchmarks/run_all.py [--quick] [--readme-only] [names ...]
-     (names: prune prune_fuzz prune_sweep transformer_prune sparse distill mindspore)
+     (names: prune prune_fuzz prune_sweep transformer_prune sparse distill mindspore slim)
 """
 import argparse
 import pathlib
@@ -18,7 +18,7 @@ START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 SUMMARY_ONLY = {"prune_sweep"}  # results too long for the README: its summary, and a link to the whole file
 SCRIPTS = {"prune": "bench_prune.py", "prune_fuzz": "bench_prune_fuzz.py", "prune_sweep": "bench_prune_sweep.py",
            "transformer_prune": "bench_transformer_prune.py", "sparse": "bench_sparse.py",
-           "distill": "bench_distill.py", "mindspore": "bench_mindspore.py"}
+           "distill": "bench_distill.py", "mindspore": "bench_mindspore.py", "slim": "bench_slim.py"}
 
 
 def main():
@@ -53,6 +53,8 @@ def update_readme(redraw=()):
     for name in redraw:
         if name in plots.CHARTS:  # benchmarks without charts (mindspore) have tables only
             plots.draw(name)
+        if name in plots.CURVES:
+            plots.draw_curves(name)
     parts = []
     for name in SCRIPTS:
         path = HERE / "results" / f"{name}.md"

@@ -72,3 +72,33 @@ def test_readme_without_markers_is_left_alone(results, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="markers"):
         run_all.update_readme()
     assert readme.read_text() == "no markers here\n"
+
+
+SLIM_TABLE = """# slim
+
+## Perplexity
+
+| row             | architecture | no training | 2,048 tokens | 4,096 tokens |
+|-----------------|--------------|-------------|--------------|--------------|
+| dense (teacher) | SmolLM2-135M | 20.1        |              |              |
+| slim + KD       | L23          | 336.7       | 80.2         | 60.5         |
+| scratch         | L23          | 50000       | 3000         | error        |
+"""
+
+
+def test_training_curves_are_drawn_from_the_token_columns(results, monkeypatch):
+    (results / "slim.md").write_text(SLIM_TABLE)
+    drawn = []
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.plot
+
+    def record(self, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(args[0]), list(args[1])))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    [path] = plots.draw_curves("slim")
+    assert path.name == "slim_perplexity.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drawn == [("slim + KD", [0.0, 2048.0, 4096.0], [336.7, 80.2, 60.5]),
+                     ("scratch", [0.0, 2048.0], [50000.0, 3000.0])]

@@ -76,6 +76,12 @@ def test_bad_numbers_name_the_option(capsys, tmp_path, tiny_llama, option, value
     assert not (tmp_path / "out").exists()
 
 
+def test_a_sequence_longer_than_the_positions_is_refused(capsys, tmp_path, tiny_llama):
+    code, lines = _run(capsys, tiny_llama, "--budget", "0.5", "--seq-len", "65", "--out", tmp_path / "out")
+    assert code == 2 and "seq_len 65 is longer than the 64 positions" in lines[-1]
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_without_an_interrupted_run_is_refused(capsys, tmp_path, tiny_llama):
     code, lines = _run(capsys, tiny_llama, "--budget", "0.5", "--resume", "--out", tmp_path / "out")
     assert code == 2 and "holds no checkpoint of a slim run to resume" in lines[-1]

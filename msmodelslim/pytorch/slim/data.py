@@ -68,7 +68,7 @@ def packed_rows(tokenizer, texts, seq_len, max_rows, name):
         chars += len(text) + 2
         if chars > needed * 8:  # about 4 characters per token, with a wide margin
             break
-    ids = tokenizer("\n\n".join(joined), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    ids = tokenizer("\n\n".join(joined), add_special_tokens=False, return_tensors="pt", verbose=False)["input_ids"][0]
     rows = min(ids.numel() // seq_len, max_rows)
     if rows < 1:
         raise ValueError(f"{name} holds {ids.numel()} tokens, fewer than one sequence of seq_len={seq_len}; give more "

@@ -49,6 +49,14 @@ def supported_types():
     return sorted(t for f in FAMILIES for t in f.model_types)
 
 
+def max_sequence_length(config):
+    """The longest sequence the model's config allows (``max_position_embeddings``, ``n_positions``), or None."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= (config.pad_token_id or 0) + 1  # positions start after the padding index
+    return limit
+
+
 def dense_architecture(family, config):
     """The teacher's :class:`Architecture` read from its config."""
     hidden = getattr(config, family.hidden)

@@ -106,7 +106,7 @@ def load_teacher(model, tokenizer):
                         f"{type(model).__name__}.")
     if tokenizer is None:
         raise ValueError("tokenizer is required when model is a model object (it is saved with the slim model).")
-    return model.eval(), tokenizer, None
+    return model, tokenizer, None
 
 
 class _Search:
@@ -227,12 +227,23 @@ def _identity(model):
 
 
 def slim_model_torch(model, config, data, tokenizer, checkpoint_dir, resume):
-    """Backend of :func:`msmodelslim.common.slim.slim_model` (arguments validated)."""
+    """Backend of :func:`msmodelslim.common.slim.slim_model` (arguments validated). A teacher given as a model
+    object gets its train/eval mode back at the end."""
+    was_training = getattr(model, "training", False)
+    try:
+        return _slim(model, config, data, tokenizer, checkpoint_dir, resume)
+    finally:
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
+
+
+def _slim(model, config, data, tokenizer, checkpoint_dir, resume):
     checkpoints = Checkpoints(checkpoint_dir, {"model": _identity(model), "config": config.to_dict(),
                                                "data": data if isinstance(data, str) else f"{len(data)} texts"},
                               resume)
     torch.manual_seed(config.seed)
     teacher, tokenizer, weights_dir = load_teacher(model, tokenizer)
+    teacher.eval()
     distributed.init_from_environment(next(teacher.parameters()).device)
     if config.batch_size % distributed.world():
         raise ValueError(f"SlimConfig.batch_size ({config.batch_size}) must be a multiple of the number of processes "
@@ -243,6 +254,10 @@ def slim_model_torch(model, config, data, tokenizer, checkpoint_dir, resume):
         raise ValueError(f"slim_model does not know the architecture '{model_type}'; supported model types: "
                          f"{', '.join(families.supported_types())}.")
     objective = objective_for(config.objective, teacher)
+    longest = families.max_sequence_length(teacher.config)
+    if longest is not None and config.seq_len > longest:
+        raise ValueError(f"SlimConfig.seq_len {config.seq_len} is longer than the {longest} positions of "
+                         f"{type(teacher).__name__} (max_position_embeddings); lower seq_len.")
     train_texts, held_texts = slim_data.split_texts(data)
     rows_of = slim_data.packed_rows if objective.name == "lm" else slim_data.padded_rows
     steps = max(1, math.ceil(config.train_tokens / (config.batch_size * config.seq_len)))

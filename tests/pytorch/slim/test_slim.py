@@ -140,7 +140,7 @@ def test_bert_embedding_objective_keeps_the_hidden_size(tmp_path, tokenizer):
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=4,
                         num_attention_heads=4, max_position_embeddings=64, initializer_range=0.1)
-    teacher = BertModel(config).eval()
+    teacher = BertModel(config).train()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     texts = assets.bbc_news()[0][:200]
     result = slim_model(teacher, SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=12 * 8 * 32,
@@ -148,6 +148,7 @@ def test_bert_embedding_objective_keeps_the_hidden_size(tmp_path, tokenizer):
                                             eval_samples=8, learning_rate=1e-3),
                         data=texts, tokenizer=tokenizer)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the teacher is untouched
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
     assert abs(result.metrics["fraction"] - 0.5) <= 0.02
     assert result.architecture.hidden == 64 and result.metrics["objective"] == "embedding"
     assert result.metrics["distilled"] > result.metrics["pruned"] - 1e-4  # embedding cosine to the teacher
