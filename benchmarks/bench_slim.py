@@ -122,7 +122,8 @@ def run_trained(row, teacher, tokenizer, path, config, arch):
 
     from msmodelslim.common.slim.search import Architecture
     from msmodelslim.pytorch.slim.objective import LmObjective
-    from msmodelslim.pytorch.slim.pipeline import Checkpoints, _plan
+    from msmodelslim.pytorch.slim.checkpoints import Checkpoints
+    from msmodelslim.pytorch.slim.pipeline import _plan
     from msmodelslim.pytorch.slim.train import Distillation
 
     train, held_out, steps = _data(tokenizer, config)

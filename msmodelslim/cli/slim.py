@@ -16,8 +16,8 @@ def add_parser(subparsers):
     parser = subparsers.add_parser(
         "slim", help="prune a transformer to a budget and distill it back",
         description="Search the architecture (layers, heads, hidden size, FFN width) that meets the budget, fill it "
-                    "with MODEL's most important weights, distill it from MODEL, and write DIR/model (from_pretrained), "
-                    "DIR/report.md and DIR/metrics.json. Checkpoints live in DIR/checkpoints until the run "
+                    "with MODEL's most important weights, distill it from MODEL, and write DIR/model "
+                    "(from_pretrained), DIR/report.md and DIR/metrics.json. Checkpoints live in DIR/checkpoints until the run "
                     "completes; --resume continues an interrupted run exactly.")
     parser.add_argument("model", help="a Hugging Face model directory or a .gguf file")
     parser.add_argument("--budget", type=positive_ratio, required=True,

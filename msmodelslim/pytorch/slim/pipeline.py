@@ -3,8 +3,7 @@ most important weights (``prune_model_weight``, activation importance, layers by
 candidates by a proxy, give the best few a short distillation and rank them again (ranking before any training
 misleads, Minitron), then distill the winner for the whole token budget.
 
-Checkpoint directory (optional): ``search.json`` and ``start.pt`` once the search is done (a resumed run skips it),
-``final.pt`` during the final distillation.
+Checkpoints (optional, :mod:`.checkpoints`): a run resumed after its search skips it.
 """
 import contextlib
 import json
@@ -24,67 +23,10 @@ from msmodelslim.pytorch.prune.structure import layer_pattern
 from msmodelslim.pytorch.slim import data as slim_data
 from msmodelslim.pytorch.slim import distributed
 from msmodelslim.pytorch.slim import families
+from msmodelslim.pytorch.slim.checkpoints import FINAL_FILE, SEARCH_FILE, START_FILE, Checkpoints
 from msmodelslim.pytorch.slim.objective import objective_for
 from msmodelslim.pytorch.slim.train import Distillation, TrainPlan
 from msmodelslim.utils.logging import logger
-
-SETTINGS_FILE, SEARCH_FILE, START_FILE, FINAL_FILE = "settings.json", "search.json", "start.pt", "final.pt"
-
-
-class Checkpoints:
-    """The checkpoint directory of one run (None: no checkpoints). ``settings.json`` records the run's settings;
-    a run resumes only from checkpoints written with the same settings."""
-
-    def __init__(self, folder, settings, resume):
-        self.folder, self.settings = folder, settings
-        recorded = self._recorded()
-        if folder is None:
-            return
-        if resume and recorded is None:
-            raise ValueError(f"resume: checkpoint_dir '{folder}' holds no checkpoint of a slim run to resume.")
-        if resume and recorded != settings:
-            changed = sorted(k for k in set(settings) | set(recorded) if settings.get(k) != recorded.get(k))
-            raise ValueError(f"resume: the checkpoints in '{folder}' were written with other settings "
-                             f"({', '.join(changed)} differ); resume with the same settings or start in an empty "
-                             f"directory.")
-        if not resume and recorded is not None:
-            raise ValueError(f"checkpoint_dir '{folder}' holds the checkpoints of an earlier slim run; pass "
-                             f"resume=True (--resume) to continue it, or give another directory.")
-
-    def _recorded(self):
-        path = self.path(SETTINGS_FILE)
-        if path is None or not os.path.isfile(path):
-            return None
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-
-    def path(self, name):
-        return os.path.join(self.folder, name) if self.folder else None
-
-    def has(self, name):
-        return self.folder is not None and os.path.isfile(self.path(name))
-
-    def write(self, name, content):
-        """Write ``content`` (JSON for ``.json``, else torch.save) atomically; creates the directory and the
-        settings file first. With several processes, rank 0 writes and every process waits for it."""
-        if self.folder is None:
-            return
-        if distributed.rank() == 0:
-            os.makedirs(self.folder, exist_ok=True)
-            if not self.has(SETTINGS_FILE):
-                self._write_file(SETTINGS_FILE, self.settings)
-            self._write_file(name, content)
-        distributed.barrier()
-
-    def _write_file(self, name, content):
-        temporary = self.path(name) + ".tmp"
-        if name.endswith(".json"):
-            with open(temporary, "w", encoding="utf-8") as handle:
-                json.dump(content, handle, indent=1)
-        else:
-            torch.save(content, temporary)
-        os.replace(temporary, self.path(name))
-
 
 def load_teacher(model, tokenizer):
     """``(teacher, tokenizer, weights_dir)``: a Hugging Face directory is loaded in float32 (no remote code);
@@ -237,11 +179,13 @@ def slim_model_torch(model, config, data, tokenizer, checkpoint_dir, resume):
             model.train(was_training)
 
 
-def _slim(model, config, data, tokenizer, checkpoint_dir, resume):
-    checkpoints = Checkpoints(checkpoint_dir, {"model": _identity(model), "config": config.to_dict(),
-                                               "data": data if isinstance(data, str) else f"{len(data)} texts"},
-                              resume)
-    torch.manual_seed(config.seed)
+def _checked_teacher(model, config, tokenizer):
+    """``(teacher, tokenizer, weights_dir, family, objective)``, after the checks that need the teacher.
+
+    Raises:
+        ValueError: an unknown family, an objective the model cannot serve, a sequence longer than its positions, a
+            batch that the processes cannot share evenly.
+    """
     teacher, tokenizer, weights_dir = load_teacher(model, tokenizer)
     teacher.eval()
     distributed.init_from_environment(next(teacher.parameters()).device)
@@ -258,32 +202,53 @@ def _slim(model, config, data, tokenizer, checkpoint_dir, resume):
     if longest is not None and config.seq_len > longest:
         raise ValueError(f"SlimConfig.seq_len {config.seq_len} is longer than the {longest} positions of "
                          f"{type(teacher).__name__} (max_position_embeddings); lower seq_len.")
+    return teacher, tokenizer, weights_dir, family, objective
+
+
+def _token_data(tokenizer, config, data, objective):
+    """``(train rows, held-out rows, calibration batches, steps)``."""
     train_texts, held_texts = slim_data.split_texts(data)
     rows_of = slim_data.packed_rows if objective.name == "lm" else slim_data.padded_rows
     steps = max(1, math.ceil(config.train_tokens / (config.batch_size * config.seq_len)))
     train = rows_of(tokenizer, train_texts, config.seq_len, steps * config.batch_size, "the training text")
     held_out = rows_of(tokenizer, held_texts, config.seq_len, config.eval_samples, "the held-out text")
-    calibration = [train.select(range(i, min(i + 4, config.calib_samples, len(train))))
-                   for i in range(0, min(config.calib_samples, len(train)), 4)]
-    search_state = _Search(teacher, family, objective, config, calibration, held_out, weights_dir)
-    dense_metric = objective.metric(teacher, teacher, held_out)
-    dense_size = families.model_size(teacher, config.budget_kind)
+    count = min(config.calib_samples, len(train))
+    calibration = [train.select(range(i, min(i + 4, count))) for i in range(0, count, 4)]
+    return train, held_out, calibration, steps
+
+
+def _chosen_student(search_state, checkpoints, config, train):
+    """``(candidate rows, architecture, student, metric before training)``: from the checkpoints of an interrupted
+    run when its search was done, else by running the search (its result is then checkpointed)."""
+    teacher = search_state.teacher
     if checkpoints.has(SEARCH_FILE):
         with open(checkpoints.path(SEARCH_FILE), encoding="utf-8") as handle:
             found = json.load(handle)
         arch = search.Architecture(**found["architecture"])
-        student = families.build(type(teacher), families.candidate_config(family, teacher.config, search_state.space,
-                                                                          arch), next(teacher.parameters()).device)
+        small_config = families.candidate_config(search_state.family, teacher.config, search_state.space, arch)
+        student = families.build(type(teacher), small_config, next(teacher.parameters()).device)
         student.load_state_dict(torch.load(checkpoints.path(START_FILE), map_location="cpu", weights_only=True))
-        rows, metric_pruned = found["candidates"], found["metric_pruned"]
         logger.info("Resuming: the search chose %s.", arch.label())
-    else:
-        with _weights_dir(teacher, weights_dir) as folder:
-            search_state.weights_dir = folder
-            rows, arch, student, metric_pruned = run_search(search_state, config, train)
-        checkpoints.write(START_FILE, student.state_dict())
-        checkpoints.write(SEARCH_FILE, {"architecture": arch.to_dict(), "candidates": rows,
-                                        "metric_pruned": metric_pruned})
+        return found["candidates"], arch, student, found["metric_pruned"]
+    with _weights_dir(teacher, search_state.weights_dir) as folder:
+        search_state.weights_dir = folder
+        rows, arch, student, metric_pruned = run_search(search_state, config, train)
+    checkpoints.write(START_FILE, student.state_dict())
+    checkpoints.write(SEARCH_FILE, {"architecture": arch.to_dict(), "candidates": rows, "metric_pruned": metric_pruned})
+    return rows, arch, student, metric_pruned
+
+
+def _slim(model, config, data, tokenizer, checkpoint_dir, resume):
+    checkpoints = Checkpoints(checkpoint_dir, {"model": _identity(model), "config": config.to_dict(),
+                                               "data": data if isinstance(data, str) else f"{len(data)} texts"},
+                              resume)
+    torch.manual_seed(config.seed)
+    teacher, tokenizer, weights_dir, family, objective = _checked_teacher(model, config, tokenizer)
+    train, held_out, calibration, steps = _token_data(tokenizer, config, data, objective)
+    search_state = _Search(teacher, family, objective, config, calibration, held_out, weights_dir)
+    dense_metric = objective.metric(teacher, teacher, held_out)
+    dense_size = families.model_size(teacher, config.budget_kind)
+    rows, arch, student, metric_pruned = _chosen_student(search_state, checkpoints, config, train)
     torch.manual_seed(config.seed)  # the same start whether or not the search ran in this process
     history = Distillation(teacher, student, objective, _plan(config, steps), train, held_out,
                            checkpoint=(checkpoints, FINAL_FILE) if checkpoint_dir else None,

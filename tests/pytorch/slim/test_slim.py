@@ -196,8 +196,10 @@ def test_bad_data_and_checkpoint_arguments_are_refused_before_any_work(llama_dir
         slim_model(str(llama_dir), checkpoint_dir=str(tmp_path))
     with pytest.raises(ValueError, match="the checkpoints in .* were written with other settings"):
         slim_model(str(llama_dir), checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match="seq_len 256 is longer than the 64 positions"):
+        slim_model(str(llama_dir), data=["a text", "another text"])
     with pytest.raises(ValueError, match="needs at least 2"):
-        slim_model(str(llama_dir), data=["only one text"])
+        slim_model(str(llama_dir), SlimConfig(seq_len=32), data=["only one text"])
     assert sorted(os.listdir(tmp_path)) == ["settings.json"]
 
 
