@@ -51,6 +51,19 @@ def test_an_unknown_architecture_lists_the_supported_ones(capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_with_a_task_head_is_refused_rather_than_stripped(capsys, tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    model = tmp_path / "classifier"
+    tokenizer = assets.minilm_tokenizer()
+    BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=2)).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    code, lines = _run(capsys, model, "--budget", "0.5", "--out", tmp_path / "out")
+    assert code == 2 and "is a BertForSequenceClassification" in lines[-1] and "task heads" in lines[-1]
+    assert not (tmp_path / "out").exists()
+
+
 def test_empty_data_is_refused(capsys, tmp_path, tiny_llama):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n  \n")

@@ -38,7 +38,12 @@ def load_teacher(model, tokenizer):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"model: '{path}' is not a Hugging Face model directory (no config.json).")
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
+        architectures = config.architectures or []
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+        headed = [a for a in architectures if not causal and not a.endswith("Model")]
+        if headed:  # AutoModel would silently drop the task head
+            raise ValueError(f"model: '{path}' is a {headed[0]}; slim_model distills causal language models and bare "
+                             f"encoders (sentence embeddings) only, task heads are not supported yet.")
         loader = AutoModelForCausalLM if causal else AutoModel
         teacher = loader.from_pretrained(path, dtype=torch.float32, trust_remote_code=False).eval()
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=False)
