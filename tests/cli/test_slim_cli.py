@@ -6,15 +6,19 @@ from msmodelslim import assets
 from msmodelslim.cli.main import main
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama")
+def _save_tiny(folder, model_class, config_class, **extra):
+    """A 2-layer model of ``model_class`` with the MiniLM tokenizer, saved as a Hugging Face directory."""
     tokenizer = assets.minilm_tokenizer()
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                 max_position_embeddings=64)).save_pretrained(folder)
+    model_class(config_class(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, **extra)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return _save_tiny(tmp_path_factory.mktemp("llama"), LlamaForCausalLM, LlamaConfig, num_key_value_heads=1,
+                      max_position_embeddings=64)
 
 
 def _run(capsys, *args):
@@ -40,11 +44,7 @@ def test_a_budget_no_architecture_meets_names_the_smallest_size(capsys, tmp_path
 
 
 def test_an_unknown_architecture_lists_the_supported_ones(capsys, tmp_path):
-    model = tmp_path / "neox"
-    tokenizer = assets.minilm_tokenizer()
-    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                     num_hidden_layers=2, num_attention_heads=2)).save_pretrained(model)
-    tokenizer.save_pretrained(model)
+    model = _save_tiny(tmp_path / "neox", GPTNeoXForCausalLM, GPTNeoXConfig)
     code, lines = _run(capsys, model, "--budget", "0.5", "--out", tmp_path / "out")
     assert code == 2
     assert "does not know the architecture 'gpt_neox'" in lines[-1] and "llama" in lines[-1]
@@ -54,11 +54,7 @@ def test_an_unknown_architecture_lists_the_supported_ones(capsys, tmp_path):
 def test_a_model_with_a_task_head_is_refused_rather_than_stripped(capsys, tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
-    model = tmp_path / "classifier"
-    tokenizer = assets.minilm_tokenizer()
-    BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=2)).save_pretrained(model)
-    tokenizer.save_pretrained(model)
+    model = _save_tiny(tmp_path / "classifier", BertForSequenceClassification, BertConfig)
     code, lines = _run(capsys, model, "--budget", "0.5", "--out", tmp_path / "out")
     assert code == 2 and "is a BertForSequenceClassification" in lines[-1] and "task heads" in lines[-1]
     assert not (tmp_path / "out").exists()

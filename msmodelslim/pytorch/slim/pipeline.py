@@ -70,9 +70,13 @@ class _Search:
         self.prune_config.measurement_cache = {}
         self.count = lru_cache(maxsize=None)(self._count)
 
+    def blank(self, arch, device=None):
+        """A randomly initialised model of ``arch`` (``device`` "meta": shapes only; default: the teacher's)."""
+        small_config = families.candidate_config(self.family, self.teacher.config, self.space, arch)
+        return families.build(type(self.teacher), small_config, device or next(self.teacher.parameters()).device)
+
     def _count(self, arch):
-        small = families.candidate_config(self.family, self.teacher.config, self.space, arch)
-        return families.model_size(families.build(type(self.teacher), small, "meta"), self.config.budget_kind)
+        return families.model_size(self.blank(arch, "meta"), self.config.budget_kind)
 
     def candidates(self):
         """The spread of architectures within the budget. Raises ValueError when none meets it."""
@@ -86,9 +90,7 @@ class _Search:
 
     def build(self, arch):
         """A student of ``arch`` filled from the teacher (in the teacher's device, float32)."""
-        small_config = families.candidate_config(self.family, self.teacher.config, self.space, arch)
-        device = next(self.teacher.parameters()).device
-        student = families.build(type(self.teacher), small_config, device).eval()
+        student = self.blank(arch).eval()
         prune_model_weight(student, self.prune_config, self.weights_dir)
         return student
 
@@ -230,8 +232,7 @@ def _chosen_student(search_state, checkpoints, config, train):
         with open(checkpoints.path(SEARCH_FILE), encoding="utf-8") as handle:
             found = json.load(handle)
         arch = search.Architecture(**found["architecture"])
-        small_config = families.candidate_config(search_state.family, teacher.config, search_state.space, arch)
-        student = families.build(type(teacher), small_config, next(teacher.parameters()).device)
+        student = search_state.blank(arch)
         student.load_state_dict(torch.load(checkpoints.path(START_FILE), map_location="cpu", weights_only=True))
         logger.info("Resuming: the search chose %s.", arch.label())
         return found["candidates"], arch, student, found["metric_pruned"]
