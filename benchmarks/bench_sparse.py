@@ -4,8 +4,9 @@ unstructured, 2:4 and non-uniform (OWL), the compact export size, and llm-compre
 Protocol (README, "Perplexity protocol"): 32 calibration sequences x 512 tokens from the Wikipedia train split,
 perplexity on 16 x 512 tokens of the test split. Each run is a separate process (clean peak RSS).
 
-Writes benchmarks/results/sparse.md. Run: python benchmarks/bench_sparse.py [--quick]
-Set LLMCOMPRESSOR_PYTHON to the python of a venv with llmcompressor to add its SparseGPT and Wanda.
+Writes benchmarks/results/sparse.md. Run: python benchmarks/bench_sparse.py [--quick] [--part methods|compare]
+Set LLMCOMPRESSOR_PYTHON to the python of a venv with llmcompressor (e.g. `pip install torch==2.13.0
+llmcompressor==0.14.0.1`) to measure its SparseGPT and Wanda beside ours ("compare").
 """
 import argparse
 import json
@@ -15,14 +16,19 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, write_result
+from common import ROOT, merge_result
 from msmodelslim.utils.report import format_table
 
 METHODS = ("weight_magnitude", "magnitude", "hessian", "par", "par_v2")
 SETTINGS = (("50% unstructured", {}), ("2:4", {"pattern": "2:4"}), ("50% OWL (uniform=False)", {"uniform": False}))
 
 
-def worker(method, options, samples, seq_len, eval_chunks, export_dir):
+# The layers whose masks are compared side by side: one that sees the same inputs in both tools (the first block's),
+# and one after fifteen blocks of each tool's own sparsified outputs.
+MASK_LAYERS = ("model.layers.0.self_attn.q_proj", "model.layers.15.mlp.down_proj")
+
+
+def worker(method, options, samples, seq_len, eval_chunks, export_dir, mask_file=""):
     import resource
 
     import torch
@@ -42,66 +48,87 @@ def worker(method, options, samples, seq_len, eval_chunks, export_dir):
     result = {}
     if method == "dense":
         result["ppl"] = perplexity(model, evaluation)
-        dense_file = os.path.join(export_dir, "dense.safetensors")
-        save_state_dict(model.state_dict(), dense_file)
-        result["dense_bytes"] = os.path.getsize(dense_file)
+        if export_dir:
+            dense_file = os.path.join(export_dir, "dense.safetensors")
+            save_state_dict(model.state_dict(), dense_file)
+            result["dense_bytes"] = os.path.getsize(dense_file)
     else:
         compressor = Compressor(model, SparseConfig(method=method, **options))
         start = time.perf_counter()
         compressor.compress(calibration)
         result["seconds"] = time.perf_counter() - start
+        result["timings"] = compressor.report().timings
         result["ppl"] = perplexity(model, evaluation)
         result["sparsity"] = compressor.report().overall_sparsity
         if export_dir:
             compact = os.path.join(export_dir, f"{method}.sparse.safetensors")
             compressor.export(compact)
             result["export_bytes"] = os.path.getsize(compact)
+        if mask_file:
+            torch.save({name: model.get_submodule(name).weight.detach() == 0 for name in MASK_LAYERS}, mask_file)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
-def run_worker(method, options, args, export_dir=""):
+def run_worker(method, options, args, export_dir="", mask_file=""):
     command = [sys.executable, __file__, "--worker", method, json.dumps(options), str(args.samples),
-               str(args.seq_len), str(args.eval_chunks), export_dir]
+               str(args.seq_len), str(args.eval_chunks), export_dir, mask_file]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT / "benchmarks")
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-1][:160]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# llm-compressor as its README configures it (oneshot with a pruning modifier), in its own virtual environment.
+# The LM head and the tied input embedding must stay dense, as in our runs: a plain "lm_head" in `ignore` does not
+# match the module's full name, so the regular expression form is used, and the script checks both are unchanged.
 LLMC_SCRIPT = r"""
-import json, resource, sys, time, datasets, torch, transformers as T
-from llmcompressor import oneshot
-from llmcompressor.modifiers.pruning import WandaPruningModifier
-from llmcompressor.modifiers.obcq import SparseGPTModifier
-path, method, pattern, calib_file, eval_file = sys.argv[1:6]
+import json, math, resource, sys, time
+from importlib import metadata
+import datasets, torch, transformers as T
+path, method, pattern, calib_file, eval_file, mask_layers, mask_file = sys.argv[1:8]
 calibration = torch.load(calib_file); evaluation = torch.load(eval_file)
 model = T.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-data = datasets.Dataset.from_dict({"input_ids": calibration.tolist(),
-                                   "attention_mask": torch.ones_like(calibration).tolist()})
-Modifier = SparseGPTModifier if method == "SparseGPT" else WandaPruningModifier
-recipe = Modifier(sparsity=0.5, mask_structure=pattern, targets=["Linear"], ignore=["lm_head"])
-start = time.perf_counter()
-oneshot(model=model, dataset=data, recipe=recipe, num_calibration_samples=len(calibration),
-        max_seq_length=calibration.shape[1])
-seconds = time.perf_counter() - start
+embedding = model.get_input_embeddings().weight.detach().clone()
+head = model.get_output_embeddings().weight.detach().clone()
+seconds = None
+if method != "dense":
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from llmcompressor.modifiers.obcq import SparseGPTModifier
+    data = datasets.Dataset.from_dict({"input_ids": calibration.tolist(),
+                                       "attention_mask": torch.ones_like(calibration).tolist()})
+    Modifier = SparseGPTModifier if method == "SparseGPT" else WandaPruningModifier
+    recipe = Modifier(sparsity=0.5, mask_structure=pattern, targets=["Linear"], ignore=["re:.*lm_head"])
+    start = time.perf_counter()
+    oneshot(model=model, dataset=data, recipe=recipe, num_calibration_samples=len(calibration),
+            max_seq_length=calibration.shape[1])
+    seconds = time.perf_counter() - start
+    assert torch.equal(model.get_input_embeddings().weight, embedding), "oneshot changed the input embedding"
+    assert torch.equal(model.get_output_embeddings().weight, head), "oneshot changed the LM head"
+    torch.save({n: model.get_submodule(n).weight.detach() == 0 for n in mask_layers.split(",")}, mask_file)
 nll, count = 0.0, 0
 with torch.no_grad():
     for chunk in evaluation.split(4):
         logits = model(input_ids=chunk, use_cache=False).logits.float()
-        nll += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
-                                                 reduction="sum").item()
+        nll += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 chunk[:, 1:].reshape(-1), reduction="sum").item()
         count += chunk[:, 1:].numel()
-import math
-print(json.dumps({"ppl": math.exp(nll / count), "seconds": seconds,
+versions = {p: metadata.version(p) for p in ("llmcompressor", "compressed-tensors", "transformers", "torch")}
+print(json.dumps({"ppl": math.exp(nll / count), "seconds": seconds, "versions": versions,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
+COMPARED = (("50% unstructured", {}, "0:0"), ("2:4", {"pattern": "2:4"}, "2:4"))
+PAIRS = (("hessian", "SparseGPT"), ("magnitude", "Wanda"))
+OURS_ONLY = (("hessian, true_sequential", "hessian", {"true_sequential": True}),)
 
-def llmcompressor_rows(args):
+
+def _llmc_runner(args, folder):
+    """A function running one llm-compressor job in its venv, or None when LLMCOMPRESSOR_PYTHON is not set."""
     python = os.environ.get("LLMCOMPRESSOR_PYTHON")
     if not python or not os.path.exists(python):
-        return [], "llm-compressor: not run (set LLMCOMPRESSOR_PYTHON to the python of a venv where it is installed)."
+        return None
     import torch
     import transformers as T
 
@@ -109,37 +136,94 @@ def llmcompressor_rows(args):
 
     path = assets.smollm2_135m_dir()
     tokenizer = T.AutoTokenizer.from_pretrained(path)
-    rows = []
+    calib, evaluation = os.path.join(folder, "calib.pt"), os.path.join(folder, "eval.pt")
+    torch.save(assets.wiki_token_chunks(tokenizer, "train", args.samples, args.seq_len), calib)
+    torch.save(assets.wiki_token_chunks(tokenizer, "test", args.eval_chunks, args.seq_len), evaluation)
+    script = os.path.join(folder, "llmc.py")
+    with open(script, "w") as handle:
+        handle.write(LLMC_SCRIPT)
+
+    def run(method, pattern, mask_file=""):
+        proc = subprocess.run([python, script, str(path), method, pattern, calib, evaluation, ",".join(MASK_LAYERS),
+                               mask_file],
+                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if proc.returncode:
+            return {"error": proc.stderr.strip().splitlines()[-1][:160]}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return run
+
+
+def _agreement(ours, theirs):
+    """The share of weights on which the two tools' masks agree, per layer of MASK_LAYERS."""
+    import torch
+
+    if not (os.path.exists(ours) and os.path.exists(theirs)):
+        return ["-"] * len(MASK_LAYERS)
+    a, b = torch.load(ours, weights_only=True), torch.load(theirs, weights_only=True)
+    return [f"{(a[name] == b[name]).float().mean().item():.2%}" for name in MASK_LAYERS]
+
+
+def comparison_section(args):
+    """Ours and llm-compressor on the same model, data and protocol, run interleaved (ours, theirs, ...)."""
+    from common import provenance
+
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
-        calib, evaluation = os.path.join(folder, "calib.pt"), os.path.join(folder, "eval.pt")
-        torch.save(assets.wiki_token_chunks(tokenizer, "train", args.samples, args.seq_len), calib)
-        torch.save(assets.wiki_token_chunks(tokenizer, "test", args.eval_chunks, args.seq_len), evaluation)
-        script = os.path.join(folder, "llmc.py")
-        with open(script, "w") as handle:
-            handle.write(LLMC_SCRIPT)
-        for label, pattern in (("50% unstructured", "0:0"), ("2:4", "2:4")):
-            for method in ("SparseGPT", "Wanda"):
-                proc = subprocess.run([python, script, str(path), method, pattern, calib, evaluation],
-                                      capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-                if proc.returncode:
-                    rows.append([label, f"llm-compressor {method}", "error", proc.stderr.strip()[-120:], "", ""])
-                    continue
-                result = json.loads(proc.stdout.strip().splitlines()[-1])
-                rows.append([label, f"llm-compressor {method}", f"{result['ppl']:.2f}", f"{result['seconds']:.0f}",
-                             f"{result['peak_rss_mb']:.0f}", "-"])
-                print(rows[-1], flush=True)
-    return rows, "llm-compressor 0.14.0.1 (its own venv, transformers 5.17), same model, data and protocol."
+        theirs = _llmc_runner(args, folder)
+        if theirs is None:
+            return "llm-compressor: not run (set LLMCOMPRESSOR_PYTHON to the python of a venv where it is installed)."
+        rows, times = [], {}
+
+        def row(setting, tool, method, result, agreement=("-",) * len(MASK_LAYERS)):
+            if "error" in result:
+                rows.append([setting, tool, method, "error", result["error"], "", "", "", "", *agreement])
+                return
+            seconds = result.get("seconds")
+            t = result.get("timings") or {}
+            times[(setting, tool, method)] = seconds
+            rows.append([setting, tool, method, f"{result['ppl']:.2f}", "-" if seconds is None else f"{seconds:.0f}",
+                         *(f"{t[k]:.0f}" if k in t else "-" for k in ("forward", "statistics", "solve")),
+                         f"{result['peak_rss_mb']:.0f}", *agreement])
+            print(rows[-1], flush=True)
+
+        row("dense", "msmodelslim", "-", run_worker("dense", {}, args))
+        llmc_dense = theirs("dense", "0:0")
+        row("dense", "llm-compressor", "-", llmc_dense)
+        for setting, options, pattern in COMPARED:
+            for ours_method, their_method in PAIRS:
+                ours_mask, their_mask = (os.path.join(folder, f"{who}-{ours_method}-{pattern}.pt")
+                                         for who in ("ours", "theirs"))
+                row(setting, "msmodelslim", ours_method, run_worker(ours_method, options, args, "", ours_mask))
+                result = theirs(their_method, pattern, their_mask)
+                row(setting, "llm-compressor", their_method, result, _agreement(ours_mask, their_mask))
+            for label, method, extra in OURS_ONLY:
+                row(setting, "msmodelslim", label, run_worker(method, {**options, **extra}, args))
+    table = format_table(["setting", "tool", "method", "perplexity", "seconds", "forward s", "statistics s",
+                          "solve s", "peak RSS MiB", *(f"mask agreement {name}" for name in MASK_LAYERS)], rows)
+    ratios = []
+    for setting, _, _ in COMPARED:
+        ours_h, ours_m = times.get((setting, "msmodelslim", "hessian")), times.get((setting, "msmodelslim", "magnitude"))
+        their_h = times.get((setting, "llm-compressor", "SparseGPT"))
+        if ours_h and ours_m:
+            ratios.append(f"{setting}: hessian / magnitude time {ours_h / ours_m:.2f}")
+        if ours_h and their_h:
+            ratios.append(f"{setting}: hessian / llm-compressor SparseGPT time {ours_h / their_h:.2f}")
+    versions = llmc_dense.get("versions", {})
+    their_versions = ", ".join(f"{k} {v}" for k, v in versions.items())
+    return (table + "\n\n" + "; ".join(ratios) + ".\n\n"
+            f"Same SmolLM2-135M, calibration ({args.samples} x {args.seq_len} tokens) and held-out perplexity "
+            f"({args.eval_chunks} x {args.seq_len} tokens) as above; every Linear layer but the LM head sparsified by "
+            "both tools (llm-compressor: `ignore=[\"re:.*lm_head\"]`; the script asserts that its input embedding "
+            "and LM head are unchanged after `oneshot`). Runs alternate between the tools, one process each, one "
+            "run per row. 'mask agreement' is the share of the named layer's weights on which the two tools' "
+            "masks agree: block 0 sees the same inputs in both tools, block 15 the outputs of each tool's own "
+            "sparsified blocks. The forward / statistics / solve columns are our own breakdown of 'seconds' "
+            "(`Compressor.report().timings`). llm-compressor in its own virtual environment: "
+            f"{their_versions or 'versions not read'}. Ours: {provenance(load_before=load_before)}.")
 
 
-def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        method, options, samples, seq_len, chunks, export_dir = sys.argv[2:8]
-        worker(method, json.loads(options), int(samples), int(seq_len), int(chunks), export_dir)
-        return
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="4 calibration sequences of 256 tokens, 2 methods")
-    args = parser.parse_args()
-    args.samples, args.seq_len, args.eval_chunks = (4, 256, 4) if args.quick else (32, 512, 16)
+def methods_section(args):
     methods = ("magnitude", "weight_magnitude") if args.quick else METHODS
     started = time.perf_counter()
     rows = []
@@ -157,16 +241,34 @@ def main():
                 rows.append([label, method, f"{result['ppl']:.2f}", f"{result['seconds']:.0f}",
                              f"{result['peak_rss_mb']:.0f}", size])
                 print(rows[-1], flush=True)
-    llmc_rows, llmc_note = llmcompressor_rows(args) if not args.quick else ([], "llm-compressor: not run (--quick).")
-    table = format_table(["setting", "method", "perplexity", "seconds", "peak RSS MiB", "export / dense file"],
-                         rows + llmc_rows)
-    note = (f"SmolLM2-135M (fp32, dequantised Q4_1 weights), {args.samples} calibration sequences x {args.seq_len} "
-            f"tokens (Wikipedia train split), perplexity on {args.eval_chunks} x {args.seq_len} test tokens. "
-            "Every Linear layer but lm_head is sparsified (210 layers). 'seconds' is compress() alone; peak RSS is "
-            "the whole process (model, data, evaluation). The export is the compact bitmask file "
-            f"(Compressor.export) against the dense safetensors file. {llmc_note} "
-            f"Total benchmark time {time.perf_counter() - started:.0f} s.")
-    write_result("sparse", "Sparse tool (SparseConfig / Compressor)", [("SmolLM2-135M", table + "\n\n" + note)])
+    table = format_table(["setting", "method", "perplexity", "seconds", "peak RSS MiB", "export / dense file"], rows)
+    return (table + "\n\n" + f"SmolLM2-135M (fp32, dequantised Q4_1 weights), {args.samples} calibration sequences x "
+            f"{args.seq_len} tokens (Wikipedia train split), perplexity on {args.eval_chunks} x {args.seq_len} test "
+            "tokens. Every Linear layer but lm_head is sparsified (210 layers). 'seconds' is compress() alone; peak "
+            "RSS is the whole process (model, data, evaluation). The export is the compact bitmask file "
+            f"(Compressor.export) against the dense safetensors file. Total time {time.perf_counter() - started:.0f} "
+            "s.")
+
+
+PARTS = {"methods": ("SmolLM2-135M", methods_section),
+         "compare": ("SmolLM2-135M: msmodelslim and llm-compressor side by side", comparison_section)}
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        method, options, samples, seq_len, chunks, export_dir, mask_file = sys.argv[2:9]
+        worker(method, json.loads(options), int(samples), int(seq_len), int(chunks), export_dir, mask_file)
+        return
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="4 calibration sequences of 256 tokens, 2 methods")
+    parser.add_argument("--part", choices=sorted(PARTS) + ["all"], default="all",
+                        help="measure one section of sparse.md (the others are kept as they are)")
+    parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args()
+    args.samples, args.seq_len, args.eval_chunks = (4, 256, 4) if args.quick else (32, 512, 16)
+    parts = sorted(PARTS) if args.part == "all" else [args.part]
+    sections = [(PARTS[part][0], PARTS[part][1](args)) for part in parts]
+    merge_result("sparse", "Sparse tool (SparseConfig / Compressor)", sections, args.results)
 
 
 if __name__ == "__main__":

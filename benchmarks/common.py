@@ -62,3 +62,74 @@ def write_result(name, title, sections, folder=None):
 def name_of_script(name):
     return {"prune": "bench_prune.py", "transformer_prune": "bench_transformer_prune.py",
             "sparse": "bench_sparse.py", "distill": "bench_distill.py"}.get(name, f"bench_{name}.py")
+
+
+def cpu_model():
+    """The CPU's model name (Linux /proc/cpuinfo), else the platform's processor string."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(packages=("torch", "transformers"), load_before=None):
+    """One line saying where and how a figure was measured: git commit (``+changes`` when the tree differs from
+    it), date, CPU model and cores, GPU if any, the versions of ``packages`` as installed now, and the 1-minute
+    load average (``load_before`` -> now), flagged when it exceeded the number of cores."""
+    import subprocess
+    from importlib import metadata
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+changes"
+    versions = []
+    for package in packages:
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package} (not installed)")
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    load_now = os.getloadavg()[0]
+    loads = [load for load in (load_before, load_now) if load is not None]
+    load = " -> ".join(f"{value:.1f}" for value in loads)
+    busy = " (busier than the core count: times are inflated)" if max(loads) > os.cpu_count() else ""
+    return (f"commit {commit}, {time.strftime('%Y-%m-%d %H:%M')}, {cpu_model()}, {os.cpu_count()} cores{gpu}, "
+            f"{', '.join(versions)}, load average {load}{busy}")
+
+
+def merge_result(name, title, sections, folder=None):
+    """Like :func:`write_result`, but keep the sections of an existing ``<name>.md`` that ``sections`` does not
+    replace (a script that measures one part of a results file leaves the other parts as they were)."""
+    folder = pathlib.Path(folder) if folder else RESULTS
+    path = folder / f"{name}.md"
+    kept = []
+    if path.exists():
+        heading, body = None, []
+        for line in path.read_text().splitlines():
+            if line.startswith("## "):
+                if heading is not None:
+                    kept.append((heading, "\n".join(body)))
+                heading, body = line[3:], []
+            elif heading is not None:
+                body.append(line)
+        if heading is not None:
+            kept.append((heading, "\n".join(body)))
+    replaced = dict(sections)
+    merged = [(heading, replaced.pop(heading, text)) for heading, text in kept] + list(replaced.items())
+    return write_result(name, title, merged, folder)

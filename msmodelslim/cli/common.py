@@ -178,7 +178,7 @@ def load_causal_lm(path):
 
     with reading("MODEL", path):
         resolve_weight_path(path)
-        _check_causal_lm_config(path)
+        check_causal_lm_config(path)
     return _load_hf_causal_lm(path)
 
 
@@ -201,7 +201,12 @@ def refuse_remote_code(what, path):
                              f"'auto_map'); msmodelslim never runs code shipped with a model")
 
 
-def _check_causal_lm_config(path):
+def check_causal_lm_config(path):
+    """Refuse a model directory that ships its own code or is not a causal language model.
+
+    Raises:
+        UsageError: naming the path and what it is.
+    """
     from transformers import AutoConfig
 
     refuse_remote_code("MODEL", path)

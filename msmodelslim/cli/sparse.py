@@ -1,8 +1,8 @@
 """``msmodelslim sparse MODEL``: sparsify a causal language model, measure it, save it."""
 import os
 
-from msmodelslim.cli.common import (UsageError, add_output_arguments, calibration_texts, directory_size,
-                                    load_causal_lm, positive_ratio, token_chunks)
+from msmodelslim.cli.common import (UsageError, add_output_arguments, calibration_texts, check_causal_lm_config,
+                                    directory_size, load_causal_lm, positive_ratio, reading, token_chunks)
 from msmodelslim.cli.output import OutputDirectory
 
 METHODS = ("magnitude", "hessian", "par", "par_v2", "wanda", "sparsegpt", "dsnot", "weight_magnitude")
@@ -48,18 +48,23 @@ def run(args):
 
 
 def _sparsify(args, config, output):
-    from msmodelslim import assets
+    texts = calibration_texts(args.calib)
+    if _streamable(args.model):
+        text = _sparsify_streamed(args, config, output, texts)
+    else:
+        text = _sparsify_in_memory(args, config, output, texts)
+    print(text.split("\n## Layers")[0])
+    print(f"Written to {os.path.abspath(args.out)}")
+
+
+def _sparsify_in_memory(args, config, output, texts):
+    """Load the whole model (a GGUF file, a pickle checkpoint), sparsify, measure, write."""
     from msmodelslim.pytorch.sparse.sparse_tools import Compressor
     from msmodelslim.utils.checkpoint import save_state_dict
     from msmodelslim.pytorch.utils.evaluation import perplexity
 
-    texts = calibration_texts(args.calib)
     model, tokenizer = load_causal_lm(args.model)
-    calibration = token_chunks(tokenizer, texts, args.samples, args.seq_len, args.calib)
-    try:
-        held_out = assets.wiki_token_chunks(tokenizer, "test", args.eval_samples, args.seq_len)
-    except ValueError as exc:
-        raise UsageError(f"{exc} Lower --eval-samples or --seq-len.") from None
+    calibration, held_out = _token_data(args, tokenizer, texts)
     before = perplexity(model, held_out)
     compressor = Compressor(model, config)
     compressor.compress([{"input_ids": chunk.unsqueeze(0)} for chunk in calibration])
@@ -74,11 +79,60 @@ def _sparsify(args, config, output):
         save_state_dict(model.state_dict(), dense)
         sizes = (os.path.getsize(dense), os.path.getsize(compact), directory_size(os.path.join(staging, "model")))
         os.remove(dense)
-        text = _report(args, config, before, after, report, sizes)
-        with open(os.path.join(staging, "report.md"), "w", encoding="utf-8") as handle:
-            handle.write(text)
-    print(text.split("\n## Layers")[0])
-    print(f"Written to {os.path.abspath(args.out)}")
+        return _write_report(staging, _report(args, config, before, after, report, sizes))
+
+
+def _write_report(staging, text):
+    with open(os.path.join(staging, "report.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return text
+
+
+def _token_data(args, tokenizer, texts):
+    """``(calibration chunks, held-out Wikipedia chunks)``."""
+    from msmodelslim import assets
+
+    calibration = token_chunks(tokenizer, texts, args.samples, args.seq_len, args.calib)
+    try:
+        held_out = assets.wiki_token_chunks(tokenizer, "test", args.eval_samples, args.seq_len)
+    except ValueError as exc:
+        raise UsageError(f"{exc} Lower --eval-samples or --seq-len.") from None
+    return calibration, held_out
+
+
+def _streamable(path):
+    """A Hugging Face directory of safetensors weights is sparsified one block at a time, never loaded whole."""
+    from msmodelslim.utils.checkpoint import SAFETENSORS_SUFFIX, resolve_weight_path
+
+    if path.endswith(".gguf") or not os.path.isfile(os.path.join(path, "config.json")):
+        return False
+    with reading("MODEL", path):
+        return resolve_weight_path(path).endswith((SAFETENSORS_SUFFIX, ".safetensors.index.json"))
+
+
+def _sparsify_streamed(args, config, output, texts):
+    """The same job on a directory, streamed: the model is never whole in memory (the perplexities too are
+    computed block by block)."""
+    from transformers import AutoTokenizer
+
+    from msmodelslim.pytorch.sparse.sparse_tools.streaming import sparsify_checkpoint, streamed_perplexity
+
+    with reading("MODEL", args.model):
+        check_causal_lm_config(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+    calibration, held_out = _token_data(args, tokenizer, texts)
+    with reading("MODEL", args.model):
+        before = streamed_perplexity(args.model, held_out)
+    with output.writing() as staging:
+        model_dir = os.path.join(staging, "model")
+        compact = os.path.join(staging, "model.sparse.safetensors")
+        report = sparsify_checkpoint(args.model, config, model_dir, [{"input_ids": c.unsqueeze(0)} for c in calibration],
+                                     export=compact)
+        after = streamed_perplexity(model_dir, held_out)
+        dense = sum(os.path.getsize(os.path.join(model_dir, name)) for name in os.listdir(model_dir)
+                    if name.endswith(".safetensors"))
+        sizes = (dense, os.path.getsize(compact), directory_size(model_dir))
+        return _write_report(staging, _report(args, config, before, after, report, sizes))
 
 
 def _report(args, config, before, after, report, sizes):
@@ -91,5 +145,9 @@ def _report(args, config, before, after, report, sizes):
         f"{before:.2f} -> {after:.2f}",
         f"- overall sparsity of the {len(report.layers)} sparsified layers: {report.overall_sparsity:.4f}",
         f"- files: dense weights {dense / 2**20:.1f} MiB, compact `model.sparse.safetensors` {compact / 2**20:.1f} MiB "
-        f"({compact / dense:.1%}), Hugging Face directory `model/` {directory / 2**20:.1f} MiB", "",
+        f"({compact / dense:.1%}), Hugging Face directory `model/` {directory / 2**20:.1f} MiB",
+        "- time: " + ", ".join(f"{part} {seconds:.1f} s" for part, seconds in report.timings.items()),
+        "- speed: in PyTorch, unstructured and N:M zeros make the compact file smaller, not the forward pass faster "
+        "(the dense kernels still multiply by every zero). For a faster model remove whole channels, heads or "
+        "layers: `msmodelslim prune-transformer` (prune_model_weight) or PruneTorch.", "",
         "## Layers", "", report.table(), ""])

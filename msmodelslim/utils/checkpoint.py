@@ -345,11 +345,7 @@ def save_state_dict(state_dict, path, metadata=None):
     if not (path.endswith(SAFETENSORS_SUFFIX) or path.endswith(PICKLE_SUFFIXES)):
         raise CheckpointError(
             f"Unsupported file suffix for '{path}': expected {SAFETENSORS_SUFFIX} or one of {PICKLE_SUFFIXES}.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"Directory '{folder}' of '{path}' does not exist.")
-    if os.path.isdir(path):
-        raise CheckpointError(f"'{path}' is a directory; give a file name.")
+    check_parent_directory(path)
 
     def write(tmp_path):
         if path.endswith(SAFETENSORS_SUFFIX):
@@ -360,6 +356,19 @@ def save_state_dict(state_dict, path, metadata=None):
             torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp_path)
 
     atomic_write(path, write)
+
+
+def check_parent_directory(path):
+    """Refuse a file path whose directory does not exist, or that names a directory.
+
+    Raises:
+        CheckpointError: naming the path.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"Directory '{folder}' of '{path}' does not exist.")
+    if os.path.isdir(path):
+        raise CheckpointError(f"'{path}' is a directory; give a file name.")
 
 
 def current_umask():

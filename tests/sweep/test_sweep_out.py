@@ -133,7 +133,9 @@ def test_a_path_with_spaces_works_and_the_result_has_the_users_umask(work):
     assert (out / "model" / "config.json").exists() and (out / MARKER).exists()
     assert oct(os.stat(out).st_mode & 0o777) == oct(0o750)
     assert oct(os.stat(out / "model.sparse.safetensors").st_mode & 0o777) == oct(0o640)
-    assert oct(os.stat(out / "model" / "model.safetensors").st_mode & 0o777) == oct(0o640)
+    assert oct(os.stat(out / "model").st_mode & 0o777) == oct(0o750)
+    for shard in (out / "model").glob("*.safetensors"):
+        assert oct(os.stat(shard).st_mode & 0o777) == oct(0o640), shard
 
 
 def test_overwrite_replaces_only_an_earlier_msmodelslim_result(work):
@@ -218,10 +220,12 @@ def test_a_failing_write_or_swap_keeps_the_earlier_result(work, monkeypatch, fai
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
     monkeypatch.setattr(os, "rename", rename)
-    if failing_step == "write":
+    if failing_step == "write":  # in memory (save_pretrained) or streamed (a shard with safetensors)
+        import safetensors.torch
         import transformers
 
         monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", save_pretrained)
+        monkeypatch.setattr(safetensors.torch, "save_file", save_pretrained)
     run = _sparse("out", work, "model", "--overwrite")
     _refused(run, "No space left on device", "left as it was", after_work=True)
     assert snapshot(work / "out") == before
@@ -231,7 +235,7 @@ def test_a_failing_write_or_swap_keeps_the_earlier_result(work, monkeypatch, fai
 _DRIVER = """
 import os, signal, sys, time
 from msmodelslim.cli import output
-from msmodelslim.pytorch.sparse import sparse_tools
+from msmodelslim.pytorch.sparse.sparse_tools import engine
 moment, how = sys.argv[1], getattr(signal, sys.argv[2])
 def hit():
     os.kill(os.getpid(), how)
@@ -239,15 +243,15 @@ def hit():
 if moment == "write":  # every file of the result is in the staging directory
     marker = output.OutputDirectory._write_marker
     output.OutputDirectory._write_marker = lambda self, staging: (marker(self, staging), hit())
-elif moment == "compress":
-    sparse_tools.Compressor.compress = lambda self, data: hit()
+elif moment == "compress":  # the sparsification, streamed or in memory
+    engine.Sparsifier.run = lambda self: hit()
 elif moment == "hold":  # wait for a file to appear, as a long job would
-    real = sparse_tools.Compressor.compress
-    def slow(self, data):
+    real = engine.Sparsifier.run
+    def slow(self):
         open(sys.argv[3], "w").close()
         while os.path.exists(sys.argv[3]): time.sleep(0.1)
-        return real(self, data)
-    sparse_tools.Compressor.compress = slow
+        return real(self)
+    engine.Sparsifier.run = slow
 from msmodelslim.cli.main import main
 sys.exit(main(sys.argv[4:]))
 """

@@ -37,6 +37,8 @@ NAN, INF = float("nan"), float("inf")
                  id="B02-percdamp-nan"),
     pytest.param({"max_swaps": -1}, ValueError, "max_swaps must be a non-negative int or None, got -1",
                  id="B02-max_swaps-negative"),
+    pytest.param({"true_sequential": "yes"}, TypeError, r"true_sequential must be a bool, got 'yes' \(str\)",
+                 id="B03-true_sequential-str"),
     pytest.param({"owl_lambda": "abc"}, TypeError, r"owl_lambda must be a number in \[0, 0.5\), got 'abc' \(str\)",
                  id="B03-owl_lambda-str"),
     pytest.param({"owl_lambda": None}, TypeError, r"owl_lambda must be .*got None \(NoneType\)",
@@ -444,20 +446,22 @@ def test_F07_export_writes_a_temporary_file_then_renames(sparse_file, monkeypatc
     """A failure while writing leaves the previous file as it was and no temporary file behind."""
     path, original = sparse_file
     before = path.read_bytes()
-    import safetensors.torch
+    from msmodelslim.pytorch.sparse.sparse_tools import export
 
-    def failing(tensors, filename, metadata=None):
-        assert os.path.basename(filename) != path.name  # never the target itself
-        with open(filename, "wb") as handle:
-            handle.write(b"partial")
-        raise OSError(28, "No space left on device (injected)")
+    real_compress, partial = export.compress, []
 
-    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    def failing(weight):
+        partial.extend(p for p in path.parent.iterdir() if p.name.endswith(".tmp"))
+        if partial:  # the data pass has begun: the temporary file is being written
+            raise OSError(28, "No space left on device (injected)")
+        return real_compress(weight)
+
+    monkeypatch.setattr(export, "compress", failing)
     compressor = Compressor(_mlp(), SparseConfig())
     compressor.compress([torch.randn(4, 16)])
     with pytest.raises(OSError, match="injected"):
         compressor.export(path)
-    assert path.read_bytes() == before
+    assert partial and path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 

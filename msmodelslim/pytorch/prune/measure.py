@@ -2,7 +2,6 @@
 import math
 
 import torch
-from torch import nn
 
 from msmodelslim.pytorch.prune.layers import layer_spec
 from msmodelslim.pytorch.utils.calibration import eval_mode, first_tensor, hooks, output_tensors

@@ -561,13 +561,3 @@ def implied_config(model):
     if family.explicit_head_dim:
         implied["head_dim"] = _uniform(columns["head_dim"], "head_dim", "channels per head")
     return implied
-    sizes = [_layer_sizes(model, family, prefix) for prefix in layers]
-    columns = dict(zip(("heads", "kv", "ffn", "hidden", "head_dim"), zip(*sizes)))
-    implied[family.heads_field] = _uniform(columns["heads"], family.heads_field, "attention heads")
-    if family.kv_field:
-        implied[family.kv_field] = _uniform(columns["kv"], family.kv_field, "key/value heads")
-    implied[family.ffn_field] = _uniform(columns["ffn"], family.ffn_field, "FFN neurons")
-    implied["hidden_size"] = _uniform(columns["hidden"], "hidden_size", "hidden channels")
-    if family.explicit_head_dim:
-        implied["head_dim"] = _uniform(columns["head_dim"], "head_dim", "channels per head")
-    return implied

@@ -6,6 +6,8 @@ caller sees each block with its inputs, may measure or modify the block, and the
 the caller is done, so with any modified weights) become the next block's inputs. Memory holds the model's
 weights plus the activations of one block for all calibration batches, as in SparseGPT and Wanda.
 """
+import contextlib
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -58,7 +60,7 @@ def _sanitise(kwargs):
     return kwargs
 
 
-def capture_block_inputs(model, block, batches, where="dataset"):
+def capture_block_inputs(model, block, batches, where="dataset", device=None):
     """Run each batch until ``block`` is called; return its ``(args, kwargs)`` per batch.
 
     Raises:
@@ -71,7 +73,7 @@ def capture_block_inputs(model, block, batches, where="dataset"):
         raise _Captured()
 
     handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    device = model_device(model)
+    device = device or model_device(model)
     try:
         with torch.no_grad():
             for index, batch in enumerate(batches):
@@ -144,6 +146,7 @@ class BlockStep:
         self.inputs = inputs
         self.where = where
         self.outputs = None
+        self.returns_tuple = False  # whether the block returned a tuple (hidden states first), once run
 
     def run(self, keep=True):
         """Run the block on every input (no grad); keep the outputs for the next block when ``keep``.
@@ -155,7 +158,9 @@ class BlockStep:
         with torch.no_grad():
             for index, (args, kwargs) in enumerate(self.inputs):
                 try:
-                    outputs.append(first_tensor(self.module(*args, **kwargs)))
+                    output = self.module(*args, **kwargs)
+                    self.returns_tuple = isinstance(output, tuple)
+                    outputs.append(first_tensor(output))
                 except ModelslimError:
                     raise
                 except Exception as exc:
@@ -166,18 +171,21 @@ class BlockStep:
         return outputs
 
 
-def iterate_blocks(model, blocks, batches, where="dataset", progress="blocks"):
+def iterate_blocks(model, blocks, batches, where="dataset", progress="blocks", around=None, device=None):
     """Yield a :class:`BlockStep` per block, in order; see the module docstring.
 
     When the caller resumes the iteration, the block's outputs are computed (unless ``step.run()`` kept them) and
-    become the next block's inputs. A tqdm bar named ``progress`` follows the blocks.
+    become the next block's inputs. A tqdm bar named ``progress`` follows the blocks. ``around(name, block)``, a
+    context manager factory, encloses each block's whole turn (e.g. loading its weights, then writing and freeing
+    them); ``device`` is where the batches go (default: the model's device).
     """
     if not blocks:
         raise ValueError("The model has no repeated blocks to calibrate block by block.")
-    inputs = capture_block_inputs(model, blocks[0][1], batches, where)
+    inputs = capture_block_inputs(model, blocks[0][1], batches, where, device)
     disable = not logger.isEnabledFor(20)  # the bar follows the msmodelslim logger: hidden above INFO
     for index, (name, block) in enumerate(tqdm(blocks, desc=progress, disable=disable)):
-        step = BlockStep(index, name, block, inputs, where)
-        yield step
-        outputs = step.outputs if step.outputs is not None else step.run(keep=False)
+        with around(name, block) if around else contextlib.nullcontext():
+            step = BlockStep(index, name, block, inputs, where)
+            yield step
+            outputs = step.outputs if step.outputs is not None else step.run(keep=False)
         inputs = [_with_hidden(args, kwargs, hidden) for (args, kwargs), hidden in zip(inputs, outputs)]

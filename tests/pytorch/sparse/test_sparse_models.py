@@ -82,3 +82,29 @@ def test_smollm2_hessian_beats_weight_magnitude():
         results[method] = perplexity(model, evaluation)
     print(f"\nSmolLM2-135M at 50 %: perplexity {results}")
     assert math.isfinite(results["hessian"]) and results["hessian"] < results["weight_magnitude"]
+
+
+@pytest.mark.parametrize("true_sequential", [False, True])
+def test_true_sequential_calibrates_o_proj_on_the_sparsified_q_k_v(true_sequential):
+    from msmodelslim.pytorch.sparse.sparse_tools.methods import wanda
+    from msmodelslim.pytorch.sparse.sparse_tools.methods.masks import score_mask
+    from msmodelslim.pytorch.sparse.sparse_tools.stats import LayerStats
+
+    model, batch = hf.llama()
+    reference, _ = hf.llama()
+    reference.load_state_dict(model.state_dict())
+    Compressor(model, SparseConfig(true_sequential=true_sequential)).compress([batch])
+    attention = reference.model.layers[0].self_attn
+    if true_sequential:  # o_proj must have seen the attention output of the sparse q/k/v
+        with torch.no_grad():
+            for name in ("q_proj", "k_proj", "v_proj"):
+                getattr(attention, name).weight.copy_(getattr(model.model.layers[0].self_attn, name).weight)
+    captured = {}
+    handle = attention.o_proj.register_forward_hook(lambda m, i, o: captured.setdefault("x", i[0]))
+    with torch.no_grad():
+        reference(**batch)
+    handle.remove()
+    stats = LayerStats("o", captured["x"].shape[-1], "cpu")
+    stats.add(captured["x"])
+    expected = score_mask(wanda.scores(attention.o_proj.weight.detach(), stats), 0.5)
+    assert torch.equal(model.model.layers[0].self_attn.o_proj.weight == 0, expected)

@@ -2,6 +2,7 @@
 import logging
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 from torch import nn
 
@@ -396,3 +397,34 @@ def test_report():
     assert all(0 < layer.relative_error < 1 for layer in report.layers)
     assert report.overall_sparsity == pytest.approx(0.5, abs=0.01)
     assert "relative error" in str(report) and "layers.1" in str(report)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 12), groups=st.integers(1, 6), m=st.integers(2, 8), data=st.data())
+def test_n_m_ranking_by_comparison_equals_the_stable_sort(rows, groups, m, data):
+    """Ties (many, and -0.0 against 0.0) go to the lower column index either way."""
+    from msmodelslim.pytorch.sparse.sparse_tools.methods import masks
+
+    n = data.draw(st.integers(1, m - 1))
+    values = data.draw(st.lists(st.sampled_from([-2.0, -0.0, 0.0, 1.0, 1.5]), min_size=rows * groups * m,
+                                max_size=rows * groups * m))
+    scores = torch.tensor(values).reshape(rows, groups * m)
+    by_comparison = masks.lowest_n_of_m(scores, n, m)
+    sorted_groups = scores.reshape(rows, groups, m)
+    order = torch.argsort(sorted_groups, dim=-1, stable=True)
+    expected = torch.zeros_like(sorted_groups, dtype=torch.bool).scatter_(-1, order[..., :n], True)
+    assert torch.equal(by_comparison, expected.reshape(rows, groups * m))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 10), columns=st.integers(1, 24), data=st.data())
+def test_per_row_selection_equals_the_stable_sort(rows, columns, data):
+    from msmodelslim.pytorch.sparse.sparse_tools.methods import masks
+
+    count = data.draw(st.integers(0, columns))
+    values = data.draw(st.lists(st.sampled_from([-2.0, -0.0, 0.0, 1.0, 1.5]), min_size=rows * columns,
+                                max_size=rows * columns))
+    scores = torch.tensor(values).reshape(rows, columns)
+    order = torch.argsort(scores, dim=1, stable=True)
+    expected = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order[:, :count], True)
+    assert torch.equal(masks.lowest_per_row(scores, count), expected)

@@ -18,15 +18,18 @@ from msmodelslim.pytorch.sparse.sparse_tools.export import load_sparse, save_spa
 from msmodelslim.utils.logging import logger
 from msmodelslim.utils.report import format_table
 
-__all__ = ["SparseConfig", "Compressor", "SparsityReport", "load_sparse"]
+__all__ = ["SparseConfig", "Compressor", "SparsityReport", "load_sparse", "sparsify_checkpoint"]
 
 
 class SparsityReport:
-    """Per-layer results of a compression: ``layers`` (list of LayerResult) and the overall sparsity."""
+    """Per-layer results of a compression: ``layers`` (list of LayerResult), the overall sparsity, and
+    ``timings``: seconds spent in the forward passes, gathering statistics, solving (masks and weight updates)
+    and, when streaming a checkpoint, reading and writing weights."""
 
-    def __init__(self, results, config):
+    def __init__(self, results, config, timings=None):
         self.layers = list(results)
         self.config = config
+        self.timings = dict(timings or {})
         weights = sum(r.shape[0] * r.shape[1] for r in self.layers)
         zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in self.layers)
         self.overall_sparsity = zeros / weights if weights else 0.0
@@ -38,8 +41,10 @@ class SparsityReport:
         return format_table(["layer", "shape", "stage", "target", "sparsity", "relative error"], rows)
 
     def __str__(self):
-        return (f"{self.config!r}\n{self.table()}\noverall sparsity of the sparsified layers: "
-                f"{self.overall_sparsity:.4f}")
+        text = f"{self.config!r}\n{self.table()}\noverall sparsity of the sparsified layers: {self.overall_sparsity:.4f}"
+        if self.timings:
+            text += "\ntime: " + ", ".join(f"{part} {seconds:.1f} s" for part, seconds in self.timings.items())
+        return text
 
 
 class Compressor:
@@ -60,6 +65,7 @@ class Compressor:
         self.model_wrapper = None
         self.is_compressed = False
         self._results = []
+        self._timings = {}
 
     @property
     def compressed_model(self):
@@ -86,15 +92,18 @@ class Compressor:
             RuntimeError: the model fails on a batch (named by its index).
         """
         logger.info("Start sparsifying %s with %r.", type(self.model).__name__, self.cfg)
-        self._results = Sparsifier(self.model, self.cfg, dataset).run()
+        sparsifier = Sparsifier(self.model, self.cfg, dataset)
+        self._results = sparsifier.run()
+        self._timings = sparsifier.timings
         self.is_compressed = True
         report = self.report()
         logger.info("Finished: %d layers, overall sparsity %.4f.", len(report.layers), report.overall_sparsity)
 
     def report(self):
         """A :class:`SparsityReport`: per-layer sparsity, target and relative reconstruction error
-        ||WX - W'X|| / ||WX|| on up to 128 sampled calibration tokens, and the overall sparsity."""
-        return SparsityReport(self._results, self.cfg)
+        ||WX - W'X|| / ||WX|| on up to 128 sampled calibration tokens, the overall sparsity and where the time
+        went."""
+        return SparsityReport(self._results, self.cfg, self._timings)
 
     def export(self, path):
         """Save the model's weights to ``path`` in the compact sparse format (see README); load them back with
@@ -109,3 +118,11 @@ class Compressor:
         names = [f"{r.name}.weight" for r in self._results]
         save_sparse(self.model.state_dict(), path, names=names,
                     metadata={"sparsity_structure": self.cfg.pattern, "method": self.cfg.algorithm})
+
+
+def sparsify_checkpoint(model_dir, config, out_dir, dataset, device=None):
+    """Sparsify a Hugging Face checkpoint directory one block at a time; see
+    :func:`msmodelslim.pytorch.sparse.sparse_tools.streaming.sparsify_checkpoint`."""
+    from msmodelslim.pytorch.sparse.sparse_tools.streaming import sparsify_checkpoint as stream
+
+    return stream(model_dir, config, out_dir, dataset, device)

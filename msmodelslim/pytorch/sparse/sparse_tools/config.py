@@ -26,7 +26,9 @@ class SparseConfig:
     New keyword arguments (defaults keep old calls unchanged): ``pattern`` (``"unstructured"`` or ``"N:M"``: N zeros
     in every M consecutive weights of a row), ``ignore`` (layer-name patterns left dense: glob, or ``"re:<regex>"``),
     ``owl_lambda`` and ``owl_m`` (OWL's λ and M), ``blocksize`` and ``percdamp`` (SparseGPT),
-    ``max_swaps`` and ``swap_threshold`` (prune-and-regrow; None: the method's own).
+    ``max_swaps`` and ``swap_threshold`` (prune-and-regrow; None: the method's own), ``true_sequential``
+    (inside a block, each group of layers that read one input is calibrated on the outputs of the layers before
+    it, already sparsified - e.g. o_proj after q/k/v - at the cost of one more pass over the block per group).
 
     Every field is checked here, at construction, never later in ``compress``.
 
@@ -52,6 +54,7 @@ class SparseConfig:
     percdamp: float = field(default=0.01, repr=False)
     max_swaps: int = field(default=None, repr=False)
     swap_threshold: float = field(default=None, repr=False)
+    true_sequential: bool = field(default=False, repr=False)
 
     def __post_init__(self):
         if self.mode != "sparse":
@@ -88,6 +91,9 @@ class SparseConfig:
         _check_real("owl_m", self.owl_m, "a finite number > 0", lambda v: 0 < v < math.inf)
         _check_int("blocksize", self.blocksize, "an int >= 1", lambda v: v >= 1)
         _check_real("percdamp", self.percdamp, "a number in (0, 1)", lambda v: 0 < v < 1)
+        if not isinstance(self.true_sequential, bool):
+            raise TypeError(f"true_sequential must be a bool, got {self.true_sequential!r} "
+                            f"({type(self.true_sequential).__name__}).")
         if self.max_swaps is not None:
             _check_int("max_swaps", self.max_swaps, "a non-negative int or None", lambda v: v >= 0)
         if self.swap_threshold is not None:

@@ -9,6 +9,7 @@ stage. On any error every weight is restored.
 """
 import fnmatch
 import re
+import time
 from dataclasses import dataclass
 
 import numpy
@@ -17,8 +18,8 @@ from torch import nn
 
 from msmodelslim.errors import ModelslimError
 from msmodelslim.pytorch.sparse.sparse_tools import allocation, stages
-from msmodelslim.pytorch.sparse.sparse_tools.methods import NEEDS, PRUNERS, UPDATES_WEIGHTS, wanda
-from msmodelslim.pytorch.sparse.sparse_tools.stats import LayerStats
+from msmodelslim.pytorch.sparse.sparse_tools.methods import GROUP_PRUNERS, NEEDS, PRUNERS, UPDATES_WEIGHTS, wanda
+from msmodelslim.pytorch.sparse.sparse_tools.stats import LayerStats, SharedInputStats, Ungroupable
 from msmodelslim.pytorch.utils.calibration import as_call_params, eval_mode, first_tensor, hooks, model_device
 from msmodelslim.utils.logging import logger
 from msmodelslim.pytorch.utils.sequential import blocks_chain, find_blocks, iterate_blocks
@@ -58,6 +59,9 @@ def set_weight_matrix(module, matrix):
     target = module.weight
     with torch.no_grad():
         target.copy_((matrix.T if _is_conv1d(module) else matrix).to(target.dtype))
+
+
+TIMED = ("forward", "statistics", "solve", "io")  # where the time of a run goes (seconds)
 
 
 @dataclass
@@ -113,6 +117,16 @@ class _Backup:
         self._copied.clear()
 
 
+class _NoBackup:
+    """No undo log (a streamed run changes copies of weights it loaded itself)."""
+
+    def save(self, tensor, mask=None):
+        pass
+
+    def restore(self):
+        pass
+
+
 def check_dataset(dataset):
     """Validate the calibration data up front.
 
@@ -145,31 +159,64 @@ def run_dataset(model, dataset):
 class Sparsifier:
     """Sparsify ``model`` in place from ``dataset`` according to ``config`` (a SparseConfig)."""
 
-    def __init__(self, model, config, dataset):
+    def __init__(self, model, config, dataset, share_inputs=True, blocks=None, around_block=None, device=None):
+        """``blocks``, ``around_block`` and ``device`` serve streaming (see ``streaming``): the blocks to use as
+        they are (no check that they chain), a context manager factory enclosing each block's turn
+        (:func:`iterate_blocks`), and the device of the calibration batches. A streamed run keeps no undo log:
+        the weights it changes are not the user's."""
         self.model = model
+        self.share_inputs = share_inputs
+        self._around_block = around_block
+        self._device = device
         self.config = config
         self.dataset = dataset
         self.layers = target_layers(model, config.ignore)
         self.results = []
-        self._backup = _Backup()
+        self._backup = _Backup() if around_block is None else _NoBackup()
         self._ratios = {}
-        self._block_list = None
+        self._block_list = blocks
+        self.timings = dict.fromkeys(TIMED, 0.0)
+        self._call_order = []
 
     # ------------------------------------------------------------------------------------------- statistics
     def _collect(self, names, runner, needs):
-        stats = {}
-        for name in names:
+        """Run ``runner`` with hooks on ``names``; ``{name: LayerStats}`` of their inputs. Layers that read the same
+        tensor share one LayerStats (computed once); if that grouping does not hold on every call, the statistics
+        are collected again, one per layer."""
+        def make(name):
             module = self.layers[name]
-            columns = weight_matrix(module).shape[1]
-            stats[name] = LayerStats(name, columns, module.weight.device, hessian="hessian" in needs,
-                                     moments="moments" in needs)
+            return LayerStats(name, weight_matrix(module).shape[1], module.weight.device,
+                              hessian="hessian" in needs, moments="moments" in needs)
 
-        def record(name, module, inputs, output):
-            stats[name].add(first_tensor(inputs))
-
-        with hooks([(n, self.layers[n]) for n in names], record):
-            runner()
+        if self.share_inputs:
+            shared = SharedInputStats(make)
+            try:
+                self._run_hooked(names, runner, shared.add)
+                return shared.result(names)
+            except Ungroupable as exc:
+                logger.debug("Collecting per layer (%s).", exc)
+        stats = {name: make(name) for name in names}
+        self._run_hooked(names, runner, lambda name, tensor: stats[name].add(tensor))
         return stats
+
+    def _run_hooked(self, names, runner, record):
+        """``runner()`` with ``record(name, input)`` hooked on the layers; the time spent goes to the timings, the
+        order in which the layers were first called to ``_call_order``."""
+        spent = [0.0]
+        self._call_order = []
+
+        def hook(name, module, inputs, output):
+            start = time.perf_counter()
+            if name not in self._call_order:
+                self._call_order.append(name)
+            record(name, first_tensor(inputs))
+            spent[0] += time.perf_counter() - start
+
+        start = time.perf_counter()
+        with hooks([(n, self.layers[n]) for n in names], hook):
+            runner()
+        self.timings["statistics"] += spent[0]
+        self.timings["forward"] += time.perf_counter() - start - spent[0]
 
     def _blocks(self):
         """The model's blocks, if running them one after another reproduces the model (else [])."""
@@ -182,20 +229,36 @@ class Sparsifier:
             self._block_list = blocks
         return self._block_list
 
-    def _sweeps(self, names, needs, progress, visit):
+    def _sweeps(self, names, needs, progress, visit, sequential=False):
         """Call ``visit(stats)`` on the statistics of ``names``, sequentially: block by block when the model has
         blocks (each block's outputs computed after ``visit``), then layer by layer, in execution order, for the
-        other layers (one pass over the data each), so that every layer sees the already sparsified ones."""
+        other layers (one pass over the data each), so that every layer sees the already sparsified ones.
+        ``sequential``: inside a block too, one group of layers sharing an input at a time, in execution order."""
         blocks = self._blocks()
         inside = {block_name: [n for n in names if n.startswith(block_name + ".")] for block_name, _ in blocks}
         in_blocks = {n for members in inside.values() for n in members}
         if in_blocks:
-            for step in iterate_blocks(self.model, blocks, self.dataset, progress=progress):
+            for step in iterate_blocks(self.model, blocks, self.dataset, progress=progress, around=self._around_block,
+                                       device=self._device):
                 members = inside.get(step.name)
-                if members:
+                if members and sequential:
+                    self._visit_in_order(members, lambda: step.run(keep=False), needs, visit)
+                elif members:
                     visit(self._collect(members, lambda: step.run(keep=False), needs))
         for name in self._execution_order([n for n in names if n not in in_blocks]):
             visit(self._collect([name], lambda: run_dataset(self.model, self.dataset), needs))
+
+    def _visit_in_order(self, members, runner, needs, visit):
+        """``visit`` each group of ``members`` that share an input, in execution order, the statistics of each
+        group gathered after the groups before it were visited (the first group's from the first pass)."""
+        stats = self._collect(members, runner, needs)
+        first_calls = self._call_order + [name for name in members if name not in self._call_order]
+        groups = {}
+        for name in first_calls:
+            groups.setdefault(id(stats[name]), []).append(name)
+        for index, group in enumerate(groups.values()):
+            group_stats = {name: stats[name] for name in group} if index == 0 else self._collect(group, runner, needs)
+            visit(group_stats)
 
     def _execution_order(self, names):
         """``names`` sorted by when the layers first run on the first batch (never-called layers last)."""
@@ -243,19 +306,41 @@ class Sparsifier:
 
     # ------------------------------------------------------------------------------------------- pruning
     def _prune(self, stats, stage):
+        start = time.perf_counter()
+        for members in self._solve_groups(stats):
+            weights = [weight_matrix(self.layers[name]) for name in members]
+            for name, weight, (new, mask) in zip(members, weights, self._solve(members, weights, stats)):
+                self._apply(self.layers[name], new, mask, self.config.algorithm in UPDATES_WEIGHTS)
+                self.results.append(LayerResult(name, tuple(weight.shape), stage, self._ratios[name],
+                                                float(mask.float().mean()),
+                                                _relative_error(weight, new, stats[name])))
+        self.timings["solve"] += time.perf_counter() - start
+
+    def _solve_groups(self, stats):
+        """The layers in order, as lists of those solved together: layers that share their input statistics and
+        whose method solves several layers at once (SparseGPT), unless two of them share a weight tensor."""
+        groups = {}
+        for name, layer_stats in stats.items():
+            groups.setdefault(id(layer_stats), []).append(name)
+        for members in groups.values():
+            weights = {id(self.layers[name].weight) for name in members}
+            if self.config.algorithm in GROUP_PRUNERS and len(members) > 1 and len(weights) == len(members):
+                yield members
+            else:
+                yield from ([name] for name in members)
+
+    def _solve(self, members, weights, stats):
+        """``[(new weight, mask)]`` of the layers ``members``."""
         algorithm = self.config.algorithm
         options = {"blocksize": self.config.blocksize, "percdamp": self.config.percdamp, "variant": algorithm,
                    "max_swaps": self.config.max_swaps, "swap_threshold": self.config.swap_threshold}
-        for name, layer_stats in stats.items():
-            module = self.layers[name]
-            weight = weight_matrix(module)
-            try:
-                new, mask = PRUNERS[algorithm](weight, layer_stats, self._ratios[name], self.config.n_m, options)
-            except ValueError as exc:
-                raise ValueError(f"Layer '{name}': {exc}") from exc
-            self._apply(module, new, mask, algorithm in UPDATES_WEIGHTS)
-            self.results.append(LayerResult(name, tuple(weight.shape), stage, self._ratios[name],
-                                            float(mask.float().mean()), _relative_error(weight, new, layer_stats)))
+        ratios = [self._ratios[name] for name in members]
+        try:
+            if len(members) > 1:
+                return GROUP_PRUNERS[algorithm](weights, stats[members[0]], ratios, self.config.n_m, options)
+            return [PRUNERS[algorithm](weights[0], stats[members[0]], ratios[0], self.config.n_m, options)]
+        except ValueError as exc:
+            raise ValueError(f"Layer '{', '.join(members)}': {exc}") from exc
 
     def _apply(self, module, new, mask, updates_weights):
         """Write the result into the layer, after recording what it overwrites."""
@@ -322,7 +407,7 @@ class Sparsifier:
                         logger.info("Progressive mode: %d layer(s) fit no stage and are sparsified last: %s",
                                     len(names), ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
                     self._sweeps(names, needs, f"sparsify ({stage})" if stage else "sparsify",
-                                 lambda stats, s=stage: self._prune(stats, s))
+                                 lambda stats, s=stage: self._prune(stats, s), self.config.true_sequential)
         except BaseException:
             self._backup.restore()
             self.results = []

@@ -23,13 +23,15 @@ deliberate tampering.
 import errno
 import json
 import os
+import struct
 import zlib
 
 import numpy
 import torch
 
 from msmodelslim.errors import CheckpointError
-from msmodelslim.utils.checkpoint import SAFETENSORS_SUFFIX, check_path_arg, error_summary, save_state_dict
+from msmodelslim.utils.checkpoint import (SAFETENSORS_SUFFIX, atomic_write, check_parent_directory, check_path_arg,
+                                          error_summary)
 
 FORMAT = "msmodelslim-sparse-bitmask"
 VERSION = "1"
@@ -135,12 +137,6 @@ def metadata_crc(meta):
     return f"{zlib.crc32(json.dumps(entries, sort_keys=True).encode()):08x}"
 
 
-def checksums(tensors, meta):
-    """The ``checksums`` metadata entry for ``tensors`` (``{key: tensor}``) and ``meta``."""
-    return json.dumps({"algorithm": "crc32", "metadata": metadata_crc(meta),
-                       "tensors": "".join(tensor_crc(key, tensors[key]) for key in sorted(tensors))})
-
-
 def save_sparse(state_dict, path, names=None, metadata=None):
     """Write ``state_dict`` to ``path`` in the compact format, atomically (a temporary file beside ``path``,
     renamed over it once complete, so an error leaves any previous file as it was).
@@ -162,21 +158,65 @@ def save_sparse(state_dict, path, names=None, metadata=None):
             tied[key] = unique[storage]
         else:
             unique.setdefault(storage, key)
-    out = {}
-    for key, tensor in state_dict.items():
-        if key in tied:
-            continue
-        sparse = (key in names) if names is not None else (
-            tensor.dim() == 2 and tensor.is_floating_point() and sparsity(tensor) >= MIN_SPARSITY)
-        if sparse:
-            for part, value in compress(tensor).items():
-                out[f"{key}.{part}"] = value
-        else:
-            out[key] = tensor.detach().cpu().contiguous()
+    if names is None:
+        names = {key for key, tensor in state_dict.items()
+                 if tensor.dim() == 2 and tensor.is_floating_point() and sparsity(tensor) >= MIN_SPARSITY}
+    write_sparse(path, lambda: ((k, t) for k, t in state_dict.items() if k not in tied), set(names), metadata, tied)
+
+
+def write_sparse(path, produce, names, metadata=None, tied=None):
+    """Write the compact format from ``produce()``, a function returning an iterator of ``(key, tensor)``; the
+    weights named in ``names`` are stored sparse. ``produce`` is called twice (sizes and checksums, then the
+    data), so only one tensor need be in memory at a time; it must give the same tensors both times. ``tied``
+    maps names not stored to the stored name they share a tensor with. Written atomically.
+
+    Raises:
+        CheckpointError: as :func:`save_sparse`; ``produce`` gave different tensors the second time.
+        SchemaValidateError: ``path`` is not a str or PathLike.
+    """
+    path = check_export_path(path)
+
+    def parts():
+        for key, tensor in produce():
+            if key in names:
+                for part, value in compress(tensor).items():
+                    yield f"{key}.{part}", value
+            else:
+                yield key, tensor.detach().cpu().contiguous()
+
     meta = {k: str(v) for k, v in (metadata or {}).items()}
-    meta.update({"format": FORMAT, "version": VERSION, "tied": json.dumps(tied)})
-    meta[CHECKSUMS] = checksums(out, meta)
-    save_state_dict(out, path, metadata=meta)
+    meta.update({"format": FORMAT, "version": VERSION, "tied": json.dumps(tied or {})})
+    header, crcs, offset = {}, {}, 0
+    for key, tensor in parts():
+        crcs[key] = tensor_crc(key, tensor)
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + size]}
+        offset += size
+    meta[CHECKSUMS] = json.dumps({"algorithm": "crc32", "metadata": metadata_crc(meta),
+                                  "tensors": "".join(crcs[key] for key in sorted(crcs))})
+    text = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    check_parent_directory(path)
+
+    def write(tmp_path):
+        with open(tmp_path, "wb") as handle:
+            handle.write(struct.pack("<Q", len(text)))
+            handle.write(text)
+            for key, tensor in parts():
+                expected = header.get(key)
+                if expected is None or expected["shape"] != list(tensor.shape):
+                    raise CheckpointError(f"write_sparse: tensor '{key}' changed between the two passes.")
+                if tensor.numel():
+                    handle.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+    atomic_write(path, write)
+
+
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3",
+                       torch.float8_e5m2: "F8_E5M2"}
 
 
 def load_sparse(path):

@@ -1,6 +1,8 @@
 """Statistics of a layer's inputs, accumulated over every calibration batch (streamed, float32, on the layer's
 device): per-feature sums of squares (Wanda), sums (means and variances for prune-and-regrow), X^T X (SparseGPT),
 and a small sample of input rows for measuring the reconstruction error."""
+import weakref
+
 import torch
 
 from msmodelslim.errors import ModelslimError
@@ -26,6 +28,7 @@ class LayerStats:
         self.hessian = torch.zeros(columns, columns, dtype=torch.float32, device=device) if hessian else None
         self.sample_rows = sample_rows
         self._sample = []
+        self.derived = {}  # what a method computed from these statistics, kept for the layers that share them
 
     def add(self, inputs):
         """Add one batch of inputs (any leading shape, last dimension = features).
@@ -60,3 +63,71 @@ class LayerStats:
     def sample(self):
         """Up to ``sample_rows`` input rows, ``[rows, columns]``."""
         return torch.cat(self._sample) if self._sample else torch.zeros(0, self.columns)
+
+
+class Ungroupable(ModelslimError):
+    """Layers looked as if they shared their input, but not on every call: collect without sharing. (A
+    ModelslimError, so that the calibration loops pass it through unchanged; it never reaches the user.)"""
+
+
+class SharedInputStats:
+    """Statistics of several layers' inputs, one :class:`LayerStats` per distinct input tensor.
+
+    Layers called on the very same tensor in every forward pass (q/k/v projections, gate/up, a fused qkv's
+    siblings) share one ``LayerStats``: it is accumulated once instead of once per layer, and a method can reuse
+    anything derived from it (SparseGPT's inverse Hessian). A layer is bound to a group on its first call; if a
+    later call contradicts the binding (it reads a tensor another group added, reads the same tensor twice, or a
+    tensor changed in place), :class:`Ungroupable` is raised and the caller collects again without sharing.
+    ``make(name)`` creates a layer's own statistics.
+    """
+
+    def __init__(self, make):
+        self._make = make
+        self.by_layer = {}
+        self._calls = {}
+        self._adds = {}
+        self._seen = []  # [(weakref to an input tensor, its version, the LayerStats it went into, consumer names)]
+
+    def _entry(self, tensor):
+        alive = []
+        found = None
+        for entry in self._seen:
+            if entry[0]() is None:
+                continue
+            alive.append(entry)
+            if entry[0]() is tensor:
+                found = entry
+        self._seen = alive
+        if found is not None and found[1] != tensor._version:
+            raise Ungroupable("an input tensor was changed in place between two layers")
+        return found
+
+    def add(self, name, tensor):
+        """Record one call of layer ``name`` on ``tensor``."""
+        self._calls[name] = self._calls.get(name, 0) + 1
+        entry = self._entry(tensor)
+        stats = self.by_layer.get(name)
+        if entry is not None:
+            if name in entry[3] or (stats is not None and stats is not entry[2]):
+                raise Ungroupable(f"layer '{name}' does not always share its input with the same layers")
+            self.by_layer.setdefault(name, entry[2])
+            entry[3].add(name)
+            return
+        if stats is None:
+            stats = self.by_layer[name] = self._make(name)
+        stats.add(tensor)
+        self._adds[id(stats)] = self._adds.get(id(stats), 0) + 1
+        self._seen.append((weakref.ref(tensor), tensor._version, stats, {name}))
+
+    def result(self, names):
+        """``{name: LayerStats}`` for ``names`` (shared objects repeated); layers never called get their own empty
+        statistics.
+
+        Raises:
+            Ungroupable: a layer of a group was called a different number of times than its group's input.
+        """
+        for name in names:
+            stats = self.by_layer.get(name)
+            if stats is not None and self._calls[name] != self._adds[id(stats)]:
+                raise Ungroupable(f"layer '{name}' was not called on every input of its group")
+        return {name: self.by_layer.get(name) or self._make(name) for name in names}

@@ -7,13 +7,18 @@ import torch
 
 
 def lowest_per_row(scores, count):
-    """Boolean mask (True = pruned) of the ``count`` lowest scores of every row."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
+    """Boolean mask (True = pruned) of the ``count`` lowest scores of every row, ties to the lower column index
+    (the first ``count`` of a stable sort). Found by selection, not sorting: the ``count``-th lowest value of each
+    row, everything below it, and as many of the entries equal to it as are still needed, leftmost first."""
     if count <= 0:
-        return mask
-    order = torch.argsort(scores, dim=1, stable=True)
-    mask.scatter_(1, order[:, :count], True)
-    return mask
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if count >= scores.shape[1]:
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = torch.kthvalue(scores, count, dim=1, keepdim=True).values
+    below = scores < threshold
+    tied = scores == threshold
+    needed = count - below.sum(1, keepdim=True)
+    return below | (tied & (tied.cumsum(1) <= needed))
 
 
 def lowest_n_of_m(scores, n, m):
@@ -24,9 +29,7 @@ def lowest_n_of_m(scores, n, m):
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if full:
         groups = scores[:, :full].reshape(rows, full // m, m)
-        order = torch.argsort(groups, dim=2, stable=True)
-        mask[:, :full] = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, order[:, :, :n], True).reshape(
-            rows, full)
+        mask[:, :full] = _lowest_in_groups(groups, n).reshape(rows, full)
     tail = cols - full
     if tail and n * tail // m:
         mask[:, full:] = lowest_per_row(scores[:, full:], n * tail // m)
@@ -38,3 +41,20 @@ def score_mask(scores, sparsity, n_m=None):
     if n_m is not None:
         return lowest_n_of_m(scores, *n_m)
     return lowest_per_row(scores, int(scores.shape[1] * sparsity))
+
+
+RANKED_BY_COMPARISON = 1 << 24  # up to this many pairwise comparisons, rank by comparing instead of sorting
+
+
+def _lowest_in_groups(groups, n):
+    """Mask of the ``n`` lowest of each group (last dimension), ties to the lower index - the first ``n`` of a
+    stable sort. Small inputs (SparseGPT asks for one group of columns at a time) are ranked by comparing every
+    pair, a few large kernels instead of a sort; the result is the same."""
+    m = groups.shape[-1]
+    if groups.numel() * m <= RANKED_BY_COMPARISON:
+        mine, other = groups.unsqueeze(-1), groups.unsqueeze(-2)
+        earlier = torch.ones(m, m, dtype=torch.bool, device=groups.device).tril(-1)
+        rank = ((other < mine) | ((other == mine) & earlier)).sum(-1)  # elements sorted before each one
+        return rank < n
+    order = torch.argsort(groups, dim=-1, stable=True)
+    return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order[..., :n], True)
