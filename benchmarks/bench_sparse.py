@@ -250,7 +250,135 @@ def methods_section(args):
             "s.")
 
 
+STREAM_SCRIPT = r"""
+import json, os, sys, threading, time
+import torch, transformers as T
+from msmodelslim import set_logger_level
+from msmodelslim.pytorch.sparse.sparse_tools import Compressor, SparseConfig, sparsify_checkpoint
+
+def resident():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+set_logger_level("warning")
+mode, source, out, vocab = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+T.LlamaForCausalLM(T.LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                 num_attention_heads=2))  # the imports both paths need, before measuring
+data = [{"input_ids": torch.randint(0, vocab, (2, 128), generator=torch.Generator().manual_seed(i))} for i in range(2)]
+base = peak = resident()
+def sample():
+    global peak
+    while True:
+        peak = max(peak, resident())
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
+start = time.perf_counter()
+if mode == "in memory":
+    model = T.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    compressor = Compressor(model, SparseConfig(method="magnitude"))
+    compressor.compress(data)
+    model.save_pretrained(out)
+    compressor.export(os.path.join(out, "model.sparse.safetensors"))
+else:
+    sparsify_checkpoint(source, SparseConfig(method="magnitude"), out, data)
+seconds = time.perf_counter() - start
+time.sleep(0.05)
+print(json.dumps({"extra": peak - base, "seconds": seconds}))
+"""
+
+
+def _write_random_llama(folder, config):
+    """A random-weight Llama checkpoint, written one block at a time (the benchmark itself stays small)."""
+    import torch
+    import transformers as T
+    from accelerate import init_empty_weights
+
+    from msmodelslim.pytorch.sparse.sparse_tools.streaming import INDEX_NAME
+    from safetensors.torch import save_file
+
+    with init_empty_weights():
+        skeleton = T.LlamaForCausalLM(config)
+    os.makedirs(folder)
+    config.save_pretrained(folder)
+    generator = torch.Generator().manual_seed(0)
+    shards, weight_map = {}, {}
+    for name, parameter in skeleton.named_parameters():
+        part = name.split(".")[2] if name.startswith("model.layers.") else "rest"
+        shards.setdefault(part, []).append((name, tuple(parameter.shape)))
+    for index, (part, tensors) in enumerate(shards.items()):
+        file = f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors"
+        state = {name: (torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=generator) * 0.02)
+                 for name, shape in tensors}
+        save_file(state, os.path.join(folder, file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(state, file))
+    with open(os.path.join(folder, INDEX_NAME), "w") as handle:
+        json.dump({"metadata": {}, "weight_map": weight_map}, handle)
+
+
+def _same_weights(first, second):
+    """Whether two Hugging Face directories hold the same tensors, compared one at a time."""
+    from msmodelslim.utils.checkpoint import open_checkpoint
+    import torch
+
+    with open_checkpoint(first) as a, open_checkpoint(second) as b:
+        if set(a.keys()) != set(b.keys()):
+            return False
+        return all(torch.equal(a.get(key), b.get(key)) for key in a.keys())
+
+
+def stream_section(args):
+    """Peak memory and time of sparsifying a checkpoint in memory and streamed, and whether the results agree."""
+    import shutil
+
+    import transformers as T
+    from common import provenance
+
+    load_before = os.getloadavg()[0]
+    if args.quick:
+        config = T.LlamaConfig(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                               num_attention_heads=8, tie_word_embeddings=False)
+    else:
+        config = T.LlamaConfig(vocab_size=8192, hidden_size=2048, intermediate_size=4096, num_hidden_layers=18,
+                               num_attention_heads=16, tie_word_embeddings=False)
+    work = tempfile.mkdtemp(prefix="msmodelslim-stream-", dir=os.environ.get("MSMODELSLIM_BENCH_TMP"))
+    try:
+        source = os.path.join(work, "source")
+        _write_random_llama(source, config)
+        size = sum(os.path.getsize(os.path.join(source, f)) for f in os.listdir(source) if f.endswith(".safetensors"))
+        script = os.path.join(work, "stream.py")
+        with open(script, "w") as handle:
+            handle.write(STREAM_SCRIPT)
+        rows, outputs = [], {}
+        for mode in ("in memory", "streamed"):
+            outputs[mode] = os.path.join(work, mode.replace(" ", "-"))
+            proc = subprocess.run([sys.executable, script, mode, source, outputs[mode], str(config.vocab_size)],
+                                  capture_output=True, text=True, cwd=ROOT / "benchmarks")
+            if proc.returncode:
+                rows.append([mode, "error", proc.stderr.strip().splitlines()[-1][:160], "", ""])
+                continue
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append([mode, f"{result['extra'] / 2**20:.0f}", f"{result['extra'] / size:.2f}",
+                         f"{result['seconds']:.0f}", ""])
+            print(rows[-1], flush=True)
+        if all(os.path.isdir(path) for path in outputs.values()):
+            rows[-1][-1] = "yes" if _same_weights(outputs["in memory"], outputs["streamed"]) else "NO"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = format_table(["path", "peak memory above start MiB", "/ checkpoint size", "seconds",
+                          "same weights as in memory"], rows)
+    params = (config.num_hidden_layers * (4 * config.hidden_size ** 2 + 3 * config.hidden_size
+                                          * config.intermediate_size) + 2 * config.vocab_size * config.hidden_size)
+    return (table + "\n\n" + f"A random-weight Llama ({config.num_hidden_layers} blocks, hidden {config.hidden_size}, "
+            f"FFN {config.intermediate_size}, vocab {config.vocab_size}: {params / 1e6:.0f} M parameters, "
+            f"{size / 2**30:.2f} GiB of fp32 safetensors, one shard per block) sparsified with `magnitude` at 50 % "
+            "from 2 x 2 x 128 random tokens, each path in its own process: `Compressor` on the model loaded with "
+            "`from_pretrained`, then `save_pretrained` and `export`; `sparsify_checkpoint` on the directory. "
+            "Memory is the resident size sampled every 5 ms, above the size after the imports both paths need. "
+            "The last column compares every tensor of the two outputs. " + provenance(load_before=load_before) + ".")
+
+
 PARTS = {"methods": ("SmolLM2-135M", methods_section),
+         "stream": ("A checkpoint larger than the memory it is given: streamed against in memory", stream_section),
          "compare": ("SmolLM2-135M: msmodelslim and llm-compressor side by side", comparison_section)}
 
 
