@@ -126,8 +126,8 @@ def _sparsify_streamed(args, config, output, texts):
     with output.writing() as staging:
         model_dir = os.path.join(staging, "model")
         compact = os.path.join(staging, "model.sparse.safetensors")
-        report = sparsify_checkpoint(args.model, config, model_dir, [{"input_ids": c.unsqueeze(0)} for c in calibration],
-                                     export=compact)
+        batches = [{"input_ids": chunk.unsqueeze(0)} for chunk in calibration]
+        report = sparsify_checkpoint(args.model, config, model_dir, batches, export=compact)
         after = streamed_perplexity(model_dir, held_out)
         dense = sum(os.path.getsize(os.path.join(model_dir, name)) for name in os.listdir(model_dir)
                     if name.endswith(".safetensors"))

@@ -15,6 +15,7 @@ from msmodelslim.pytorch.sparse.sparse_tools import Compressor, SparseConfig, lo
 from msmodelslim.pytorch.sparse.sparse_tools.streaming import streamed_perplexity
 from msmodelslim.pytorch.utils.evaluation import perplexity
 
+TESTS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {
     "llama": lambda: T.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
@@ -166,33 +167,23 @@ def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch, error):
 
 
 MEMORY_SCRIPT = r"""
-import json, os, sys, threading, time
+import json, sys
 import torch, transformers as T
 from msmodelslim.pytorch.sparse.sparse_tools import Compressor, SparseConfig, sparsify_checkpoint
-
-def resident():
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from zoo.resident import PeakResident
 
 mode, source, out = sys.argv[1:4]
 T.LlamaForCausalLM(T.LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                                  num_attention_heads=2))  # imports what both paths import, before measuring
 data = [{"input_ids": torch.randint(0, 1024, (2, 32))}]
-base = peak = resident()
-def sample():
-    global peak
-    while True:
-        peak = max(peak, resident())
-        time.sleep(0.002)
-threading.Thread(target=sample, daemon=True).start()
+memory = PeakResident()
 if mode == "memory":
     model = T.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     Compressor(model, SparseConfig(method="weight_magnitude")).compress(data)
     model.save_pretrained(out)
 else:
     sparsify_checkpoint(source, SparseConfig(method="weight_magnitude"), out, data)
-time.sleep(0.05)
-print(json.dumps({"extra": peak - base}))
+print(json.dumps({"extra": memory.above_start()}))
 """
 
 
@@ -207,7 +198,8 @@ def test_streaming_needs_a_fraction_of_the_in_memory_peak(tmp_path):
     extra = {}
     for mode in ("memory", "stream"):
         proc = subprocess.run([sys.executable, str(script), mode, str(tmp_path / "source"), str(tmp_path / mode)],
-                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                                   "PYTHONPATH": TESTS})
         assert proc.returncode == 0, proc.stderr[-2000:]
         extra[mode] = json.loads(proc.stdout.strip().splitlines()[-1])["extra"]
     size = sum(os.path.getsize(tmp_path / "source" / f) for f in os.listdir(tmp_path / "source"))

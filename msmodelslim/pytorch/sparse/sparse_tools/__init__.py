@@ -41,7 +41,8 @@ class SparsityReport:
         return format_table(["layer", "shape", "stage", "target", "sparsity", "relative error"], rows)
 
     def __str__(self):
-        text = f"{self.config!r}\n{self.table()}\noverall sparsity of the sparsified layers: {self.overall_sparsity:.4f}"
+        text = (f"{self.config!r}\n{self.table()}\noverall sparsity of the sparsified layers: "
+                f"{self.overall_sparsity:.4f}")
         if self.timings:
             text += "\ntime: " + ", ".join(f"{part} {seconds:.1f} s" for part, seconds in self.timings.items())
         return text

@@ -40,9 +40,9 @@ def sparsify_checkpoint(model_dir, config, out_dir, dataset, device=None, export
     weights) as ``config`` says, from the calibration batches ``dataset`` (as for :meth:`Compressor.compress`),
     without loading it whole, and write the result to ``out_dir``: sharded safetensors with an index (load with
     ``AutoModelForCausalLM.from_pretrained(out_dir)``), the input directory's other files, and the compact sparse
-    file (:func:`load_sparse`), ``out_dir/model.sparse.safetensors`` unless ``export`` names another path. ``device`` (default CPU) is where each block is
-    calibrated; the blocks not being calibrated stay on disk. Returns the :class:`SparsityReport`, whose
-    ``timings`` include the reading and writing (``io``).
+    file (:func:`load_sparse`), ``out_dir/model.sparse.safetensors`` unless ``export`` names another path.
+    ``device`` (default CPU) is where each block is calibrated; the blocks not being calibrated stay on disk.
+    Returns the :class:`SparsityReport`, whose ``timings`` include the reading and writing (``io``).
 
     A model whose Linear layers are not all inside repeated blocks is loaded whole instead (an INFO line says so);
     the output is the same.
@@ -105,9 +105,13 @@ def _skeleton(model_dir):
     import transformers
     from accelerate import init_empty_weights
 
-    config = transformers.AutoConfig.from_pretrained(model_dir)
-    with init_empty_weights(include_buffers=False):
-        model = transformers.AutoModelForCausalLM.from_config(config)
+    try:
+        config = transformers.AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+        with init_empty_weights(include_buffers=False):
+            model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError ... for configs it cannot use
+        raise CheckpointError(f"'{model_dir}' does not describe a causal language model transformers can build "
+                              f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})") from exc
     model.tie_weights()  # tied names must share one Parameter, as after from_pretrained
     return model.eval()
 
