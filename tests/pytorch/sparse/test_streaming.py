@@ -88,10 +88,34 @@ def test_a_model_with_linear_layers_outside_its_blocks_is_loaded_whole(tmp_path,
     expected, _ = in_memory(tmp_path / "source", config, data)
     with caplog.at_level(logging.INFO, logger="msmodelslim"):
         sparsify_checkpoint(tmp_path / "source", config, tmp_path / "out", data)
-    assert "outside repeated blocks" in caplog.text and "project_in" in caplog.text
+    assert "outside its repeated blocks" in caplog.text and "project_in" in caplog.text
     got = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
     for name, value in expected.state_dict().items():
         assert torch.equal(got.state_dict()[name], value), name
+
+
+def test_a_family_whose_blocks_are_not_known_to_chain_is_loaded_whole(tmp_path, caplog):
+    """GPT-NeoX is no family of ours: nothing proves its blocks feed each other directly, so no streaming."""
+    torch.manual_seed(0)
+    T.GPTNeoXForCausalLM(T.GPTNeoXConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, max_position_embeddings=64)
+                         ).save_pretrained(tmp_path / "source", max_shard_size="60KB")
+    config, data = SparseConfig(method="magnitude"), calibration()
+    expected, _ = in_memory(tmp_path / "source", config, data)
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        sparsify_checkpoint(tmp_path / "source", config, tmp_path / "out", data)
+    assert "not a transformer family" in caplog.text
+    got = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    for name, value in expected.state_dict().items():
+        assert torch.equal(got.state_dict()[name], value), name
+
+
+def test_nothing_to_sparsify_copies_the_checkpoint(tmp_path):
+    source = save_sharded(tmp_path / "source")
+    sparsify_checkpoint(source, SparseConfig(ignore=["re:.*"]), tmp_path / "out", calibration())
+    before = T.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).state_dict()
+    after = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
 
 
 def _nothing_written(parent, out):

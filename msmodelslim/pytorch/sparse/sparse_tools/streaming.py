@@ -70,7 +70,7 @@ def sparsify_checkpoint(model_dir, config, out_dir, dataset, device=None, export
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", suffix=".tmp", dir=parent)
     try:
         os.chmod(staging, 0o777 & ~current_umask())  # the user's umask, not mkdtemp's 0700
-        report = _sparsify(model, config, dataset, files, staging, device, export)
+        report = _sparsify(model_dir, model, config, dataset, files, staging, device, export)
         _copy_other_files(model_dir, staging)
         os.replace(staging, out_dir)
     except BaseException:
@@ -116,31 +116,78 @@ def _skeleton(model_dir):
     return model.eval()
 
 
-def _sparsify(model, config, dataset, files, staging, device, export):
+def _sparsify(model_dir, model, config, dataset, files, staging, device, export):
     from msmodelslim.pytorch.sparse.sparse_tools import SparsityReport
 
     device = torch.device(device or "cpu")
-    blocks = find_blocks(model)
-    prefixes = tuple(name + "." for name, _ in blocks)
-    outside = [name for name in target_layers(model, config.ignore) if not name.startswith(prefixes)]
+    export = export or os.path.join(staging, COMPACT_NAME)
+    reason = _unstreamable(model, files, config)
+    if reason:
+        logger.info("%s: %s; loading it whole instead of block by block.", type(model).__name__, reason)
+        return _sparsify_in_memory(model_dir, config, dataset, staging, device, export)
+    blocks = _chained_blocks(model)
     store = _BlockStore(model, files, blocks, staging, device)
-    if not blocks or outside:
-        logger.info("%s has Linear layers outside repeated blocks (%s): loading it whole instead of block by "
-                    "block.", type(model).__name__, ", ".join(outside[:3]) or "no blocks found")
-        store.load_all()
-        sparsifier = Sparsifier(model, config, dataset)
-    else:
-        store.load_outside()
-        sparsifier = Sparsifier(model, config, dataset, blocks=blocks, around_block=store.around, device=device)
+    store.load_outside()
+    sparsifier = Sparsifier(model, config, dataset, blocks=blocks, around_block=store.around, device=device)
     io_before = store.io_seconds
     results = sparsifier.run()
     timings = dict(sparsifier.timings)
     timings["forward"] -= store.io_seconds - io_before  # blocks were read and written during the run
     store.finish([f"{r.name}.weight" for r in results], {"sparsity_structure": config.pattern,
-                                                         "method": config.algorithm},
-                 export or os.path.join(staging, COMPACT_NAME))
+                                                         "method": config.algorithm}, export)
     timings["io"] = store.io_seconds
     return SparsityReport(results, config, timings)
+
+
+def _unstreamable(model, files, config):
+    """Why the model cannot be streamed (a sentence), or None."""
+    blocks = _chained_blocks(model)
+    if not blocks:
+        return "not a transformer family whose blocks are known to feed each other directly"
+    prefixes = tuple(name + "." for name, _ in blocks)
+    outside = [name for name in target_layers(model, config.ignore) if not name.startswith(prefixes)]
+    if outside:
+        return f"Linear layers outside its repeated blocks ({', '.join(outside[:3])})"
+    unnamed = [names[0] for names in _tied_groups(model, "").values() if not any(name in files for name in names)]
+    if unnamed:  # transformers renames some legacy names while loading; its own loader knows how
+        return f"the checkpoint names its tensors differently from the model (no '{unnamed[0]}')"
+    return None
+
+
+def _load_whole(model_dir, device):
+    """``AutoModelForCausalLM.from_pretrained`` in the checkpoint's dtype, refusing a checkpoint that would leave
+    weights at their random initialisation."""
+    import transformers
+
+    try:
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype="auto", trust_remote_code=False, output_loading_info=True)
+    except Exception as exc:
+        raise CheckpointError(f"'{model_dir}' cannot be loaded: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0][:200]}") from exc
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    missing = [key for key in info.get("missing_keys", ()) if key not in tied]
+    if missing:
+        raise CheckpointError(f"The checkpoint in '{model_dir}' has no tensor '{sorted(missing)[0]}' "
+                              f"({len(missing)} missing), which {type(model).__name__} needs.")
+    return model.to(device).eval()
+
+
+def _sparsify_in_memory(model_dir, config, dataset, staging, device, export):
+    """The model whole, with transformers' own loader and writer: Compressor, save_pretrained, export."""
+    from msmodelslim.pytorch.sparse.sparse_tools import Compressor
+
+    start = time.perf_counter()
+    model = _load_whole(model_dir, device)
+    io_seconds = time.perf_counter() - start
+    compressor = Compressor(model, config)
+    compressor.compress(dataset)
+    start = time.perf_counter()
+    model.save_pretrained(staging)
+    compressor.export(export)
+    report = compressor.report()
+    report.timings["io"] = io_seconds + time.perf_counter() - start
+    return report
 
 
 class _BlockStore:
@@ -156,11 +203,7 @@ class _BlockStore:
         self._shards = {name: f"model-{i + 2:05d}-of-{len(blocks) + 1:05d}.safetensors"
                         for i, (name, _) in enumerate(blocks)}
         self._rest = f"model-00001-of-{len(blocks) + 1:05d}.safetensors"
-        self._streamed = False
-        for names in _tied_groups(self.model, "").values():
-            if not any(name in self.files for name in names):
-                raise CheckpointError(f"The checkpoint has no tensor '{names[0]}', which {type(self.model).__name__} "
-                                      "needs.")
+        self._blocks = dict(blocks)
 
     def _materialise(self, prefix, files):
         """Replace the meta parameters under ``prefix`` by tensors read from ``files`` (``{name: file}``) onto
@@ -189,8 +232,6 @@ class _BlockStore:
         """Read every parameter that belongs to no block."""
         self._materialise(None, self.files)
 
-    def load_all(self):
-        self._materialise("", self.files)
 
     @contextlib.contextmanager
     def around(self, name, block):
@@ -203,8 +244,11 @@ class _BlockStore:
             state = self._state(name + ".")
             _save(state, shard)
             self.files.update(dict.fromkeys(state, shard))  # a later pass reads the sparsified weights
-            self._streamed = True
             self.io_seconds += time.perf_counter() - start
+
+    def _written(self, name):
+        shard = os.path.join(self.staging, self._shards[name])
+        return any(file == shard for file in self.files.values())
 
     @contextlib.contextmanager
     def reading(self, name, block):
@@ -228,11 +272,15 @@ class _BlockStore:
         return {key: value.to("cpu").contiguous() for key, value in state.items()}
 
     def finish(self, sparse_names, metadata, export):
-        """Write the non-block tensors (or, when nothing was streamed, all of them), the index and the compact
-        file (reading the shards back one tensor at a time)."""
+        """Write the blocks no pass wrote (none when nothing was sparsified), the non-block tensors, the index
+        and the compact file (reading the shards back one tensor at a time)."""
+        for name, block in self._blocks.items():
+            if not self._written(name):
+                with self.around(name, block):
+                    pass
         start = time.perf_counter()
-        state = self._state(None if self._streamed else "")
-        path = os.path.join(self.staging, self._rest if self._streamed else "model-00001-of-00001.safetensors")
+        state = self._state(None)
+        path = os.path.join(self.staging, self._rest)
         _save(state, path)
         self.files.update(dict.fromkeys(state, path))
         weight_map = {key: os.path.basename(file) for key, file in self.files.items()
@@ -268,6 +316,15 @@ def _return_freed_memory():
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _chained_blocks(model):
+    """The blocks of a recognised transformer family (their outputs are the next block's inputs, which a streamed
+    run cannot check the way the in-memory one does on a whole forward pass), else []."""
+    from msmodelslim.pytorch.prune.structure import detect_family
+
+    _, layers = detect_family(model)
+    return find_blocks(model) if layers else []
 
 
 def _is_parameter(model, name):
@@ -321,11 +378,11 @@ def streamed_perplexity(model_dir, token_chunks, batch_size=4, device=None):
     device = torch.device(device or "cpu")
     files = _weight_files(model_dir)
     model = _skeleton(model_dir)
-    blocks = find_blocks(model)
+    blocks = _chained_blocks(model)
+    unnamed = [names[0] for names in _tied_groups(model, "").values() if not any(name in files for name in names)]
+    if not blocks or unnamed:
+        return perplexity(_load_whole(model_dir, device), token_chunks, batch_size)
     store = _BlockStore(model, files, blocks, None, device)
-    if not blocks:
-        store.load_all()
-        return perplexity(model, token_chunks, batch_size)
     store.load_outside()
     batches = [{"input_ids": chunk} for chunk in token_chunks.split(batch_size)]
     for step in iterate_blocks(model, blocks, batches, "token_chunks", "perplexity", store.reading, device):
