@@ -121,11 +121,11 @@ def _sparsify(model_dir, model, config, dataset, files, staging, device, export)
 
     device = torch.device(device or "cpu")
     export = export or os.path.join(staging, COMPACT_NAME)
-    reason = _unstreamable(model, files, config)
+    blocks = _chained_blocks(model)
+    reason = _unstreamable(model, blocks, files, config)
     if reason:
         logger.info("%s: %s; loading it whole instead of block by block.", type(model).__name__, reason)
         return _sparsify_in_memory(model_dir, config, dataset, staging, device, export)
-    blocks = _chained_blocks(model)
     store = _BlockStore(model, files, blocks, staging, device)
     store.load_outside()
     sparsifier = Sparsifier(model, config, dataset, blocks=blocks, around_block=store.around, device=device)
@@ -139,16 +139,15 @@ def _sparsify(model_dir, model, config, dataset, files, staging, device, export)
     return SparsityReport(results, config, timings)
 
 
-def _unstreamable(model, files, config):
-    """Why the model cannot be streamed (a sentence), or None."""
-    blocks = _chained_blocks(model)
+def _unstreamable(model, blocks, files, config):
+    """Why the model cannot be streamed block by block (a sentence), or None."""
     if not blocks:
         return "not a transformer family whose blocks are known to feed each other directly"
     prefixes = tuple(name + "." for name, _ in blocks)
     outside = [name for name in target_layers(model, config.ignore) if not name.startswith(prefixes)]
     if outside:
         return f"Linear layers outside its repeated blocks ({', '.join(outside[:3])})"
-    unnamed = [names[0] for names in _tied_groups(model, "").values() if not any(name in files for name in names)]
+    unnamed = _unnamed(model, files)
     if unnamed:  # transformers renames some legacy names while loading; its own loader knows how
         return f"the checkpoint names its tensors differently from the model (no '{unnamed[0]}')"
     return None
@@ -204,6 +203,13 @@ class _BlockStore:
                         for i, (name, _) in enumerate(blocks)}
         self._rest = f"model-00001-of-{len(blocks) + 1:05d}.safetensors"
         self._blocks = dict(blocks)
+        self._block_prefixes = tuple(name + "." for name in self._blocks)
+
+    def _groups(self, prefix, buffers=False):
+        """:func:`_tied_groups` under ``prefix``; None: the tensors of no block."""
+        if prefix is None:
+            return _tied_groups(self.model, "", buffers, outside=self._block_prefixes)
+        return _tied_groups(self.model, prefix, buffers)
 
     def _materialise(self, prefix, files):
         """Replace the meta parameters under ``prefix`` by tensors read from ``files`` (``{name: file}``) onto
@@ -211,7 +217,7 @@ class _BlockStore:
         from safetensors import safe_open
 
         start = time.perf_counter()
-        groups = list(_tied_groups(self.model, prefix).values())
+        groups = list(self._groups(prefix).values())
         stored = {names[0]: next(name for name in names if name in files) for names in groups}
         by_file = {}
         for first, key in stored.items():
@@ -264,7 +270,7 @@ class _BlockStore:
     def _state(self, prefix):
         """The model's tensors under ``prefix`` that the checkpoint holds, on CPU."""
         state = {}
-        for names in _tied_groups(self.model, prefix, buffers=True).values():
+        for names in self._groups(prefix, buffers=True).values():
             stored = [name for name in names if name in self.files]
             if stored:
                 state[stored[0]] = self.model.get_parameter(names[0]).detach() if _is_parameter(
@@ -291,7 +297,7 @@ class _BlockStore:
             json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
                       handle, indent=2)
         tied = {}
-        for names in _tied_groups(self.model, "").values():
+        for names in _tied_groups(self.model).values():
             stored = [name for name in names if name in weight_map]
             tied.update({name: stored[0] for name in names if stored and name not in weight_map})
         write_sparse(export, self._stored_tensors(weight_map), set(sparse_names), metadata, tied)
@@ -332,10 +338,14 @@ def _is_parameter(model, name):
     return attribute in model.get_submodule(module_name)._parameters
 
 
-def _tied_groups(model, prefix=None, buffers=False):
-    """``{id(tensor): [names]}`` of the model's parameters (and persistent buffers) - tied ones together - under
-    ``prefix`` (None: those outside every block; "" : all)."""
-    blocks = tuple(name + "." for name, _ in find_blocks(model))
+def _unnamed(model, files):
+    """The model's tensors (first of each tied group) that ``files`` holds under none of their names."""
+    return [names[0] for names in _tied_groups(model).values() if not any(name in files for name in names)]
+
+
+def _tied_groups(model, prefix="", buffers=False, outside=()):
+    """``{id(tensor): [names]}`` of the model's parameters (and persistent buffers) - tied ones together - whose
+    names start with ``prefix`` and with none of the prefixes ``outside``."""
     groups = {}
     named = list(model.named_parameters(remove_duplicate=False))
     if buffers:
@@ -343,8 +353,7 @@ def _tied_groups(model, prefix=None, buffers=False):
         named += [(name, buffer) for name, buffer in model.named_buffers(remove_duplicate=False)
                   if name in persistent]
     for name, tensor in named:
-        inside = name.startswith(blocks)
-        if (prefix is None and not inside) or (prefix is not None and name.startswith(prefix)):
+        if name.startswith(prefix) and not (outside and name.startswith(outside)):
             groups.setdefault(id(tensor), []).append(name)
     return groups
 
@@ -379,8 +388,7 @@ def streamed_perplexity(model_dir, token_chunks, batch_size=4, device=None):
     files = _weight_files(model_dir)
     model = _skeleton(model_dir)
     blocks = _chained_blocks(model)
-    unnamed = [names[0] for names in _tied_groups(model, "").values() if not any(name in files for name in names)]
-    if not blocks or unnamed:
+    if not blocks or _unnamed(model, files):
         return perplexity(_load_whole(model_dir, device), token_chunks, batch_size)
     store = _BlockStore(model, files, blocks, None, device)
     store.load_outside()
