@@ -15,10 +15,12 @@ from torch import nn
 from msmodelslim.pytorch.sparse.sparse_tools.config import SparseConfig
 from msmodelslim.pytorch.sparse.sparse_tools.engine import Sparsifier
 from msmodelslim.pytorch.sparse.sparse_tools.export import load_sparse, save_sparse
+from msmodelslim.pytorch.sparse.sparse_tools.semi_structured import SemiStructuredReport, to_semi_structured
 from msmodelslim.utils.logging import logger
 from msmodelslim.utils.report import format_table
 
-__all__ = ["SparseConfig", "Compressor", "SparsityReport", "load_sparse", "sparsify_checkpoint"]
+__all__ = ["SparseConfig", "Compressor", "SparsityReport", "load_sparse", "sparsify_checkpoint", "to_semi_structured",
+           "SemiStructuredReport"]
 
 
 class SparsityReport:

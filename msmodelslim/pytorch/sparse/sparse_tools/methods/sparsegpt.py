@@ -7,12 +7,19 @@ over the whole block for unstructured sparsity, per row and group of M columns f
 zeroed where masked and the error is spread over the remaining columns with the OBS update
 delta = -(w_j / [H^-1]_jj) * H^-1_{j,:} (Algorithm 1), using the upper Cholesky factor of H^-1.
 """
+from collections import OrderedDict
+
 import torch
 
 from msmodelslim.pytorch.sparse.sparse_tools.methods.masks import lowest_n_of_m, lowest_per_row
+from msmodelslim.utils.logging import logger
 
 MAX_DAMPING_RETRIES = 6
 UPDATE_COLUMNS = 32  # columns updated one by one before the rest of the matrix is updated at once
+# On CUDA the column loop of a sub-block (a few small kernels per column) is captured once per shape as a CUDA graph
+# and replayed: the same kernels on the same data, so the same result, without launching each kernel from Python.
+USE_CUDA_GRAPHS = True
+GRAPHS_KEPT = 8  # shapes whose captured loop is kept (a model has a handful: q/k/v, o, gate/up, down)
 
 
 def inverse_hessian_factor(hessian, percdamp):
@@ -73,7 +80,7 @@ def prune_group(weights, stats, sparsities, n_m=None, options=None):
     weight = torch.cat([w.float() for w in weights]) if len(weights) > 1 else weights[0].clone().float()
     weight[:, dead] = 0
     columns = weight.shape[1]
-    n, m = n_m or (0, 1)
+    m = n_m[1] if n_m else 1
     # The mask is chosen per block of `blocksize` columns (the paper's adaptive selection), the updates are applied
     # per sub-block of UPDATE_COLUMNS: the same arithmetic as one column at a time, with most of it moved from
     # rank-1 updates into matrix products. Sub-blocks hold whole N:M groups, so every group is chosen from fully
@@ -87,26 +94,93 @@ def prune_group(weights, stats, sparsities, n_m=None, options=None):
             mask[:, start:end] = _block_mask(weight[:, start:end], diagonal[start:end], segments)
         for first in range(start, end, step):
             last = min(first + step, end)
-            sub = weight[:, first:last].clone()
-            hinv_sub = hinv[first:last, first:last]
-            errors = torch.zeros_like(sub)
-            width = last - first
-            # views made once per sub-block: indexing costs more than the arithmetic on these small tensors
-            columns_, pruned, error_columns = sub.unbind(1), mask[:, first:last].unbind(1), errors.unbind(1)
-            rights, hinv_rows = [sub[:, i:] for i in range(width)], [hinv_sub[i, i:] for i in range(width)]
-            pivots = torch.diagonal(hinv_sub).tolist()
-            for i in range(width):
-                if n_m is not None and (first + i - start) % m == 0:
-                    group = slice(i, min(i + m, end - first))
-                    saliency = sub[:, group].square() / torch.diagonal(hinv_sub)[group].square().unsqueeze(0)
-                    mask[:, first + group.start:first + group.stop] = lowest_n_of_m(saliency, n, m)
-                # the pruned weights' error, spread over the columns to the right; the pruned entries of column i
-                # are left near zero by the update itself and set to exactly zero at the end (the loop reads only
-                # columns right of i), so the column needs no write of its own: fewer small kernels per column
-                torch.div(torch.mul(columns_[i], pruned[i]), pivots[i], out=error_columns[i])
-                rights[i].addr_(error_columns[i], hinv_rows[i], alpha=-1)
+            sub, errors, pruned = _sweeper(weight, last - first, n_m)(
+                weight[:, first:last], hinv[first:last, first:last], mask[:, first:last])
             weight[:, first:last] = sub
+            if n_m is not None:
+                mask[:, first:last] = pruned
             for rows, _ in segments:  # one product per layer: the same shapes, so the same rounding, as alone
                 weight[rows, last:] -= errors[rows] @ hinv[first:last, last:]
     weight = weight.masked_fill(mask, 0)
     return [(weight[rows], mask[rows]) for rows, _ in segments]
+
+
+def _sweep(sub, hinv_sub, pruned_block, errors, pivots, n_m):
+    """The column loop of one sub-block, in place: column i's pruned weights (``pruned_block``, chosen here per
+    N:M group when ``n_m`` is given) become errors ``w / [H^-1]_ii`` spread over the columns to its right.
+    ``pivots`` are the diagonal of ``hinv_sub``, as numbers or as 0-d tensors (CUDA graphs need tensors)."""
+    width = sub.shape[1]
+    columns, pruned, error_columns = sub.unbind(1), pruned_block.unbind(1), errors.unbind(1)
+    rights, hinv_rows = [sub[:, i:] for i in range(width)], [hinv_sub[i, i:] for i in range(width)]
+    for i in range(width):
+        if n_m is not None and i % n_m[1] == 0:
+            group = slice(i, min(i + n_m[1], width))
+            saliency = sub[:, group].square() / torch.diagonal(hinv_sub)[group].square().unsqueeze(0)
+            pruned_block[:, group] = lowest_n_of_m(saliency, *n_m)
+        # the pruned entries of column i are left near zero by the update itself and set to exactly zero at the end
+        # (the loop reads only columns right of i), so the column needs no write of its own: fewer small kernels
+        torch.div(torch.mul(columns[i], pruned[i]), pivots[i], out=error_columns[i])
+        rights[i].addr_(error_columns[i], hinv_rows[i], alpha=-1)
+
+
+class _EagerSweep:
+    """The column loop run op by op (CPU, or CUDA without graphs). Returns ``(sub, errors, pruned)``."""
+
+    def __init__(self, n_m, tensor_pivots):
+        self.n_m, self.tensor_pivots = n_m, tensor_pivots
+
+    def __call__(self, sub, hinv_sub, pruned):
+        sub = sub.clone()
+        errors = torch.empty_like(sub)
+        diagonal = torch.diagonal(hinv_sub)
+        pivots = diagonal.unbind() if self.tensor_pivots else diagonal.tolist()
+        _sweep(sub, hinv_sub, pruned, errors, pivots, self.n_m)
+        return sub, errors, pruned
+
+
+class _CapturedSweep:
+    """The column loop of one shape captured as a CUDA graph; each call copies the inputs into the graph's own
+    tensors and replays it. Returns the graph's tensors ``(sub, errors, pruned)``, valid until the next call."""
+
+    def __init__(self, rows, width, device, n_m):
+        self.sub = torch.zeros(rows, width, device=device)
+        self.hinv = torch.eye(width, device=device)
+        self.pruned = torch.zeros(rows, width, dtype=torch.bool, device=device)
+        self.errors = torch.zeros(rows, width, device=device)
+        pivots = torch.diagonal(self.hinv).unbind()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # a run before the capture, as CUDA graphs require
+            _sweep(self.sub, self.hinv, self.pruned, self.errors, pivots, n_m)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            _sweep(self.sub, self.hinv, self.pruned, self.errors, pivots, n_m)
+
+    def __call__(self, sub, hinv_sub, pruned):
+        self.sub.copy_(sub)
+        self.hinv.copy_(hinv_sub)
+        self.pruned.copy_(pruned)
+        self.graph.replay()
+        return self.sub, self.errors, self.pruned
+
+
+_captured = OrderedDict()
+
+
+def _sweeper(weight, width, n_m):
+    """The column loop for a sub-block of ``width`` columns of ``weight``: replayed from a CUDA graph on CUDA
+    (captured on first use, then kept for the same shape), run op by op elsewhere or if capturing fails."""
+    if weight.device.type != "cuda" or not USE_CUDA_GRAPHS:
+        return _EagerSweep(n_m, tensor_pivots=weight.device.type == "cuda")
+    key = (weight.device, weight.shape[0], width, n_m)
+    if key not in _captured:
+        try:
+            _captured[key] = _CapturedSweep(weight.shape[0], width, weight.device, n_m)
+        except RuntimeError as error:  # e.g. a capture refused by the driver: the eager loop computes the same
+            logger.debug("SparseGPT: CUDA graph capture failed (%s); running the column loop op by op", error)
+            _captured[key] = _EagerSweep(n_m, tensor_pivots=True)
+        while len(_captured) > GRAPHS_KEPT:
+            _captured.popitem(last=False)
+    _captured.move_to_end(key)
+    return _captured[key]
