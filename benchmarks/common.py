@@ -88,10 +88,9 @@ def provenance(packages=("torch", "transformers"), load_before=None):
     def git(*args):
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:  # a copy of the tree without its history (a remote GPU machine): the commit it was made from
-        commit = os.environ.get("MSMODELSLIM_COMMIT", "unknown")
-    elif git("status", "--porcelain", "--untracked-files=no"):
+    # a copy of the tree sent to another machine (a lent GPU) names the commit it was made from
+    commit = os.environ.get("MSMODELSLIM_COMMIT") or git("rev-parse", "--short", "HEAD") or "unknown"
+    if "MSMODELSLIM_COMMIT" not in os.environ and git("status", "--porcelain", "--untracked-files=no"):
         commit += "+changes"
     versions = []
     for package in packages:

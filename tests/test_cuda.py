@@ -151,3 +151,22 @@ def test_two_four_model_runs_on_semi_structured_kernels():
     assert report.converted and all(name.endswith("proj") for name in report.converted)
     assert "lm_head" not in report.converted and "lm_head" not in report.skipped
     assert torch.allclose(dense, sparse, atol=2e-2, rtol=2e-2), (dense - sparse).abs().max()
+
+
+def test_semi_structured_backend_either_runs_or_leaves_every_layer_dense():
+    """PyTorch's CUTLASS kernels are built for capability 8.x only: elsewhere nothing is converted, with the reason."""
+    from msmodelslim.pytorch.sparse.sparse_tools import to_semi_structured
+
+    model, batch = hf.llama()
+    model = model.to(CUDA)
+    Compressor(model, SparseConfig(method="magnitude", pattern="2:4")).compress([to_cuda(batch)])
+    model = model.half().eval()
+    with torch.no_grad():
+        dense = model(**to_cuda(batch)).logits.float()
+        report = to_semi_structured(model, backend="cutlass", skip=["lm_head"])
+        after = model(**to_cuda(batch)).logits.float()
+    if report.converted:
+        assert torch.allclose(dense, after, atol=2e-2, rtol=2e-2)
+    else:
+        assert all("backend does not run here" in reason for reason in report.skipped.values())
+        assert torch.equal(dense, after)

@@ -59,10 +59,29 @@ def _why_not(weight):
     return None
 
 
+_probed = {}
+
+
+def _backend_problem(tensor_class, device, dtype):
+    """Why the backend's kernels do not run here (e.g. PyTorch's CUTLASS kernels are built for capability 8.x
+    only), found once per device and dtype by multiplying a small 2:4 matrix; None when they run."""
+    key = (tensor_class, device, dtype)
+    if key not in _probed:
+        weight = torch.tensor([1.0, 1.0, 0.0, 0.0], device=device, dtype=dtype).repeat(128, 32)
+        try:
+            torch.nn.functional.linear(torch.ones(32, 128, device=device, dtype=dtype), tensor_class.from_dense(weight))
+            torch.cuda.synchronize(device)
+            _probed[key] = None
+        except RuntimeError as error:
+            _probed[key] = f"the backend does not run here: {str(error).splitlines()[0]}"
+    return _probed[key]
+
+
 def to_semi_structured(model, backend=None, skip=()):
     """Replace, in place, the weight of every 2:4-sparse ``nn.Linear`` of ``model`` by a semi-structured sparse
     tensor, for inference. Layers that cannot be converted (not on CUDA, capability < 8.0, dtype not
-    float16/bfloat16, not 2:4, a shape the backend's kernels do not take) are left dense and listed with the reason.
+    float16/bfloat16, not 2:4, a shape the backend's kernels do not take, a backend whose kernels do not run on this
+    GPU) are left dense and listed with the reason.
 
     Args:
         model: a ``torch.nn.Module``, typically after ``Compressor`` with ``pattern="2:4"``.
@@ -87,6 +106,8 @@ def to_semi_structured(model, backend=None, skip=()):
         if not isinstance(module, nn.Linear) or name in skip:
             continue
         reason = _why_not(module.weight)
+        if reason is None:
+            reason = _backend_problem(tensor_class, module.weight.device, module.weight.dtype)
         if reason is None:
             try:
                 sparse = tensor_class.from_dense(module.weight.detach().contiguous())

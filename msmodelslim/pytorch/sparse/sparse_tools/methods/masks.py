@@ -14,11 +14,21 @@ def lowest_per_row(scores, count):
         return torch.zeros_like(scores, dtype=torch.bool)
     if count >= scores.shape[1]:
         return torch.ones_like(scores, dtype=torch.bool)
-    threshold = torch.kthvalue(scores, count, dim=1, keepdim=True).values
+    threshold = _kth_lowest(scores, count)
     below = scores < threshold
     tied = scores == threshold
     needed = count - below.sum(1, keepdim=True)
     return below | (tied & (tied.cumsum(1) <= needed))
+
+
+LONG_ROW = 1 << 14  # on CUDA, rows longer than this are sorted: kthvalue selects each row in one thread block
+
+
+def _kth_lowest(scores, count):
+    """The ``count``-th lowest value of each row (a ``(rows, 1)`` tensor): the same value by selection or sorting."""
+    if scores.is_cuda and scores.shape[1] > LONG_ROW:
+        return torch.sort(scores, dim=1).values[:, count - 1:count]
+    return torch.kthvalue(scores, count, dim=1, keepdim=True).values
 
 
 def lowest_n_of_m(scores, n, m):

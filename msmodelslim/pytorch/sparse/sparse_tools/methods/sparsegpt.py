@@ -7,6 +7,7 @@ over the whole block for unstructured sparsity, per row and group of M columns f
 zeroed where masked and the error is spread over the remaining columns with the OBS update
 delta = -(w_j / [H^-1]_jj) * H^-1_{j,:} (Algorithm 1), using the upper Cholesky factor of H^-1.
 """
+import math
 from collections import OrderedDict
 
 import torch
@@ -108,33 +109,35 @@ def prune_group(weights, stats, sparsities, n_m=None, options=None):
 def _sweep(sub, hinv_sub, pruned_block, errors, pivots, n_m):
     """The column loop of one sub-block, in place: column i's pruned weights (``pruned_block``, chosen here per
     N:M group when ``n_m`` is given) become errors ``w / [H^-1]_ii`` spread over the columns to its right.
-    ``pivots`` are the diagonal of ``hinv_sub``, as numbers or as 0-d tensors (CUDA graphs need tensors)."""
+    ``pivots`` is the diagonal of ``hinv_sub``."""
     width = sub.shape[1]
-    columns, pruned, error_columns = sub.unbind(1), pruned_block.unbind(1), errors.unbind(1)
+    infinity = torch.full((), math.inf, dtype=sub.dtype, device=sub.device)  # a fill, no copy: CUDA graphs allow it
+    # w / [H^-1]_ii where pruned, w / inf = 0 (with w's sign, as w * 0 / [H^-1]_ii) where kept: one kernel per column
+    divisors = torch.where(pruned_block, pivots.unsqueeze(0), infinity)
+    columns, divisor_columns, error_columns = sub.unbind(1), divisors.unbind(1), errors.unbind(1)
     rights, hinv_rows = [sub[:, i:] for i in range(width)], [hinv_sub[i, i:] for i in range(width)]
     for i in range(width):
         if n_m is not None and i % n_m[1] == 0:
             group = slice(i, min(i + n_m[1], width))
-            saliency = sub[:, group].square() / torch.diagonal(hinv_sub)[group].square().unsqueeze(0)
+            saliency = sub[:, group].square() / pivots[group].square().unsqueeze(0)
             pruned_block[:, group] = lowest_n_of_m(saliency, *n_m)
+            torch.where(pruned_block[:, group], pivots[group].unsqueeze(0), infinity, out=divisors[:, group])
         # the pruned entries of column i are left near zero by the update itself and set to exactly zero at the end
         # (the loop reads only columns right of i), so the column needs no write of its own: fewer small kernels
-        torch.div(torch.mul(columns[i], pruned[i]), pivots[i], out=error_columns[i])
+        torch.div(columns[i], divisor_columns[i], out=error_columns[i])
         rights[i].addr_(error_columns[i], hinv_rows[i], alpha=-1)
 
 
 class _EagerSweep:
     """The column loop run op by op (CPU, or CUDA without graphs). Returns ``(sub, errors, pruned)``."""
 
-    def __init__(self, n_m, tensor_pivots):
-        self.n_m, self.tensor_pivots = n_m, tensor_pivots
+    def __init__(self, n_m):
+        self.n_m = n_m
 
     def __call__(self, sub, hinv_sub, pruned):
         sub = sub.clone()
         errors = torch.empty_like(sub)
-        diagonal = torch.diagonal(hinv_sub)
-        pivots = diagonal.unbind() if self.tensor_pivots else diagonal.tolist()
-        _sweep(sub, hinv_sub, pruned, errors, pivots, self.n_m)
+        _sweep(sub, hinv_sub, pruned, errors, torch.diagonal(hinv_sub), self.n_m)
         return sub, errors, pruned
 
 
@@ -147,7 +150,7 @@ class _CapturedSweep:
         self.hinv = torch.eye(width, device=device)
         self.pruned = torch.zeros(rows, width, dtype=torch.bool, device=device)
         self.errors = torch.zeros(rows, width, device=device)
-        pivots = torch.diagonal(self.hinv).unbind()
+        pivots = torch.diagonal(self.hinv)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # a run before the capture, as CUDA graphs require
@@ -172,14 +175,14 @@ def _sweeper(weight, width, n_m):
     """The column loop for a sub-block of ``width`` columns of ``weight``: replayed from a CUDA graph on CUDA
     (captured on first use, then kept for the same shape), run op by op elsewhere or if capturing fails."""
     if weight.device.type != "cuda" or not USE_CUDA_GRAPHS:
-        return _EagerSweep(n_m, tensor_pivots=weight.device.type == "cuda")
+        return _EagerSweep(n_m)
     key = (weight.device, weight.shape[0], width, n_m)
     if key not in _captured:
         try:
             _captured[key] = _CapturedSweep(weight.shape[0], width, weight.device, n_m)
         except RuntimeError as error:  # e.g. a capture refused by the driver: the eager loop computes the same
             logger.debug("SparseGPT: CUDA graph capture failed (%s); running the column loop op by op", error)
-            _captured[key] = _EagerSweep(n_m, tensor_pivots=True)
+            _captured[key] = _EagerSweep(n_m)
         while len(_captured) > GRAPHS_KEPT:
             _captured.popitem(last=False)
     _captured.move_to_end(key)
