@@ -388,6 +388,9 @@ def main():
     args = parser.parse_args()
     import torch
 
+    if not torch.cuda.is_available() and not args.quick:
+        print("bench_gpu.py measures a CUDA device and there is none: gpu.md is left as it is (--quick runs on CPU)")
+        return
     budget, state = Budget(args.budget), {}
     merge_result("gpu", TITLE, [("Device", _device_line(torch) + ".\n\n" + provenance(PACKAGES) + ".")], args.results)
     steps = [("CUDA tests", lambda: cuda_tests_section(args)),

@@ -18,7 +18,8 @@ START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 SUMMARY_ONLY = {"prune_sweep"}  # results too long for the README: its summary, and a link to the whole file
 SCRIPTS = {"prune": "bench_prune.py", "prune_fuzz": "bench_prune_fuzz.py", "prune_sweep": "bench_prune_sweep.py",
            "transformer_prune": "bench_transformer_prune.py", "sparse": "bench_sparse.py",
-           "distill": "bench_distill.py", "mindspore": "bench_mindspore.py", "slim": "bench_slim.py"}
+           "distill": "bench_distill.py", "mindspore": "bench_mindspore.py", "slim": "bench_slim.py",
+           "gpu": "bench_gpu.py"}
 
 
 def main():
