@@ -254,6 +254,7 @@ def timing_section(quick):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one seed, fewer timing steps")
+    parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
     set_logger_level("warning")
     ms.set_device("CPU")
@@ -267,7 +268,7 @@ def main():
     finally:
         CKPT.unlink(missing_ok=True)
     sections.append(("Provenance", provenance() + f" Total run time {time.perf_counter() - start:.0f} s."))
-    write_result("mindspore", "MindSpore backend (prune_model_weight, get_distill_model)", sections)
+    write_result("mindspore", "MindSpore backend (prune_model_weight, get_distill_model)", sections, args.results)
 
 
 if __name__ == "__main__":

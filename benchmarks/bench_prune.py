@@ -225,6 +225,7 @@ def criteria_section(quick):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer models and repetitions")
+    parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
     set_logger_level("warning")
     names = list(ZOO)[:4] if args.quick else list(ZOO)
@@ -234,7 +235,7 @@ def main():
         ("Budgets in MACs and in measured latency", budget_section(args.quick)),
         ("Importance criteria on trained networks", criteria_section(args.quick)),
     ]
-    write_result("prune", "Structured pruning (PruneTorch)", sections)
+    write_result("prune", "Structured pruning (PruneTorch)", sections, args.results)
 
 
 if __name__ == "__main__":

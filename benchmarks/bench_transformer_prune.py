@@ -216,6 +216,7 @@ def memory_section():
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer evaluation texts")
+    parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
     set_logger_level("warning")
     start = time.perf_counter()
@@ -223,7 +224,7 @@ def main():
                 ("SmolLM2-135M (real Llama, grouped-query attention)", smollm_section(args.quick)),
                 ("Which layers to keep: hand-picked maps and layer_id_map=\"auto\"", depth_section(args.quick)),
                 ("Peak memory reading a checkpoint lazily", memory_section())]
-    write_result("transformer_prune", "Transformer weight pruning (prune_model_weight)", sections)
+    write_result("transformer_prune", "Transformer weight pruning (prune_model_weight)", sections, args.results)
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

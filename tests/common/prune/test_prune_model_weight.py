@@ -424,3 +424,89 @@ def test_auto_layer_map_refuses_missing_calibration_and_foreign_patterns(tmp_pat
     with pytest.raises(ValueError, match="the big model only 4"):
         prune_model_weight(deeper, config, str(path))
     assert unchanged(small, before)
+
+
+# Where the hidden channels, heads and FFN neurons live in OPT and ViT (transformers 5 names both alike): tensors
+# reading the residual stream (its channels are their columns), writing it (rows and bias entries) or holding it
+# (last axis); per-head projections (rows) and the attention output (columns); the FFN's two layers.
+PLACES = dict(reads=r"((q|k|v)_proj|fc1|classifier)\.weight$", writes=r"((out|o)_proj|fc2|patch_embeddings\.projection)\.",
+              holds=r"layer_?norm|embed_tokens|embed_positions|cls_token|position_embeddings",
+              heads=r"(q|k|v)_proj\.", head_out=r"(out|o)_proj\.weight$", ffn_in=r"fc1\.", ffn_out=r"fc2\.weight$")
+
+
+def _plant(model, hidden=(), head=None, head_dim=16, neurons=()):
+    """Zero the given hidden channels, one head per layer and the given FFN neurons in every tensor holding them."""
+    hidden, neurons = list(hidden), list(neurons)
+    head_rows = list(range(head * head_dim, (head + 1) * head_dim)) if head is not None else []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            def at(place):
+                return re.search(PLACES[place], name)
+            if hidden and at("reads"):
+                param[:, hidden] = 0
+            if hidden and at("writes"):
+                param[hidden] = 0
+            if hidden and at("holds"):
+                param[..., hidden] = 0
+            if head_rows and at("heads"):
+                param[head_rows] = 0
+            if head_rows and at("head_out"):
+                param[:, head_rows] = 0
+            if neurons and at("ffn_in"):
+                param[neurons] = 0
+            if neurons and at("ffn_out"):
+                param[:, neurons] = 0
+
+
+def _opt(hidden, heads, ffn):
+    return T.OPTForCausalLM(T.OPTConfig(vocab_size=128, hidden_size=hidden, num_hidden_layers=2, ffn_dim=ffn,
+                                        num_attention_heads=heads, word_embed_proj_dim=hidden,
+                                        max_position_embeddings=32)).eval()
+
+
+def _vit(hidden, heads, ffn):
+    return T.ViTForImageClassification(T.ViTConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=heads,
+                                                   intermediate_size=ffn, image_size=32, patch_size=8,
+                                                   num_labels=3)).eval()
+
+
+MODELS = {"opt": (_opt, lambda m: m.model.decoder.embed_tokens.weight, lambda m, i: m.model.decoder.layers[i].fc1,
+                  "model.decoder.layers.{}.", lambda: {"input_ids": torch.randint(2, 128, (2, 8))}),
+          "vit": (_vit, lambda m: m.vit.embeddings.position_embeddings[0], lambda m, i: m.vit.layers[i].mlp.fc1,
+                  "vit.layers.{}.", lambda: {"pixel_values": torch.randn(2, 3, 32, 32)})}
+
+
+@pytest.mark.parametrize("family", ["opt", "vit"])
+def test_weight_importance_keeps_the_live_hidden_channels_heads_and_neurons(family, tmp_path):
+    """Planted dead hidden channels, one dead head per layer and dead FFN neurons (every slice zero in the big
+    checkpoint): weight importance keeps exactly the live ones."""
+    build, hidden_vector, first_ffn, prefix, _ = MODELS[family]
+    torch.manual_seed(0)
+    big = build(64, 4, 256)
+    dead_hidden, dead_neurons = list(range(1, 64, 4)), list(range(0, 256, 2))
+    _plant(big, hidden=dead_hidden, head=1, neurons=dead_neurons)
+    path = tmp_path / "big.safetensors"
+    save_state_dict(big.state_dict(), path)
+    small = build(48, 3, 128)
+    config = PruneConfig().set_steps(["prune_bert_intra_block"]).set_importance("weight")
+    prune_model_weight(small, config, str(path))
+    assert config.report["hidden"] == [48, 64]
+    for layer in range(2):
+        assert config.report["heads"][prefix.format(layer)] == [0, 2, 3]
+        assert (first_ffn(small, layer).weight.abs().sum(1) > 0).all()  # no dead neuron kept
+    assert (hidden_vector(small).abs().sum(0) > 0).all()  # no dead hidden channel kept
+
+
+@pytest.mark.parametrize("family", ["opt", "vit"])
+def test_dropping_dead_neurons_by_weight_importance_keeps_the_outputs(family, tmp_path):
+    build, _, _, _, inputs = MODELS[family]
+    torch.manual_seed(0)
+    big = build(64, 4, 256)
+    _plant(big, neurons=list(range(0, 256, 2)))
+    path = tmp_path / "big.safetensors"
+    save_state_dict(big.state_dict(), path)
+    small = build(64, 4, 128)
+    prune_model_weight(small, PruneConfig().set_steps(["prune_bert_intra_block"]).set_importance("weight"), str(path))
+    batch = inputs()
+    with torch.no_grad():
+        assert torch.allclose(small(**batch).logits, big(**batch).logits, atol=1e-5)

@@ -171,3 +171,25 @@ def test_no_soft_label_gives_a_zero_loss_and_total_loss_weights():
     loss, _, _ = model(*inputs())
     assert loss.item() == 0.0
     assert model.get_total_loss(torch.tensor(2.0)).item() == pytest.approx(0.5)
+
+
+def test_padded_positions_do_not_change_a_masked_loss():
+    """The batch's attention mask reaches the mask-taking losses: tokens at padded positions - whose hidden states
+    differ wildly between the two batches - leave the distillation loss unchanged."""
+    from zoo.distill_pair import logits_and_hidden_config, tiny_bert_pair
+
+    teacher, student = tiny_bert_pair()
+    model = get_distill_model(teacher, student, logits_and_hidden_config())
+    student.eval()  # no dropout: the two forward passes must be comparable
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 100, (2, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, 7:], mask[1, 9:] = 0, 0
+    other_ids = torch.where(mask.bool(), ids, torch.randint(1, 100, ids.shape, generator=generator))
+    with torch.no_grad():
+        loss, _, _ = model(input_ids=ids, attention_mask=mask)
+        other_loss, _, _ = model(input_ids=other_ids, attention_mask=mask)
+        hidden = [student.bert(input_ids=i, attention_mask=mask).last_hidden_state for i in (ids, other_ids)]
+    padded = ~mask.bool()
+    assert (hidden[0][padded] - hidden[1][padded]).abs().max() > 0.1  # the padded positions really differ
+    assert torch.allclose(loss, other_loss, rtol=1e-6, atol=1e-7), (loss, other_loss)
