@@ -26,7 +26,8 @@ EPOCHS = 6
 
 def accuracy_section(quick):
     encoder, tokenizer = assets.minilm_l6()
-    (teacher_only, train_split, test_split), _ = bbc_splits(tokenizer, sizes=(800, 120, 300), max_length=64)
+    sizes = (32, 16, 16) if quick else (800, 120, 300)  # --quick: a smoke run of the script and its columns
+    (teacher_only, train_split, test_split), _ = bbc_splits(tokenizer, sizes=sizes, max_length=64)
     teacher = train_head(SentenceClassifier(encoder, 5), concat(teacher_only, train_split))
     teacher_accuracy = accuracy(teacher, test_split)
     seeds = (0,) if quick else (0, 1, 2)
@@ -39,7 +40,7 @@ def accuracy_section(quick):
             distill = None
             if label != "hard labels only":
                 distill = get_distill_model(teacher, student, distill_config(hidden="hidden" in label))
-            train(student, train_split, epochs=EPOCHS, seed=seed, distill_model=distill)
+            train(student, train_split, epochs=1 if quick else EPOCHS, seed=seed, distill_model=distill)
             results[label].append(accuracy(student, test_split))
             print(label, seed, results[label][-1], flush=True)
     rows = [["teacher: all-MiniLM-L6 + linear head", f"{teacher_accuracy:.3f}", "-"]]
@@ -117,7 +118,7 @@ def timing_section(quick):
 
     same_work_check(distill, inputs, hand_losses, with_hand_hooks, hand_hooks, student)
 
-    repeats = 5 if quick else 20
+    repeats = 2 if quick else 20
     samples = {"wrapper": [], "hand": []}
     for _ in range(2):  # warm-up
         wrapper_step()
@@ -149,7 +150,7 @@ def timing_section(quick):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer timing steps")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny splits, one seed and epoch")
     parser.add_argument("--part", choices=["accuracy", "timing", "all"], default="all",
                         help="measure one section of distill.md (the other is kept as it is)")
     parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")

@@ -211,7 +211,8 @@ def sparse_section(args, budget, state, models):
         print(format_table(HEADER, rows), flush=True)
     table = format_table(HEADER, rows)
     return (f"{table}\n\n" + "\n".join(f"- {note}" for note in notes) + "\n\n"
-            f"{str(dtype)[6:]} weights on {device.type}, {samples} x {seq_len} random calibration tokens in batches of 4. "
+            f"{str(dtype)[6:]} weights on {device.type}, {samples} x {seq_len} random calibration tokens in batches "
+            "of 4. "
             "Seconds: median (min-max) of interleaved runs where there are two. Peak: `max_memory_allocated`, "
             "weights included. 'same' compares every weight with the CUDA-graph run above it. "
             + provenance(PACKAGES) + ".")

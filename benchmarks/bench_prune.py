@@ -89,6 +89,8 @@ def latency_section(quick):
     cases = [("EfficientNet-Lite0 (ImageNet weights)", assets.efficientnet_lite0, ["l1", "activation"]),
              ("ResNet-50", lambda: cnn.resnet50(1000).eval(), ["l1"]),
              ("VGG-16", lambda: cnn.VGG16(1000).eval(), ["l1"])]
+    if quick:  # a smoke run: one model, one criterion
+        cases = [("EfficientNet-Lite0 (ImageNet weights)", assets.efficientnet_lite0, ["l1"])]
     rows = []
     batch = 1 if quick else 8
     for label, build, criteria in cases:
@@ -99,8 +101,8 @@ def latency_section(quick):
             pruned = copy.deepcopy(dense)
             PruneTorch(pruned, sample).set_importance_evaluation_function(criterion).prune(0.5)
             with torch.inference_mode():
-                t_dense = latency(lambda: dense(x), repeat=3 if quick else 10)
-                t_pruned = latency(lambda: pruned(x), repeat=3 if quick else 10)
+                t_dense = latency(lambda: dense(x), warmup=0 if quick else 2, repeat=1 if quick else 10)
+                t_pruned = latency(lambda: pruned(x), warmup=0 if quick else 2, repeat=1 if quick else 10)
             macs_dense = sum(profile(dense, lambda m: m(x[:1]))[2].values())
             macs_pruned = sum(profile(pruned, lambda m: m(x[:1]))[2].values())
             rows.append([label, criterion, f"{count(pruned) / count(dense):.1%}", f"{macs_pruned / macs_dense:.1%}",
@@ -145,7 +147,9 @@ def _budget_cases(quick):
     encoder = {"un_prune_list": [], "node_reserved_ratio": 0.75, "prune_hidden": False}
     cases = [("EfficientNet-Lite0 (ImageNet weights)", assets.efficientnet_lite0, photos[:2], top1, defaults),
              ("all-MiniLM-L6 (sentence embeddings)", lambda: assets.minilm_l6()[0], sample, cosine, encoder)]
-    if not quick:
+    if quick:
+        cases = cases[1:]
+    else:
         cases.insert(1, ("ResNet-50 (random weights)", lambda: cnn.resnet50(1000).eval(), photos[:1],
                          lambda dense, pruned: "-", defaults))
     return cases
@@ -162,7 +166,7 @@ def budget_section(quick):
     for label, build, sample, agreement, options in _budget_cases(quick):
         call = as_call_params(sample)
         for budget in ("macs", "latency"):
-            for criterion in ("l1", "activation"):
+            for criterion in ("l1",) if quick else ("l1", "activation"):
                 dense = build()
                 pruned = copy.deepcopy(dense)
                 pruner = PruneTorch(pruned, call, prune_hidden=options.get("prune_hidden", True))
@@ -170,7 +174,7 @@ def budget_section(quick):
                 if "node_reserved_ratio" in options:
                     pruner.set_node_reserved_ratio(options["node_reserved_ratio"])
                 pruner.prune(0.5, options.get("un_prune_list"), budget=budget)
-                ratio = statistics.median(latency_ratio(pruned, dense, call) for _ in range(3))
+                ratio = statistics.median(latency_ratio(pruned, dense, call) for _ in range(1 if quick else 3))
                 macs = sum(profile(pruned, call)[2].values()) / sum(profile(dense, call)[2].values())
                 rows.append([label, f"50 % of {budget}", criterion, f"{count(pruned) / count(dense):.1%}",
                              f"{macs:.1%}", f"{ratio:.2f}", agreement(dense, pruned)])
@@ -192,11 +196,11 @@ def criteria_section(quick):
     images, labels, train_idx, test_idx = load()
     torch.manual_seed(0)
     dense = DigitsNet()
-    train(dense, images, labels, train_idx, epochs=10)
+    train(dense, images, labels, train_idx, epochs=1 if quick else 10)
     rows = [["digits CNN", "dense", "100%", f"{accuracy(dense, images, labels, test_idx):.3f}", ""]]
     sample = images[train_idx[:64]]
     loss = torch.nn.CrossEntropyLoss()
-    for criterion in ("l1", "l2", "bn_scale", "taylor", "activation", "random"):
+    for criterion in ("l1", "random") if quick else ("l1", "l2", "bn_scale", "taylor", "activation", "random"):
         model = copy.deepcopy(dense)
         pruner = PruneTorch(model, sample)
         if criterion == "taylor":
@@ -205,12 +209,12 @@ def criteria_section(quick):
             pruner.set_importance_evaluation_function(criterion)
         pruner.prune(0.5)
         before = accuracy(model, images, labels, test_idx)
-        train(model, images, labels, train_idx, epochs=2)
+        train(model, images, labels, train_idx, epochs=1 if quick else 2)
         rows.append(["digits CNN", criterion, f"{count(model) / count(dense):.1%}", f"{before:.3f}",
                      f"{accuracy(model, images, labels, test_idx):.3f}"])
-    photos = assets.sample_images(crops_per_image=8)
+    photos = assets.sample_images(crops_per_image=1 if quick else 8)
     reference = assets.efficientnet_lite0()(photos).argmax(1)
-    for criterion in ("l1", "activation", "random"):
+    for criterion in ("l1",) if quick else ("l1", "activation", "random"):
         model = assets.efficientnet_lite0()
         PruneTorch(model, photos[:2]).set_importance_evaluation_function(criterion).prune(0.8)
         with torch.no_grad():
@@ -224,11 +228,11 @@ def criteria_section(quick):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer models and repetitions")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one model or criterion per section")
     parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
     set_logger_level("warning")
-    names = list(ZOO)[:4] if args.quick else list(ZOO)
+    names = ["resnet18"] if args.quick else list(ZOO)
     sections = [
         ("Coverage and planning time on the test zoo", coverage_section(names)),
         ("CPU latency at 50 % of the parameters", latency_section(args.quick)),

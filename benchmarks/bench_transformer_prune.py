@@ -19,20 +19,21 @@ from msmodelslim.pytorch.utils.evaluation import perplexity, sentence_embeddings
 from msmodelslim.utils.report import format_table
 
 IMPORTANCE = ("first", "weight", "activation")
+PROBE = (400, 200)  # BBC articles: probe training / test (--quick: 40 / 20)
 
 
 def bbc_probe(model, tokenizer, docs, labels):
-    """Accuracy of a logistic regression on mean-pooled embeddings: 400 training, 200 test articles."""
+    """Accuracy of a logistic regression on mean-pooled embeddings: PROBE[0] training, PROBE[1] test articles."""
     from sklearn.linear_model import LogisticRegression
 
     features = sentence_embeddings(model, tokenizer, docs, max_length=128).numpy()
-    probe = LogisticRegression(max_iter=2000).fit(features[:400], labels[:400])
-    return probe.score(features[400:], labels[400:])
+    probe = LogisticRegression(max_iter=2000).fit(features[:PROBE[0]], labels[:PROBE[0]])
+    return probe.score(features[PROBE[0]:], labels[PROBE[0]:])
 
 
 def bbc_subset():
     docs, labels, _ = assets.bbc_news()
-    order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(0))[:600].tolist()
+    order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(0))[:sum(PROBE)].tolist()
     return [docs[i] for i in order], [labels[i] for i in order]
 
 
@@ -48,7 +49,7 @@ def minilm_setup(quick):
     train, test = assets.wiki_split()
     calibration = [dict(tokenizer(train[i:i + 16], padding=True, truncation=True, max_length=128,
                                   return_tensors="pt")) for i in range(0, 64, 16)]
-    held_out = test[:100 if quick else 300]
+    held_out = test[:16 if quick else 300]
     return teacher, tokenizer, calibration, held_out, sentence_embeddings(teacher, tokenizer, held_out), bbc_subset()
 
 
@@ -58,8 +59,8 @@ def minilm_section(quick):
     shapes = [("3 layers, FFN 768", {"num_hidden_layers": 3, "intermediate_size": 768}, {0: 0, 1: 2, 2: 5}),
               ("6 layers, hidden 256, 8 heads", {"hidden_size": 256, "num_attention_heads": 8},
                {i: i for i in range(6)})]
-    for label, shape, layer_map in shapes:
-        for importance in IMPORTANCE:
+    for label, shape, layer_map in shapes[:1] if quick else shapes:  # --quick: a smoke run
+        for importance in ("first",) if quick else IMPORTANCE:
             config = T.BertConfig.from_pretrained(assets.minilm_l6_dir())
             for key, value in shape.items():
                 setattr(config, key, value)
@@ -81,15 +82,16 @@ def minilm_section(quick):
                          "BBC probe accuracy", "prune s"], rows) + (
         f"\n\nCosine: mean cosine between the small model's and the teacher's sentence embeddings of {len(held_out)} "
         "held-out Wikipedia extracts (defined when the hidden size is kept). Similarity agreement: correlation of "
-        "their pairwise similarities. BBC probe: logistic regression on the embeddings, 400 training / 200 test "
-        "articles. Activation importance uses 64 Wikipedia training extracts. No training after pruning.")
+        f"their pairwise similarities. BBC probe: logistic regression on the embeddings, {PROBE[0]} training / "
+        f"{PROBE[1]} test articles. Activation importance uses 64 Wikipedia training extracts. No training after "
+        "pruning.")
 
 
 def smollm_section(quick):
     path = assets.smollm2_135m_dir()
     tokenizer = T.AutoTokenizer.from_pretrained(path)
     calibration = [{"input_ids": c} for c in assets.wiki_token_chunks(tokenizer, "train", 8, 256).split(2)]
-    evaluation = assets.wiki_token_chunks(tokenizer, "test", 4 if quick else 16, 256)
+    evaluation = assets.wiki_token_chunks(tokenizer, "test", 1 if quick else 16, 64 if quick else 256)
     dense = T.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     rows = [["SmolLM2-135M (dense)", "-", f"{perplexity(dense, evaluation):.2f}", "-"]]
     del dense
@@ -97,8 +99,8 @@ def smollm_section(quick):
                                                       num_attention_heads=6, num_key_value_heads=2, head_dim=64),
                {i: layer for i, layer in enumerate(list(range(14)) + list(range(24, 30)))}),
               ("30 layers, FFN 768", dict(intermediate_size=768), {i: i for i in range(30)})]
-    for label, shape, layer_map in shapes:
-        for importance in IMPORTANCE:
+    for label, shape, layer_map in shapes[1:] if quick else shapes:
+        for importance in ("first",) if quick else IMPORTANCE:
             config = T.AutoConfig.from_pretrained(path)
             for key, value in shape.items():
                 setattr(config, key, value)
@@ -122,8 +124,9 @@ def depth_section(quick):
     """Which checkpoint layers a shallower model keeps: hand-picked maps against layer_id_map="auto"."""
     rows = []
     teacher, tokenizer, calibration, held_out, reference, (docs, labels) = minilm_setup(quick)
-    for label, layer_map in (("first 3 (0, 1, 2)", {0: 0, 1: 1, 2: 2}), ("spread (0, 2, 5)", {0: 0, 1: 2, 2: 5}),
-                             ("auto", "auto")):
+    minilm_maps = (("first 3 (0, 1, 2)", {0: 0, 1: 1, 2: 2}), ("spread (0, 2, 5)", {0: 0, 1: 2, 2: 5}),
+                   ("auto", "auto"))
+    for label, layer_map in minilm_maps[:1] if quick else minilm_maps:
         config = T.BertConfig.from_pretrained(assets.minilm_l6_dir())
         config.num_hidden_layers = 3
         model = T.BertModel(config, add_pooling_layer=False).eval()
@@ -139,10 +142,10 @@ def depth_section(quick):
     path = assets.smollm2_135m_dir()
     tokenizer = T.AutoTokenizer.from_pretrained(path)
     calibration = [{"input_ids": c} for c in assets.wiki_token_chunks(tokenizer, "train", 8, 256).split(2)]
-    evaluation = assets.wiki_token_chunks(tokenizer, "test", 4 if quick else 16, 256)
+    evaluation = assets.wiki_token_chunks(tokenizer, "test", 1 if quick else 16, 64 if quick else 256)
     maps = (("first 14 + last 6", list(range(14)) + list(range(24, 30))),
             ("evenly spaced", [round(i * 29 / 19) for i in range(20)]), ("auto", "auto"))
-    for label, layers in maps:
+    for label, layers in maps[:1] if quick else maps:
         config = T.AutoConfig.from_pretrained(path)
         config.num_hidden_layers = 20
         model = T.LlamaForCausalLM(config).eval()
@@ -215,9 +218,12 @@ def memory_section():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer evaluation texts")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one shape and importance per model")
     parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
+    if args.quick:
+        global PROBE
+        PROBE = (40, 20)
     set_logger_level("warning")
     start = time.perf_counter()
     sections = [("MiniLM-L6 (real BERT encoder)", minilm_section(args.quick)),

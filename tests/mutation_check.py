@@ -29,7 +29,8 @@ MUTATIONS = (
              "msmodelslim/pytorch/knowledge_distill/dual_model.py",
              "if takes_mask and mask is not None and tuple(mask.shape) == tuple(student.shape[:-1]):",
              "if False:",
-             ("tests/pytorch/knowledge_distill/test_dual_model.py::test_padded_positions_do_not_change_a_masked_loss",)),
+             ("tests/pytorch/knowledge_distill/test_dual_model.py::"
+              "test_padded_positions_do_not_change_a_masked_loss",)),
     Mutation("OWL run backwards: outlier-rich blocks pruned harder",
              "msmodelslim/pytorch/sparse/sparse_tools/allocation.py",
              "ratios = target - (scaled - scaled.mean())",
