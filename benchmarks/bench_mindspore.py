@@ -255,7 +255,7 @@ def timing_section(quick):
 def use_quick_sizes():
     """Seconds instead of minutes: a check that the script runs and writes its tables, not a measurement."""
     global IMPORTANCE, HELD_OUT, CALIBRATION, PROBE, DISTILL_SIZES, EPOCHS
-    IMPORTANCE, HELD_OUT, CALIBRATION, PROBE = ("first", "activation"), 8, 16, (24, 16)
+    IMPORTANCE, HELD_OUT, CALIBRATION, PROBE = ("first",), 8, 16, (24, 16)
     DISTILL_SIZES, EPOCHS = (16, 16, 16), 1
 
 

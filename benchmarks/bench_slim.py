@@ -53,7 +53,7 @@ def settings(args):
     from msmodelslim.common.slim import SlimConfig
 
     if args.quick:
-        return SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=args.tokens or 1024,
+        return SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=args.tokens or 512,
                           seq_len=64, batch_size=4, align=16, max_candidates=2, top_k=2, calib_samples=4,
                           eval_samples=4, checkpoint_every=5)
     return SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=args.tokens, seq_len=256,
