@@ -363,12 +363,12 @@ def tp_failures_section(rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="number of generated models (seeds 0..n-1)")
-    parser.add_argument("--quick", action="store_true", help="20 models")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 5 models")
     parser.add_argument("--results", type=pathlib.Path, default=None, help="folder of prune_fuzz.md")
     parser.add_argument("--raw", type=pathlib.Path, default=None, help="also write one JSON line per model here")
     parser.add_argument("--no-baseline", action="store_true", help="skip torch-pruning")
     args = parser.parse_args()
-    n = 20 if args.quick else args.n
+    n = 5 if args.quick else args.n
     if args.results is not None:
         common.RESULTS = args.results
     torch.set_num_threads(1)

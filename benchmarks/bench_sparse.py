@@ -44,7 +44,14 @@ def worker(method, options, samples, seq_len, eval_chunks, export_dir, mask_file
     tokenizer = T.AutoTokenizer.from_pretrained(path)
     calibration = [{"input_ids": c} for c in assets.wiki_token_chunks(tokenizer, "train", samples, seq_len).split(4)]
     evaluation = assets.wiki_token_chunks(tokenizer, "test", eval_chunks, seq_len)
-    model = T.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if os.environ.get("MSMODELSLIM_BENCH_TINY"):  # --quick: SmolLM2's tokenizer and shape family, 2 tiny blocks
+        config = T.AutoConfig.from_pretrained(path)
+        config.num_hidden_layers, config.hidden_size, config.intermediate_size = 2, 64, 128
+        config.num_attention_heads, config.num_key_value_heads, config.head_dim = 4, 2, 16
+        torch.manual_seed(0)
+        model = T.LlamaForCausalLM(config).eval()
+    else:
+        model = T.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     result = {}
     if method == "dense":
         result["ppl"] = perplexity(model, evaluation)
@@ -73,7 +80,8 @@ def worker(method, options, samples, seq_len, eval_chunks, export_dir, mask_file
 def run_worker(method, options, args, export_dir="", mask_file=""):
     command = [sys.executable, __file__, "--worker", method, json.dumps(options), str(args.samples),
                str(args.seq_len), str(args.eval_chunks), export_dir, mask_file]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT / "benchmarks")
+    environment = {**os.environ, **({"MSMODELSLIM_BENCH_TINY": "1"} if args.quick else {})}
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT / "benchmarks", env=environment)
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-1][:160]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -91,11 +92,15 @@ def main():
         passed, log = _run_tests(control, [test for mutation in MUTATIONS for test in mutation.tests])
         if not passed:
             raise SystemExit(f"control: the targeted tests fail without any mutation:\n{log}")
-        for mutation in MUTATIONS:
-            copy_root = pathlib.Path(folder) / f"mutant{MUTATIONS.index(mutation)}"
+        mutants = []
+        for index, mutation in enumerate(MUTATIONS):
+            copy_root = pathlib.Path(folder) / f"mutant{index}"
             _copy_package(copy_root)
             _apply(copy_root, mutation)
-            passed, _ = _run_tests(copy_root, mutation.tests)
+            mutants.append((copy_root, mutation))
+        with ThreadPoolExecutor(max_workers=len(mutants)) as pool:  # mostly interpreter start-up and imports
+            outcomes = list(pool.map(lambda item: _run_tests(item[0], item[1].tests)[0], mutants))
+        for (_, mutation), passed in zip(mutants, outcomes):
             print(f"{'SURVIVED' if passed else 'killed  '}  {mutation.name}", flush=True)
             if passed:
                 survived.append(mutation.name)
