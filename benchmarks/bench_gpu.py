@@ -117,16 +117,23 @@ def _sparsify(torch, model, pristine, data, device, method, pattern=None, graphs
     from msmodelslim.pytorch.sparse.sparse_tools.methods import sparsegpt
 
     model.load_state_dict(pristine)
-    sparsegpt.USE_CUDA_GRAPHS = graphs
     options = {"pattern": pattern} if pattern else {}
     compressor = Compressor(model, SparseConfig(method=method, **options))
     _peak_reset(torch, device)
-    start = time.perf_counter()
-    compressor.compress(data)
-    _sync(torch, device)
-    seconds = time.perf_counter() - start
-    sparsegpt.USE_CUDA_GRAPHS = True
+    sparsegpt.USE_CUDA_GRAPHS = graphs
+    try:
+        start = time.perf_counter()
+        compressor.compress(data)
+        _sync(torch, device)
+        seconds = time.perf_counter() - start
+    finally:
+        sparsegpt.USE_CUDA_GRAPHS = True
     return seconds, _peak(torch, device), compressor.report().timings
+
+
+def _model_dtype(torch, device):
+    """bf16 on the GPU (what a user runs there), float32 on the CPU of a --quick run."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def _same_state(first, second):
@@ -155,7 +162,7 @@ def sparse_section(args, budget, state, models):
 
     set_logger_level("warning")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = _model_dtype(torch, device)
     rows, notes = [], []
     samples, seq_len = (4, 64) if args.quick else (32, 512)
     for index, (label, config) in enumerate(_llama_configs(args.quick).items()):
@@ -243,7 +250,7 @@ def stream_section(args, state):
         skeleton.load_state_dict({k: v.cpu() for k, v in pristine.items()}, assign=True)
         skeleton.save_pretrained(source, max_shard_size="500MB")
         del skeleton, pristine
-        model = T.AutoModelForCausalLM.from_pretrained(source, dtype=pristine_dtype(config, device)).to(device)
+        model = T.AutoModelForCausalLM.from_pretrained(source, dtype=_model_dtype(torch, device)).to(device)
         _peak_reset(torch, device)
         start = time.perf_counter()
         Compressor(model, SparseConfig(method="hessian")).compress(data)
@@ -269,12 +276,6 @@ def stream_section(args, state):
             "`hessian` at 50 %, the same weights and calibration data as the section above; the streamed seconds "
             "include reading every block and writing the output (bf16 safetensors, 500 MB shards, local disk). "
             + provenance(PACKAGES) + ".")
-
-
-def pristine_dtype(config, device):
-    import torch
-
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def _cuda_median_ms(torch, fn, warmup=5, repeat=20):
