@@ -170,3 +170,41 @@ def test_semi_structured_backend_either_runs_or_leaves_every_layer_dense():
     else:
         assert all("backend does not run here" in reason for reason in report.skipped.values())
         assert torch.equal(dense, after)
+
+
+def _word_tokenizer(words):
+    """A whitespace word-level tokenizer built in memory (the GPU machine has no tokenizer files)."""
+    import transformers as T
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(words)}},
+                                         unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return T.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+
+
+def test_slim_on_cuda_meets_a_latency_budget():
+    """slim_model with the teacher on the GPU: candidates timed with CUDA synchronisation, bf16-autocast training,
+    the slim model left on the GPU."""
+    import random
+
+    import transformers as T
+
+    from msmodelslim.common.slim import SlimConfig, slim_model
+
+    words = [f"w{i}" for i in range(200)]
+    tokenizer = _word_tokenizer(words)
+    generator = random.Random(0)
+    texts = [" ".join(generator.choice(words) for _ in range(80)) for _ in range(120)]
+    torch.manual_seed(0)
+    teacher = T.LlamaForCausalLM(T.LlamaConfig(
+        vocab_size=len(words) + 2, hidden_size=256, intermediate_size=1024, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=128)).to(CUDA)
+    config = SlimConfig(budget=0.5, budget_kind="latency", tolerance=0.1, train_tokens=8 * 4 * 64, seq_len=64,
+                        batch_size=4, align=32, max_candidates=3, top_k=1, calib_samples=4, eval_samples=4,
+                        learning_rate=1e-3)
+    result = slim_model(teacher, config, data=texts, tokenizer=tokenizer)
+    assert next(result.model.parameters()).device.type == "cuda"
+    assert result.candidates and all(abs(row["fraction"] - 0.5) <= 0.1 for row in result.candidates)
+    assert abs(result.metrics["fraction"] - 0.5) <= 0.2, result.metrics["fraction"]
+    assert all(torch.isfinite(torch.tensor(result.history["loss"])))

@@ -40,11 +40,12 @@ class Text:
     """The first group of ``pattern`` in a results file's text."""
     file: str
     pattern: str
+    form: str = "{}"  # how the README writes the number, e.g. "{:,.0f}" for 1000 written as 1,000
 
     def value(self):
         match = re.search(self.pattern, (ROOT / "benchmarks" / "results" / self.file).read_text())
         assert match, f"{self.file}: nothing matches {self.pattern!r}"
-        return match.group(1)
+        return self.form.format(float(match.group(1))) if self.form != "{}" else match.group(1)
 
 
 def row(**columns):
@@ -63,8 +64,8 @@ def sp(setting, method, column="perplexity", form="{}"):
     return Cell("sparse.md", SPARSE, row(setting=setting, method=method), column, form)
 
 
-def cmp(setting, tool, method, column="perplexity"):
-    return Cell("sparse.md", COMPARE, (("setting", setting), ("tool", tool), ("method", method)), column)
+def cmp(setting, tool, method, column="perplexity", form="{}"):
+    return Cell("sparse.md", COMPARE, (("setting", setting), ("tool", tool), ("method", method)), column, form)
 
 
 def gpu(model, method, setting, column="seconds", form="{}"):
@@ -109,6 +110,14 @@ FIGURES = [
     (r"rounding\): (\S+) against llm-compressor's (\S+) at 50 % and (\S+) against (\S+) at 2:4",
      [cmp("50% unstructured", "msmodelslim", "hessian"), cmp("50% unstructured", "llm-compressor", "SparseGPT"),
       cmp("2:4", "msmodelslim", "hessian"), cmp("2:4", "llm-compressor", "SparseGPT")]),
+    (r"the first block's masks agree on (\S+) % of the weights",
+     [cmp("50% unstructured", "llm-compressor", "SparseGPT", "mask agreement model.layers.0.self_attn.q_proj",
+          "{:.0f}")]),
+    (r"statistics \(the X\^T X products\) takes (\S+) s\s+against (\S+) s for `magnitude`, whose whole run takes "
+     r"(\S+) s",
+     [cmp("50% unstructured", "msmodelslim", "hessian", "statistics s"),
+      cmp("50% unstructured", "msmodelslim", "magnitude", "statistics s"),
+      cmp("50% unstructured", "msmodelslim", "magnitude", "seconds")]),
     (r"gives (\S+) and (\S+) at about twice the time",
      [cmp("50% unstructured", "msmodelslim", "hessian, true_sequential"),
       cmp("2:4", "msmodelslim", "hessian, true_sequential")]),
@@ -135,6 +144,20 @@ FIGURES = [
       Text("gpu.md", r"\| Llama 1\.0 B +\| 1 x 128 +\|[^|]+\|[^|]+\| (\S+)x"),
       Text("gpu.md", r"\| Llama 1\.0 B +\| 16 x 1024 +\|[^|]+\|[^|]+\| (\S+)x")]),
     # PruneTorch
+    (r"on the (\d+)-model test zoo, (\S+) models reach 50 % of their\s+parameters and replay exactly, against (\S+) "
+     r"for torch-pruning",
+     [Text("prune.md", r"msmodelslim \d+/(\d+),"), Text("prune.md", r"msmodelslim (\d+/\d+),"),
+      Text("prune.md", r"BasePruner (\d+/\d+)")]),
+    (r"at 80 %,\s+the top-1 agreement with the dense model on (\d+) crops of the two photographs scikit-learn ships "
+     r"is (\S+) with\s+`\"activation\"` and (\S+) with `\"l1\"`",
+     [Text("prune.md", r"top-1 agreement with the dense model on (\d+) crops"),
+      Cell("prune.md", CRITERIA, row(model="EfficientNet-Lite0", importance="activation"),
+           "accuracy / top-1 agreement before fine-tuning"),
+      Cell("prune.md", CRITERIA, row(model="EfficientNet-Lite0", importance="l1"),
+           "accuracy / top-1 agreement before fine-tuning")]),
+    (r"(\S+) in `benchmarks/results/prune_fuzz.md`\) and a sweep",
+     [Text("prune_fuzz.md", r"\*\*(\d+) generated models\*\*", "{:,.0f}")]),
+    (r"a (\d+)-type sample in", [Text("prune_sweep.md", r"\*\*(\d+) of the \d+ model types\*\*")]),
     (r"at 50 % of the parameters, before fine-tuning: l1 (\S+), random (\S+);",
      [Cell("prune.md", CRITERIA, row(model="digits CNN", importance="l1"),
            "accuracy / top-1 agreement before fine-tuning"),
@@ -170,6 +193,10 @@ FIGURES = [
       depth(MINI3, "first 3 (0, 1, 2)", "cosine to teacher"),
       depth(MINI3, "first 3 (0, 1, 2)", "BBC probe accuracy")]),
     # distillation
+    (r"with (\d+) labelled articles for the student \(the teacher's\s+classification head was trained on (\d+) "
+     r"articles",
+     [Text("distill.md", r"trained on (\d+) of those articles"),
+      Text("distill.md", r"linear head trained on (\d+) articles")]),
     (r"reaches (\S+) test accuracy with logits \+ hidden-state distillation and (\S+) with logits alone,\s+against "
      r"(\S+) trained on the hard labels only \(teacher (\S+);",
      [Cell("distill.md", DISTILL, row(model=f"student: {label}"), "test accuracy (mean of 3 seeds)")

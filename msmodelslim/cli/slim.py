@@ -4,7 +4,7 @@ import os
 
 from msmodelslim.cli.common import (UsageError, add_output_arguments, calibration_texts, existing_path, positive_ratio,
                                     reading, refuse_remote_code)
-from msmodelslim.cli.output import OutputDirectory
+from msmodelslim.cli.output import OutputDirectory, check_output
 
 CHECKPOINTS = "checkpoints"
 OPTIONS = {"learning_rate": "--lr"}  # SlimConfig fields whose option is not their name
@@ -72,12 +72,28 @@ def run(args):
     data = "wiki" if args.data == "wiki" else calibration_texts(args.data, "--data")
     if data != "wiki" and not any(text.strip() for text in data):
         raise UsageError(f"--data '{args.data}' holds no text")
-    data_file = None if args.data == "wiki" else args.data
-    with OutputDirectory(args.out, (args.model, data_file), args.overwrite, "slim", work_subdir=CHECKPOINTS) as output:
-        _slim(args, config, data, output)
+    inputs = (args.model, None if args.data == "wiki" else args.data)
+    if _torchrun_rank() > 0:
+        # under torchrun, rank 0 checks, locks and writes --out; the other processes train beside it and read the
+        # checkpoints it writes (so every process must see the same --out: one machine, or a shared filesystem)
+        target = check_output(args.out, inputs, args.overwrite, CHECKPOINTS)
+        _slim(args, config, data, os.path.join(target, CHECKPOINTS))
+        return
+    with OutputDirectory(args.out, inputs, args.overwrite, "slim", work_subdir=CHECKPOINTS) as output:
+        result = _slim(args, config, data, output.work_dir)
+        with output.writing() as staging:
+            result.save(staging)
+    _print_summary(result, args.out)
 
 
-def _slim(args, config, data, output):
+def _torchrun_rank():
+    """This process's rank when ``torchrun`` started several, else 0."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    return int(os.environ.get("RANK", "0"))
+
+
+def _slim(args, config, data, checkpoint_dir):
     from msmodelslim.common.slim import slim_model
 
     model, tokenizer = args.model, None
@@ -85,12 +101,13 @@ def _slim(args, config, data, output):
         from msmodelslim.cli.common import load_causal_lm
 
         model, tokenizer = load_causal_lm(args.model)
-    result = slim_model(model, config, data=data, tokenizer=tokenizer, checkpoint_dir=output.work_dir,
-                        resume=args.resume)
-    with output.writing() as staging:
-        result.save(staging)
+    return slim_model(model, config, data=data, tokenizer=tokenizer, checkpoint_dir=checkpoint_dir,
+                      resume=args.resume)
+
+
+def _print_summary(result, out):
     metrics = result.metrics
     print(f"{result.architecture.label()}: {metrics['fraction']:.1%} of the dense {metrics['budget_kind']}; "
           f"{metrics['metric']} dense {metrics['dense']:.4g}, pruned {metrics['pruned']:.4g}, distilled "
           f"{metrics['distilled']:.4g}")
-    print(f"Written to {os.path.abspath(args.out)}")
+    print(f"Written to {os.path.abspath(out)}")

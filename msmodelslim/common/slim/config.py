@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 from msmodelslim.utils.checks import is_int
 
-BUDGET_KINDS = ("params", "non_embedding_params")
+BUDGET_KINDS = ("params", "non_embedding_params", "latency")
 OBJECTIVES = ("auto", "lm", "embedding")
 
 
@@ -13,8 +13,9 @@ class SlimConfig:
     """What ``slim_model`` builds and how long it trains.
 
     ``budget``: the fraction of the dense model's ``budget_kind`` the slim model keeps (``"params"``: every
-    parameter; ``"non_embedding_params"``: all but the token-embedding and output-embedding matrices), met within
-    ``tolerance`` (fraction of the dense count). ``train_tokens``: tokens of distillation of the chosen
+    parameter; ``"non_embedding_params"``: all but the token-embedding and output-embedding matrices;
+    ``"latency"``: the time of one forward pass over a few held-out rows on the teacher's device, measured), met
+    within ``tolerance`` (fraction of the dense size). ``train_tokens``: tokens of distillation of the chosen
     architecture; each of the ``top_k`` best candidates first gets ``search_fraction`` of it. ``objective``:
     ``"lm"`` (forward KL on next-token logits), ``"embedding"`` (cosine of the last hidden states, for encoders),
     ``"auto"`` (``lm`` for causal language models, else ``embedding``).

@@ -39,11 +39,13 @@ class SlimResult:
 def report_markdown(result, plotted=False):
     """The Markdown report of a :class:`SlimResult`."""
     m = result.metrics
+    latency = m["budget_kind"] == "latency"
+    size = (f"{m['slim_size']:,} of {m['dense_size']:,} microseconds per forward pass" if latency else
+            f"{human_count(m['slim_size'])} of {human_count(m['dense_size'])} {m['budget_kind']}")
     lines = ["# slim report", "",
              f"Budget: {m['budget']} of the dense model's {m['budget_kind']}; chosen "
              f"**{result.architecture.label()}** (dense {result.dense_architecture.label()}): "
-             f"{human_count(m['slim_size'])} of {human_count(m['dense_size'])} {m['budget_kind']} "
-             f"({m['fraction']:.1%}); {human_count(m['slim_params'])} parameters in all.", "",
+             f"{size} ({m['fraction']:.1%}); {human_count(m['slim_params'])} parameters in all.", "",
              format_table(["", m["metric"]], [["dense (teacher)", m["dense"]], ["pruned, no training", m["pruned"]],
                                               ["pruned + distillation", m["distilled"]]]), "",
              f"Distillation: {m['steps']} steps, {m['train_tokens']:,} tokens. CPU latency of one forward, slim / "
@@ -54,7 +56,8 @@ def report_markdown(result, plotted=False):
              f"{result.config['top_k']} by proxy get a short distillation and are ranked again.", ""]
     rows = [[r["label"] + (" (chosen)" if r.get("chosen") else ""), r["size"], f"{r['fraction']:.1%}", r["proxy"],
              r.get("proxy_after", "")] for r in result.candidates]
-    lines += [format_table(["architecture", m["budget_kind"], "of dense", "proxy", "proxy after short KD"], rows), ""]
+    kind = "latency (microseconds, measured)" if latency else m["budget_kind"]
+    lines += [format_table(["architecture", kind, "of dense", "proxy", "proxy after short KD"], rows), ""]
     if plotted:
         lines += ["![training loss](loss.png)", ""]
     return "\n".join(lines)

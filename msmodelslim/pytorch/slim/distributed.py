@@ -24,7 +24,15 @@ def init_from_environment(device):
     CUDA model, gloo otherwise. Does nothing when it is initialised already or when there is one process."""
     if active() or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _tensor(value, dtype):
+    """A one-element tensor where the process group's backend can reduce it (NCCL: the current GPU)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    return torch.tensor([value], dtype=dtype, device=device)
 
 
 def shard(batch):
@@ -38,7 +46,7 @@ def mean(value):
     """The mean of a float over the processes."""
     if not active():
         return value
-    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    tensor = _tensor(float(value), torch.float64)
     dist.all_reduce(tensor)
     return tensor.item() / world()
 
@@ -47,9 +55,18 @@ def total(value):
     """The sum of an int over the processes."""
     if not active():
         return value
-    tensor = torch.tensor([int(value)], dtype=torch.int64)
+    tensor = _tensor(int(value), torch.int64)
     dist.all_reduce(tensor)
     return int(tensor.item())
+
+
+def from_rank0(value):
+    """Rank 0's float ``value`` in every process (a measurement every process must agree on)."""
+    if not active():
+        return value
+    tensor = _tensor(float(value), torch.float64)
+    dist.broadcast(tensor, 0)
+    return tensor.item()
 
 
 def any_process(flag):

@@ -6,6 +6,7 @@ misleads, Minitron), then distill the winner for the whole token budget.
 Checkpoints (optional, :mod:`.checkpoints`): a run resumed after its search skips it.
 """
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -24,9 +25,13 @@ from msmodelslim.pytorch.slim import data as slim_data
 from msmodelslim.pytorch.slim import distributed
 from msmodelslim.pytorch.slim import families
 from msmodelslim.pytorch.slim.checkpoints import FINAL_FILE, SEARCH_FILE, START_FILE, Checkpoints
+from msmodelslim.pytorch.slim.latency import Latency
 from msmodelslim.pytorch.slim.objective import objective_for
 from msmodelslim.pytorch.slim.train import Distillation, TrainPlan
 from msmodelslim.utils.logging import logger
+
+LATENCY_ROUNDS = 3  # searches under a latency budget: the first, then two re-aimed at the measured ratios
+
 
 def load_teacher(model, tokenizer):
     """``(teacher, tokenizer, weights_dir)``: a Hugging Face directory is loaded in float32 (no remote code);
@@ -68,6 +73,9 @@ class _Search:
                              .add_blocks_params(self.pattern, "auto")
                              .set_importance("activation", dataset=calibration, model=teacher))
         self.prune_config.measurement_cache = {}
+        self.latency = None
+        if config.budget_kind == "latency":
+            self.latency = Latency(teacher, held_out.select(range(min(4, len(held_out)))), objective.inputs)
         self.count = lru_cache(maxsize=None)(self._count)
 
     def blank(self, arch, device=None):
@@ -76,17 +84,51 @@ class _Search:
         return families.build(type(self.teacher), small_config, device or next(self.teacher.parameters()).device)
 
     def _count(self, arch):
+        if self.latency is not None:
+            return self.latency.microseconds(self.teacher if arch == self.space.dense else self.blank(arch))
         return families.model_size(self.blank(arch, "meta"), self.config.budget_kind)
 
     def candidates(self):
         """The spread of architectures within the budget. Raises ValueError when none meets it."""
-        found, smallest = search.candidates(self.space, self.count, self.config.budget, self.config.tolerance,
-                                            self.config.align)
-        if not found:
-            raise ValueError(search.describe_unreachable(self.config.budget, smallest, self.config.budget_kind))
-        picked = search.spread(found, self.config.max_candidates)
-        logger.info("Architecture search: %d architectures meet the budget, %d are scored.", len(found), len(picked))
-        return picked
+        config = self.config
+        target = config.budget
+        for _ in range(LATENCY_ROUNDS if self.latency is not None else 1):
+            found, smallest = search.candidates(self.space, self.count, target, config.tolerance, config.align)
+            if not found:
+                raise ValueError(search.describe_unreachable(config.budget, smallest, config.budget_kind))
+            picked = search.spread(found, config.max_candidates)
+            logger.info("Architecture search: %d architectures meet the budget, %d are scored.", len(found),
+                        len(picked))
+            if self.latency is None:
+                return picked
+            measured = self._timed(picked)
+            kept = [c for c in measured if abs(c.fraction - config.budget) <= config.tolerance]
+            if kept:
+                return kept
+            # the prediction was off (e.g. a fixed cost the one- and two-layer models misjudge): aim where the
+            # measured ratios say the budget lies, and search again
+            target *= config.budget / statistics.median(c.fraction for c in measured)
+        timings = ", ".join(f"{c.architecture.label()} {c.fraction:.2f}" for c in measured)
+        raise ValueError(f"no candidate's measured latency is within {config.tolerance} of budget {config.budget} "
+                         f"(latency ratios to the teacher: {timings}); widen SlimConfig.tolerance, or run on a "
+                         f"quieter machine.")
+
+    def _timed(self, picked):
+        """``picked`` with ``fraction`` (and ``size``, in microseconds) measured against the teacher."""
+        dense = self.count(self.space.dense)
+        timed = []
+        for candidate in picked:
+            ratio = self.latency.ratio(self.blank(candidate.architecture))
+            timed.append(dataclasses.replace(candidate, size=round(ratio * dense), fraction=ratio))
+        return timed
+
+    def sizes(self, student):
+        """``(dense size, student size)`` under the budget kind (latency: measured, in microseconds)."""
+        if self.latency is not None:
+            dense = self.count(self.space.dense)
+            return dense, round(self.latency.ratio(student) * dense)
+        kind = self.config.budget_kind
+        return families.model_size(self.teacher, kind), families.model_size(student, kind)
 
     def build(self, arch):
         """A student of ``arch`` filled from the teacher (in the teacher's device, float32)."""
@@ -253,18 +295,18 @@ def _slim(model, config, data, tokenizer, checkpoint_dir, resume):
     train, held_out, calibration, steps = _token_data(tokenizer, config, data, objective)
     search_state = _Search(teacher, family, objective, config, calibration, held_out, weights_dir)
     dense_metric = objective.metric(teacher, teacher, held_out)
-    dense_size = families.model_size(teacher, config.budget_kind)
     rows, arch, student, metric_pruned = _chosen_student(search_state, checkpoints, config, train)
     torch.manual_seed(config.seed)  # the same start whether or not the search ran in this process
     history = Distillation(teacher, student, objective, _plan(config, steps), train, held_out,
                            checkpoint=(checkpoints, FINAL_FILE) if checkpoint_dir else None,
                            name="distillation").run(resume=resume)
     student.eval()
+    dense_size, slim_size = search_state.sizes(student)
     metrics = {
         "objective": objective.name, "metric": objective.metric_name,
         "dense": dense_metric, "pruned": metric_pruned, "distilled": objective.metric(teacher, student, held_out),
         "budget": config.budget, "budget_kind": config.budget_kind,
-        "dense_size": dense_size, "slim_size": families.model_size(student, config.budget_kind),
+        "dense_size": dense_size, "slim_size": slim_size,
         "dense_params": families.model_size(teacher, "params"), "slim_params": families.model_size(student, "params"),
         "latency_ratio": latency_ratio(teacher, student, held_out.select(range(min(4, len(held_out)))),
                                        objective.inputs),

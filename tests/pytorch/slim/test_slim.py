@@ -136,6 +136,20 @@ def test_killed_then_interrupted_run_resumes_to_the_uninterrupted_weights(llama_
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
 
 
+def test_a_latency_budget_is_met_as_measured(llama_dir, tmp_path):
+    """budget_kind="latency": candidates are predicted from a few timed models, then timed against the teacher;
+    the slim model's forward pass, measured again at the end, takes about half the teacher's time."""
+    config = SlimConfig(**{**LLAMA_ARGS, "budget_kind": "latency", "tolerance": 0.1, "train_tokens": 4 * 4 * 32,
+                           "top_k": 1})
+    result = slim_model(str(llama_dir), config, data="wiki")
+    metrics = result.metrics
+    assert result.candidates and all(abs(row["fraction"] - 0.5) <= 0.1 for row in result.candidates)
+    assert abs(metrics["fraction"] - 0.5) <= 0.2, metrics["fraction"]
+    assert metrics["slim_params"] < metrics["dense_params"] and 0 < metrics["slim_size"] < metrics["dense_size"]
+    result.save(str(tmp_path))
+    assert "microseconds per forward pass" in (tmp_path / "report.md").read_text()
+
+
 def test_bert_embedding_objective_keeps_the_hidden_size(tmp_path, tokenizer):
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=4,
@@ -203,34 +217,25 @@ def test_bad_data_and_checkpoint_arguments_are_refused_before_any_work(llama_dir
     assert sorted(os.listdir(tmp_path)) == ["settings.json"]
 
 
-DDP_WORKER = r"""
-import os, sys, torch
-from msmodelslim import set_logger_level
-from msmodelslim.common.slim import SlimConfig, slim_model
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from settings import DDP_ARGS
-set_logger_level("warning")
-result = slim_model(sys.argv[1], SlimConfig(**DDP_ARGS), checkpoint_dir=os.path.join(sys.argv[2], "checkpoints"))
-torch.save({"student": result.model.state_dict(), "loss": result.history["loss"]},
-           os.path.join(sys.argv[2], f"rank_{os.environ['RANK']}.pt"))
-"""
 DDP_ARGS = dict(budget=0.5, budget_kind="non_embedding_params", train_tokens=8 * 4 * 32, seq_len=32, batch_size=4,
-                align=16, max_candidates=2, top_k=1, calib_samples=4, eval_samples=4, checkpoint_every=2,
-                learning_rate=1e-3)
+                align=16, max_candidates=2, top_k=1, checkpoint_every=2, learning_rate=1e-3)
 
 
-def test_two_gloo_processes_follow_the_single_process_run(llama_dir, tmp_path):
-    (tmp_path / "worker.py").write_text(DDP_WORKER)
-    (tmp_path / "settings.py").write_text(f"DDP_ARGS = {DDP_ARGS!r}\n")
+def test_the_command_line_under_two_gloo_processes_follows_the_single_process_run(llama_dir, tmp_path):
+    """``torchrun --nproc_per_node 2 msmodelslim slim``: rank 0 alone checks, locks and writes --out, the other
+    process trains beside it (DDP averages the gradients), and the result is the single-process one."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(tmp_path / "worker.py"),
-                           str(llama_dir), str(tmp_path)], capture_output=True, text=True, timeout=300,
+    out = tmp_path / "out"
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", SCRIPT, "slim", str(llama_dir),
+                           *_cli_args(DDP_ARGS), "--out", str(out)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank_{rank}.pt", weights_only=True) for rank in (0, 1)]
-    assert all(torch.equal(value, ranks[1]["student"][key]) for key, value in ranks[0]["student"].items())
+    assert proc.stdout.count("Written to") == 1  # one summary, from rank 0
+    assert os.listdir(tmp_path) == ["out"]  # no lock, staging or checkpoint directory left behind
+    assert "checkpoints" not in os.listdir(out)
+    written = json.loads((out / "metrics.json").read_text())
     single = slim_model(str(llama_dir), SlimConfig(**DDP_ARGS))
-    assert ranks[0]["loss"] == pytest.approx(single.history["loss"], rel=1e-4)
+    assert written["history"]["loss"] == pytest.approx(single.history["loss"], rel=1e-4)
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "model")
     for key, value in single.model.state_dict().items():
-        assert torch.allclose(ranks[0]["student"][key], value, atol=1e-4), key
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["final.pt", "search.json", "settings.json", "start.pt"]
+        assert torch.allclose(reloaded.state_dict()[key], value, atol=1e-4), key
