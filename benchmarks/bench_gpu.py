@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, merge_result, provenance
+from common import ROOT, merge_result, provenance, spread
 from msmodelslim.utils.report import format_table
 
 TITLE = "GPU evidence (tests/test_cuda.py and the GPU rows of the benchmarks)"
@@ -146,12 +146,6 @@ def _cpu_state(model):
     return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
 
 
-def _spread(samples):
-    if len(samples) == 1:
-        return f"{samples[0]:.2f}"
-    return f"{statistics.median(samples):.2f} ({min(samples):.2f}-{max(samples):.2f})"
-
-
 def sparse_section(args, budget, state, models):
     """Time and peak memory of each method on ``models`` (indices into the model list); graphs against op by op
     on the smaller ones."""
@@ -183,7 +177,7 @@ def sparse_section(args, budget, state, models):
 
         def row(method, setting, seconds, peak, timings, same="-"):
             parts = ", ".join(f"{part} {value:.1f}" for part, value in timings.items())
-            return [label, method, setting, _spread(seconds), peak, parts, same]
+            return [label, method, setting, spread(seconds), peak, parts, same]
 
         magnitude, hessian = [], []
         repeats = 1 if index == 2 or args.quick else 2

@@ -19,16 +19,26 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def latency(fn, warmup=2, repeat=10):
-    """Median seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
+def interleaved(fns, warmup=2, repeat=10):
+    """Seconds of each of ``fns`` over ``repeat`` rounds, the functions run alternately in each round (A, B, A,
+    B ...) after ``warmup`` rounds, so that a change of load hits all of them: one list of samples per function."""
     for _ in range(warmup):
-        fn()
-    samples = []
+        for fn in fns:
+            fn()
+    samples = [[] for _ in fns]
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for fn, times in zip(fns, samples):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return samples
+
+
+def spread(samples, form="{:.2f}"):
+    """``median (min-max)`` of ``samples`` written with ``form`` (one sample: the value alone)."""
+    if len(samples) == 1:
+        return form.format(samples[0])
+    return f"{form.format(statistics.median(samples))} ({form.format(min(samples))}-{form.format(max(samples))})"
 
 
 def peak_rss_mb():
@@ -98,7 +108,9 @@ def provenance(packages=("torch", "transformers"), load_before=None):
 
     # a copy of the tree sent to another machine (a lent GPU) names the commit it was made from
     commit = os.environ.get("MSMODELSLIM_COMMIT") or git("rev-parse", "--short", "HEAD") or "unknown"
-    if "MSMODELSLIM_COMMIT" not in os.environ and git("status", "--porcelain", "--untracked-files=no"):
+    # results files rewritten by earlier benchmarks of the same run are not changes of the code that measured
+    if "MSMODELSLIM_COMMIT" not in os.environ and git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                                      ":(exclude)benchmarks/results", ":(exclude)README.md"):
         commit += "+changes"
     versions = []
     for package in packages:

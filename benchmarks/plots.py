@@ -62,7 +62,7 @@ def _cells(line):
 
 def _number(text):
     try:
-        return float(text.rstrip("%"))
+        return float(text.split(" (")[0].rstrip("%"))  # a median followed by its (min-max)
     except ValueError:
         return math.nan
 
