@@ -164,12 +164,11 @@ FIGURES = [
       Cell("prune.md", CRITERIA, row(model="digits CNN", importance="random"),
            "accuracy / top-1 agreement before fine-tuning")]),
     (r"CPU latency falls\s+to (\S+)-(\S+) of the dense model", [lat(EFF, "activation"), lat("VGG-16", "l1")]),
-    (r"ResNet-50 reaches (\S+)-(\S+) and all-MiniLM-L6 (\S+)-(\S+), while EfficientNet-Lite0 stops at (\S+)-(\S+) with"
-     r"\s+(\d+) % of its MACs left",
-     [budget(RESNET, "50 % of latency", "activation"), budget(RESNET, "50 % of latency", "l1"),
-      budget(MINI, "50 % of latency", "activation"), budget(MINI, "50 % of latency", "l1"),
-      budget(EFF, "50 % of latency", "activation"), budget(EFF, "50 % of latency", "l1"),
-      budget(EFF, "50 % of latency", "activation", "MACs kept", "{:.0f}")]),
+    (r"ResNet-50 reaches (\S+) \(l1\) and (\S+) \(activation importance\), all-MiniLM-L6 (\S+) and (\S+), while"
+     r"\s+EfficientNet-Lite0 stops at (\S+) and (\S+) with (\d+) % of its MACs left",
+     [budget(model, "50 % of latency", importance)
+      for model in (RESNET, MINI, EFF) for importance in ("l1", "activation")]
+     + [budget(EFF, "50 % of latency", "activation", "MACs kept", "{:.0f}")]),
     # prune_model_weight
     (r"mean cosine of sentence embeddings to the teacher (\S+) \(first\) / (\S+) \(weight\) / (\S+) \(activation\)",
      [minilm("first", "cosine to teacher"), minilm("weight", "cosine to teacher"),

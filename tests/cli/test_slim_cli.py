@@ -51,12 +51,12 @@ def test_an_unknown_architecture_lists_the_supported_ones(capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_model_with_a_task_head_is_refused_rather_than_stripped(capsys, tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification
+def test_a_model_with_an_unsupported_task_head_is_refused_rather_than_stripped(capsys, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
 
-    model = _save_tiny(tmp_path / "classifier", BertForSequenceClassification, BertConfig)
+    model = _save_tiny(tmp_path / "masked-lm", BertForMaskedLM, BertConfig)
     code, lines = _run(capsys, model, "--budget", "0.5", "--out", tmp_path / "out")
-    assert code == 2 and "is a BertForSequenceClassification" in lines[-1] and "task heads" in lines[-1]
+    assert code == 2 and "is a BertForMaskedLM" in lines[-1] and "task heads" in lines[-1]
     assert not (tmp_path / "out").exists()
 
 

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, fields
 from msmodelslim.utils.checks import is_int
 
 BUDGET_KINDS = ("params", "non_embedding_params", "latency")
-OBJECTIVES = ("auto", "lm", "embedding")
+OBJECTIVES = ("auto", "lm", "embedding", "classification")
 
 
 @dataclass
@@ -18,7 +18,8 @@ class SlimConfig:
     within ``tolerance`` (fraction of the dense size). ``train_tokens``: tokens of distillation of the chosen
     architecture; each of the ``top_k`` best candidates first gets ``search_fraction`` of it. ``objective``:
     ``"lm"`` (forward KL on next-token logits), ``"embedding"`` (cosine of the last hidden states, for encoders),
-    ``"auto"`` (``lm`` for causal language models, else ``embedding``).
+    ``"classification"`` (forward KL on the class logits of a ``…ForSequenceClassification`` model), ``"auto"``
+    (``lm`` for causal language models, ``classification`` for sequence classifiers, else ``embedding``).
     """
 
     budget: float = 0.5

@@ -4,6 +4,9 @@
   at a temperature (KDKLDiv); proxy: the mean KL at T=1 on held-out tokens; metric: held-out perplexity.
 * ``embedding`` (encoders): 1 - cosine between the teacher's and the student's last hidden states at every
   unpadded token (HiddenCosine); proxy: 1 - cosine of the mean-pooled sentence embeddings; metric: that cosine.
+* ``classification`` (sequence classifiers, ``…ForSequenceClassification``): forward KL between the teacher's and
+  the student's class distributions at a temperature (KDKLDiv on the logits: the teacher labels the unlabelled
+  text); proxy: the mean KL at T=1 on held-out texts; metric: top-1 agreement with the teacher on them.
 """
 import math
 
@@ -110,17 +113,65 @@ class EmbeddingObjective:
         return self._cosine(teacher, model, rows)
 
 
+class ClassificationObjective:
+    name = "classification"
+    metric_name = "agreement with the teacher"
+    lower_is_better = False
+
+    def distill_config(self, temperature):
+        return KnowledgeDistillConfig().add_output_soft_label(
+            {"t_output_idx": "logits", "s_output_idx": "logits",
+             "loss_func": [{"func_name": "KDKLDiv", "func_weight": 1, "temperature": temperature}]})
+
+    inputs = staticmethod(EmbeddingObjective.inputs)
+
+    def _log_probs(self, model, batch):
+        return F.log_softmax(model(**self.inputs(batch, _device(model))).logits.float(), -1)
+
+    def _batches(self, rows, batch_size):
+        for start in range(0, len(rows), batch_size):
+            yield rows.select(range(start, min(start + batch_size, len(rows))))
+
+    @torch.no_grad()
+    def proxy(self, teacher, student, rows, batch_size=8):
+        """Mean KL(teacher || student) per held-out text."""
+        total = 0.0
+        for batch in self._batches(rows, batch_size):
+            log_p = self._log_probs(teacher, batch)
+            log_q = self._log_probs(student, batch).to(log_p.device)
+            total += (log_p.exp() * (log_p - log_q)).sum().item()
+        return total / len(rows)
+
+    @torch.no_grad()
+    def metric(self, teacher, model, rows, batch_size=8):
+        """The share of held-out texts on which ``model`` predicts the teacher's class."""
+        agree = 0
+        for batch in self._batches(rows, batch_size):
+            wanted = self._log_probs(teacher, batch).argmax(-1)
+            agree += (self._log_probs(model, batch).argmax(-1).to(wanted.device) == wanted).sum().item()
+        return agree / len(rows)
+
+
+CLASSIFIER_SUFFIX = "ForSequenceClassification"
+
+
 def objective_for(name, model):
-    """The objective ``name`` (``"auto"``: ``lm`` for a causal language model, else ``embedding``).
+    """The objective ``name`` (``"auto"``: ``lm`` for a causal language model, ``classification`` for a sequence
+    classifier, else ``embedding``).
 
     Raises:
-        ValueError: ``lm`` for a model without next-token logits, or ``embedding`` for a model without hidden states.
+        ValueError: an objective the model's outputs cannot serve (``lm`` without next-token logits, ``embedding``
+            without hidden states, ``classification`` without class logits).
     """
-    causal = type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+    kind = type(model).__name__
+    causal = kind.endswith(("ForCausalLM", "LMHeadModel"))
+    classifier = kind.endswith(CLASSIFIER_SUFFIX)
     if name == "auto":
-        name = "lm" if causal else "embedding"
+        name = "lm" if causal else "classification" if classifier else "embedding"
     if name == "lm" and not causal:
-        raise ValueError(f"objective 'lm' needs a causal language model (…ForCausalLM), not {type(model).__name__}.")
-    if name == "embedding" and causal:
-        raise ValueError(f"objective 'embedding' needs an encoder (e.g. BertModel), not {type(model).__name__}.")
-    return LmObjective() if name == "lm" else EmbeddingObjective()
+        raise ValueError(f"objective 'lm' needs a causal language model (…ForCausalLM), not {kind}.")
+    if name == "embedding" and (causal or classifier):
+        raise ValueError(f"objective 'embedding' needs an encoder (e.g. BertModel), not {kind}.")
+    if name == "classification" and not classifier:
+        raise ValueError(f"objective 'classification' needs a sequence classifier (…{CLASSIFIER_SUFFIX}), not {kind}.")
+    return {"lm": LmObjective, "embedding": EmbeddingObjective, "classification": ClassificationObjective}[name]()

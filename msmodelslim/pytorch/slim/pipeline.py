@@ -26,7 +26,7 @@ from msmodelslim.pytorch.slim import distributed
 from msmodelslim.pytorch.slim import families
 from msmodelslim.pytorch.slim.checkpoints import FINAL_FILE, SEARCH_FILE, START_FILE, Checkpoints
 from msmodelslim.pytorch.slim.latency import Latency
-from msmodelslim.pytorch.slim.objective import objective_for
+from msmodelslim.pytorch.slim.objective import CLASSIFIER_SUFFIX, objective_for
 from msmodelslim.pytorch.slim.train import Distillation, TrainPlan
 from msmodelslim.utils.logging import logger
 
@@ -37,7 +37,8 @@ def load_teacher(model, tokenizer):
     """``(teacher, tokenizer, weights_dir)``: a Hugging Face directory is loaded in float32 (no remote code);
     a model object is used as it is (``weights_dir`` None)."""
     if isinstance(model, (str, os.PathLike)):
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+        from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                                  AutoTokenizer)
 
         path = os.fspath(model)
         if not os.path.isfile(os.path.join(path, "config.json")):
@@ -45,11 +46,13 @@ def load_teacher(model, tokenizer):
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         architectures = config.architectures or []
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-        headed = [a for a in architectures if not causal and not a.endswith("Model")]
+        classifier = any(a.endswith(CLASSIFIER_SUFFIX) for a in architectures)
+        headed = [a for a in architectures if not (causal or classifier) and not a.endswith("Model")]
         if headed:  # AutoModel would silently drop the task head
-            raise ValueError(f"model: '{path}' is a {headed[0]}; slim_model distills causal language models and bare "
-                             f"encoders (sentence embeddings) only, task heads are not supported yet.")
-        loader = AutoModelForCausalLM if causal else AutoModel
+            raise ValueError(f"model: '{path}' is a {headed[0]}; slim_model distills causal language models, "
+                             f"sequence classifiers and bare encoders (sentence embeddings) only: other task heads "
+                             f"are not supported.")
+        loader = AutoModelForCausalLM if causal else AutoModelForSequenceClassification if classifier else AutoModel
         teacher = loader.from_pretrained(path, dtype=torch.float32, trust_remote_code=False).eval()
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         return teacher, tokenizer, path

@@ -150,6 +150,35 @@ def test_a_latency_budget_is_met_as_measured(llama_dir, tmp_path):
     assert "microseconds per forward pass" in (tmp_path / "report.md").read_text()
 
 
+def test_a_sequence_classifier_is_distilled_to_its_teachers_labels(tmp_path, tokenizer):
+    """A BertForSequenceClassification directory: the class logits are distilled (the teacher labels the text),
+    the head and the hidden size are kept, the distillation loss falls, and the result reloads as a classifier."""
+    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        max_position_embeddings=64, num_labels=3))
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(30)  # confident labels: something to distil
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    config = SlimConfig(budget=0.6, budget_kind="non_embedding_params", train_tokens=12 * 8 * 32, seq_len=32,
+                        batch_size=8, align=16, max_candidates=2, top_k=1, learning_rate=1e-3, calib_samples=8,
+                        eval_samples=16)
+    result = slim_model(str(tmp_path / "teacher"), config, data="wiki")
+    metrics, history = result.metrics, result.history
+    assert metrics["objective"] == "classification" and abs(metrics["fraction"] - 0.6) <= 0.02
+    assert metrics["dense"] == 1.0 and 0 <= metrics["pruned"] <= 1 and 0 <= metrics["distilled"] <= 1
+    assert result.architecture.hidden == 64 and result.model.config.num_labels == 3
+    assert sum(history["loss"][-3:]) < sum(history["loss"][:3]), history["loss"]
+    result.save(str(tmp_path / "out"))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "model").eval()
+    ids = torch.randint(5, len(tokenizer), (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits, atol=1e-5)
+
+
 def test_bert_embedding_objective_keeps_the_hidden_size(tmp_path, tokenizer):
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=4,
