@@ -118,11 +118,7 @@ class ClassificationObjective:
     metric_name = "agreement with the teacher"
     lower_is_better = False
 
-    def distill_config(self, temperature):
-        return KnowledgeDistillConfig().add_output_soft_label(
-            {"t_output_idx": "logits", "s_output_idx": "logits",
-             "loss_func": [{"func_name": "KDKLDiv", "func_weight": 1, "temperature": temperature}]})
-
+    distill_config = LmObjective.distill_config  # forward KL on the logits, here the class logits
     inputs = staticmethod(EmbeddingObjective.inputs)
 
     def _log_probs(self, model, batch):
