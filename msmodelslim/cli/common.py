@@ -89,9 +89,10 @@ def call_factory(spec, option):
         raise UsageError(f"{option} {spec} cannot be called without arguments: {exc}") from None
 
 
-def calibration_texts(source, option="--calib"):
+def calibration_texts(source, option="--calib", keep_labels=False):
     """Texts for calibration: ``wiki`` (the Wikipedia train split), a ``.txt`` file (blank-line separated) or a
-    ``.jsonl`` file (one ``{"text": ...}`` per line).
+    ``.jsonl`` file (one ``{"text": ...}`` per line). ``keep_labels``: a ``.jsonl`` file whose records carry a
+    ``"label"`` gives ``{"text", "label"}`` records instead (every record must then have an integer label >= 0).
 
     Raises:
         UsageError: the file is missing, a directory, not UTF-8, of another kind, or a line is not a text record;
@@ -109,7 +110,7 @@ def calibration_texts(source, option="--calib"):
     text = _read_utf8(source, option)
     if source.endswith(".txt"):
         return [part for part in text.split("\n\n") if part.strip()]
-    return _jsonl_texts(source, text, option)
+    return _jsonl_texts(source, text, option, keep_labels)
 
 
 def _read_utf8(path, option):
@@ -132,8 +133,8 @@ def _encodable(text):
     return True
 
 
-def _jsonl_texts(path, text, option):
-    texts = []
+def _jsonl_texts(path, text, option, keep_labels=False):
+    texts, labelled = [], None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -145,7 +146,17 @@ def _jsonl_texts(path, text, option):
         if not isinstance(value, str) or not _encodable(value):
             raise UsageError(f"{option} '{path}', line {number}: expected a JSON object with a string 'text' "
                              f"field, got {line.strip()[:80]!r}")
-        texts.append(value)
+        if not keep_labels:
+            texts.append(value)
+            continue
+        if labelled is None:
+            labelled = "label" in record
+        if labelled != ("label" in record):
+            raise UsageError(f"{option} '{path}', line {number}: every record or none must have a 'label'")
+        label = record.get("label")
+        if labelled and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
+            raise UsageError(f"{option} '{path}', line {number}: 'label' must be an integer >= 0, got {label!r}")
+        texts.append({"text": value, "label": label} if labelled else value)
     return texts
 
 

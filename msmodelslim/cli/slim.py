@@ -24,7 +24,11 @@ def add_parser(subparsers):
                         help="fraction of the dense model's size to keep, e.g. 0.5")
     parser.add_argument("--budget-kind", default="params", choices=BUDGET_KINDS,
                         help="what the budget counts (default params)")
-    parser.add_argument("--data", default="wiki", help="'wiki', a .txt file or a .jsonl file (default wiki)")
+    parser.add_argument("--data", default="wiki",
+                        help="'wiki', a .txt file or a .jsonl file (default wiki); for a sequence classifier, "
+                             "jsonl records with an integer 'label' add the labels' cross-entropy")
+    parser.add_argument("--label-weight", type=float, default=0.5,
+                        help="weight of the labels' cross-entropy beside the distillation (default 0.5)")
     parser.add_argument("--train-tokens", type=int, default=200_000, help="distillation tokens (default 200000)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
@@ -48,7 +52,8 @@ def _config(args):
         return SlimConfig(budget=args.budget, budget_kind=args.budget_kind, train_tokens=args.train_tokens,
                           seq_len=args.seq_len, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                           learning_rate=args.lr, top_k=args.top_k, max_candidates=args.max_candidates,
-                          align=args.align, checkpoint_every=args.checkpoint_every, seed=args.seed).validate()
+                          align=args.align, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                          label_weight=args.label_weight).validate()
     except (ValueError, TypeError) as exc:
         field, _, rest = str(exc).partition(" ")
         name = field.replace("SlimConfig.", "")
@@ -69,8 +74,8 @@ def run(args):
 
         with reading("MODEL", args.model):
             AutoConfig.from_pretrained(args.model, trust_remote_code=False)
-    data = "wiki" if args.data == "wiki" else calibration_texts(args.data, "--data")
-    if data != "wiki" and not any(text.strip() for text in data):
+    data = "wiki" if args.data == "wiki" else calibration_texts(args.data, "--data", keep_labels=True)
+    if data != "wiki" and not any((text["text"] if isinstance(text, dict) else text).strip() for text in data):
         raise UsageError(f"--data '{args.data}' holds no text")
     inputs = (args.model, None if args.data == "wiki" else args.data)
     if _torchrun_rank() > 0:

@@ -68,6 +68,20 @@ def test_empty_data_is_refused(capsys, tmp_path, tiny_llama):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("lines, words", [
+    (['{"text": "a", "label": 1}', '{"text": "b"}'], "line 2: every record or none must have a 'label'"),
+    (['{"text": "a", "label": -1}'], "line 1: 'label' must be an integer >= 0"),
+    (['{"text": "a", "label": 0}', '{"text": "b", "label": 1}'], "data with labels needs a sequence classifier"),
+])
+def test_labelled_data_is_checked(capsys, tmp_path, tiny_llama, lines, words):
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    code, out = _run(capsys, tiny_llama, "--budget", "0.5", "--seq-len", "32", "--data", data, "--out",
+                     tmp_path / "out")
+    assert code == 2 and words in out[-1], out
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_out_that_cannot_be_written_is_refused(capsys, tmp_path, tiny_llama):
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")

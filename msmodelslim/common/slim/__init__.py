@@ -22,8 +22,10 @@ def slim_model(model, config=None, data="wiki", tokenizer=None, checkpoint_dir=N
     distill it from the teacher, and return a :class:`SlimResult` (``result.model`` is the trained slim model).
 
     ``model``: a Hugging Face model directory, or a transformers model (then ``tokenizer`` is required).
-    ``data``: ``"wiki"`` (the Wikipedia extracts of the assets) or a list of texts; every 10th text is held out
-    for evaluation and never trained on. ``checkpoint_dir``: where resumable checkpoints are written (created
+    ``data``: ``"wiki"`` (the Wikipedia extracts of the assets), a list of texts, or for a sequence classifier a
+    list of ``{"text": str, "label": int}`` records (the labels' cross-entropy joins the distillation with
+    ``config.label_weight`` and the metric is held-out accuracy); every 10th text is held out for evaluation and
+    never trained on. ``checkpoint_dir``: where resumable checkpoints are written (created
     when the first one is; the search result, then the distillation state every ``checkpoint_every`` steps and on
     SIGINT/SIGTERM); ``resume=True`` continues from them exactly. The teacher is never modified.
 
@@ -32,15 +34,19 @@ def slim_model(model, config=None, data="wiki", tokenizer=None, checkpoint_dir=N
             wrong type.
         ValueError: a field out of range; an architecture slim does not know (the message lists the supported
             ones); a budget no architecture meets (the message names the smallest reachable size); too little
-            text; ``checkpoint_dir`` not creatable, holding another run's checkpoints (without ``resume``) or
+            text; labels for a model that is not a sequence classifier, or outside its classes; ``checkpoint_dir``
+            not creatable, holding another run's checkpoints (without ``resume``) or
             checkpoints of other settings or none (with ``resume``).
     """
     config = SlimConfig() if config is None else config
     if not isinstance(config, SlimConfig):
         raise TypeError(f"config must be SlimConfig, not {type(config).__name__}.")
     config.validate()
-    if data != "wiki" and (not isinstance(data, (list, tuple)) or not all(isinstance(t, str) for t in data)):
-        raise TypeError(f"data must be 'wiki' or a list of str, not {type(data).__name__}.")
+    records = isinstance(data, (list, tuple)) and bool(data) and all(isinstance(t, dict) for t in data)
+    if data != "wiki" and not records and (not isinstance(data, (list, tuple))
+                                           or not all(isinstance(t, str) for t in data)):
+        raise TypeError(f"data must be 'wiki', a list of str or a list of {{'text': str, 'label': int}} records, "
+                        f"not {type(data).__name__}.")
     if checkpoint_dir is not None:
         checkpoint_dir = os.fspath(checkpoint_dir)
         if os.path.lexists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):

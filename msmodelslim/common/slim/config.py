@@ -34,6 +34,7 @@ class SlimConfig:
     warmup_fraction: float = 0.05
     max_grad_norm: float = 1.0
     temperature: float = 1.0
+    label_weight: float = 0.5  # labelled data (classification): weight of the labels' cross-entropy, as set_hard_label
     objective: str = "auto"
     align: int = 64
     max_candidates: int = 12
@@ -64,6 +65,7 @@ class SlimConfig:
                 raise ValueError(f"SlimConfig.{field.name} must be a finite number, got {value}.")
         _in_open_unit(self, "budget")
         _in_open_unit(self, "tolerance")
+        _in_open_unit(self, "label_weight")
         _choice(self, "budget_kind", BUDGET_KINDS)
         _choice(self, "objective", OBJECTIVES)
         for name in ("train_tokens", "seq_len", "batch_size", "align", "max_candidates", "top_k", "calib_samples",

@@ -2,7 +2,8 @@
 and batches chosen by step number alone (so a resumed run reads exactly the batches an uninterrupted one reads).
 
 Causal language models read packed chunks: the texts joined with blank lines, tokenized once, cut into ``seq_len``
-tokens. Encoders read one text per row, truncated and padded to ``seq_len`` with an attention mask.
+tokens. Encoders read one text per row, truncated and padded to ``seq_len`` with an attention mask, and, for
+sequence classifiers, its label when the data has labels (``{"text": ..., "label": ...}`` records).
 """
 from dataclasses import dataclass
 
@@ -13,40 +14,65 @@ HELD_OUT_EVERY = 10  # every 10th text (0, 10, ...) is held out, as the Wikipedi
 
 @dataclass
 class TokenRows:
-    """``ids`` and ``mask``, ``[rows, seq_len]`` LongTensors."""
+    """``ids`` and ``mask``, ``[rows, seq_len]`` LongTensors, and ``labels`` (``[rows]``) or None."""
 
     ids: torch.Tensor
     mask: torch.Tensor
+    labels: torch.Tensor = None
 
     def __len__(self):
         return self.ids.shape[0]
 
     def select(self, index):
         index = torch.as_tensor(index, dtype=torch.long)
-        return {"input_ids": self.ids[index], "attention_mask": self.mask[index]}
+        batch = {"input_ids": self.ids[index], "attention_mask": self.mask[index]}
+        if self.labels is not None:
+            batch["labels"] = self.labels[index]
+        return batch
 
     def head(self, count):
-        return TokenRows(self.ids[:count], self.mask[:count])
+        return TokenRows(self.ids[:count], self.mask[:count],
+                         None if self.labels is None else self.labels[:count])
 
     def tokens(self):
         return int(self.mask.sum())
 
 
+def is_labelled(data):
+    """True when ``data`` is a list of ``{"text": str, "label": int}`` records."""
+    return isinstance(data, (list, tuple)) and bool(data) and all(isinstance(r, dict) for r in data)
+
+
+def check_records(data):
+    """Raise ValueError naming the first record that is not ``{"text": str, "label": int >= 0}``."""
+    for index, record in enumerate(data):
+        text, label = record.get("text"), record.get("label")
+        if not isinstance(text, str) or isinstance(label, bool) or not isinstance(label, int) or label < 0:
+            raise ValueError(f"data[{index}] must be a {{'text': str, 'label': int >= 0}} record, got "
+                             f"{str(record)[:80]}.")
+
+
 def split_texts(data):
-    """``(train, held_out)`` texts of ``data``: ``"wiki"`` (the Wikipedia extracts shipped with the assets, split as
-    :func:`msmodelslim.assets.wiki_split`) or a list of str (every 10th text held out).
+    """``(train, held_out)`` of ``data``: ``"wiki"`` (the Wikipedia extracts shipped with the assets, split as
+    :func:`msmodelslim.assets.wiki_split`), a list of str or a list of ``{"text", "label"}`` records (every 10th
+    held out; records are split as records).
 
     Raises:
-        TypeError: ``data`` is neither ``"wiki"`` nor a list of str.
+        TypeError: ``data`` is neither ``"wiki"``, a list of str nor a list of records.
         ValueError: no non-blank text, or too few texts to hold one out.
     """
     if data == "wiki":
         from msmodelslim import assets
 
         return assets.wiki_split()
-    if not isinstance(data, (list, tuple)) or not all(isinstance(t, str) for t in data):
-        raise TypeError(f"data must be 'wiki' or a list of str, not {type(data).__name__}.")
-    texts = [t for t in data if t.strip()]
+    if is_labelled(data):
+        check_records(data)
+        texts = [r for r in data if r["text"].strip()]
+    elif not isinstance(data, (list, tuple)) or not all(isinstance(t, str) for t in data):
+        raise TypeError(f"data must be 'wiki', a list of str or a list of {{'text', 'label'}} records, not "
+                        f"{type(data).__name__}.")
+    else:
+        texts = [t for t in data if t.strip()]
     if len(texts) < 2:
         raise ValueError(f"data holds {len(texts)} non-blank text(s); slim_model needs at least 2 (one is held out "
                          f"for evaluation, every {HELD_OUT_EVERY}th in general).")
@@ -86,8 +112,12 @@ def padded_rows(tokenizer, texts, seq_len, max_rows, name):
     texts = list(texts[:max_rows])
     if not texts:
         raise ValueError(f"{name} holds no text.")
+    labels = None
+    if isinstance(texts[0], dict):  # labelled records
+        labels = torch.tensor([record["label"] for record in texts], dtype=torch.long)
+        texts = [record["text"] for record in texts]
     encoded = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length", return_tensors="pt")
-    return TokenRows(encoded["input_ids"], encoded["attention_mask"])
+    return TokenRows(encoded["input_ids"], encoded["attention_mask"], labels)
 
 
 def order(rows, epoch, seed):

@@ -114,12 +114,33 @@ class EmbeddingObjective:
 
 
 class ClassificationObjective:
+    """Distils the class logits; with labelled data (:meth:`use_labels`) also the cross-entropy with the labels,
+    weighted as ``get_total_loss`` weighs a hard-label loss, and the metric becomes held-out accuracy."""
+
     name = "classification"
     metric_name = "agreement with the teacher"
     lower_is_better = False
-
-    distill_config = LmObjective.distill_config  # forward KL on the logits, here the class logits
     inputs = staticmethod(EmbeddingObjective.inputs)
+
+    def __init__(self):
+        self.label_weight = 0.0
+
+    def use_labels(self, weight):
+        self.label_weight = weight
+        self.metric_name = "accuracy"
+
+    def distill_config(self, temperature):
+        config = LmObjective.distill_config(self, temperature)  # forward KL on the logits, here the class logits
+        if self.label_weight:
+            config.set_hard_label(self.label_weight, 0)
+        return config
+
+    def total_loss(self, dual, student_outputs, batch):
+        """The distillation loss of the last forward, with the labels' cross-entropy when ``batch`` has labels."""
+        if not self.label_weight or "labels" not in batch:
+            return dual.distill_loss
+        logits = student_outputs.logits.float()
+        return dual.get_total_loss(F.cross_entropy(logits, batch["labels"].to(logits.device)))
 
     def _log_probs(self, model, batch):
         return F.log_softmax(model(**self.inputs(batch, _device(model))).logits.float(), -1)
@@ -140,11 +161,13 @@ class ClassificationObjective:
 
     @torch.no_grad()
     def metric(self, teacher, model, rows, batch_size=8):
-        """The share of held-out texts on which ``model`` predicts the teacher's class."""
+        """The share of held-out texts on which ``model`` predicts the label (labelled data) or else the teacher's
+        class."""
         agree = 0
         for batch in self._batches(rows, batch_size):
-            wanted = self._log_probs(teacher, batch).argmax(-1)
-            agree += (self._log_probs(model, batch).argmax(-1).to(wanted.device) == wanted).sum().item()
+            predicted = self._log_probs(model, batch).argmax(-1).cpu()
+            wanted = batch["labels"] if self.label_weight else self._log_probs(teacher, batch).argmax(-1).cpu()
+            agree += (predicted == wanted).sum().item()
         return agree / len(rows)
 
 

@@ -257,15 +257,30 @@ def _checked_teacher(model, config, tokenizer):
     return teacher, tokenizer, weights_dir, family, objective
 
 
-def _token_data(tokenizer, config, data, objective):
-    """``(train rows, held-out rows, calibration batches, steps)``."""
+def _token_data(tokenizer, config, data, objective, num_labels=None):
+    """``(train rows, held-out rows, calibration batches, steps)``.
+
+    Raises:
+        ValueError: labelled data for a model that is not a sequence classifier, or a label outside its classes.
+    """
+    if slim_data.is_labelled(data):
+        if objective.name != "classification":
+            raise ValueError(f"data with labels needs a sequence classifier (objective 'classification'), not "
+                             f"objective '{objective.name}'; give a list of texts.")
+        slim_data.check_records(data)
+        outside = next((r["label"] for r in data if num_labels is not None and r["label"] >= num_labels), None)
+        if outside is not None:
+            raise ValueError(f"data: label {outside} is outside the model's {num_labels} classes (0 to "
+                             f"{num_labels - 1}).")
+        objective.use_labels(config.label_weight)
     train_texts, held_texts = slim_data.split_texts(data)
     rows_of = slim_data.packed_rows if objective.name == "lm" else slim_data.padded_rows
     steps = max(1, math.ceil(config.train_tokens / (config.batch_size * config.seq_len)))
     train = rows_of(tokenizer, train_texts, config.seq_len, steps * config.batch_size, "the training text")
     held_out = rows_of(tokenizer, held_texts, config.seq_len, config.eval_samples, "the held-out text")
     count = min(config.calib_samples, len(train))
-    calibration = [train.select(range(i, min(i + 4, count))) for i in range(0, count, 4)]
+    calibration = [{k: v for k, v in train.select(range(i, min(i + 4, count))).items() if k != "labels"}
+                   for i in range(0, count, 4)]
     return train, held_out, calibration, steps
 
 
@@ -295,7 +310,8 @@ def _slim(model, config, data, tokenizer, checkpoint_dir, resume):
                               resume)
     torch.manual_seed(config.seed)
     teacher, tokenizer, weights_dir, family, objective = _checked_teacher(model, config, tokenizer)
-    train, held_out, calibration, steps = _token_data(tokenizer, config, data, objective)
+    train, held_out, calibration, steps = _token_data(tokenizer, config, data, objective,
+                                                      getattr(teacher.config, "num_labels", None))
     search_state = _Search(teacher, family, objective, config, calibration, held_out, weights_dir)
     dense_metric = objective.metric(teacher, teacher, held_out)
     rows, arch, student, metric_pruned = _chosen_student(search_state, checkpoints, config, train)

@@ -133,7 +133,7 @@ class Distillation:
         try:
             with _StopRequest() as stop:
                 while step < plan.steps:
-                    loss, tokens = self._step(model, optimizer, scheduler, step)
+                    loss, tokens = self._step(dual, model, optimizer, scheduler, step)
                     step += 1
                     done_here += tokens
                     history.loss.append(loss)
@@ -155,9 +155,9 @@ class Distillation:
             dual.close()
         return history
 
-    def _step(self, model, optimizer, scheduler, step):
-        """One optimizer step on batch ``step`` (this process's rows of it); returns the batch's mean loss and its
-        token count, over every process."""
+    def _step(self, dual, model, optimizer, scheduler, step):
+        """One optimizer step on batch ``step`` (this process's rows of it) through ``model`` (``dual`` or its DDP
+        wrapper); returns the batch's mean loss and its token count, over every process."""
         plan = self.plan
         batch = distributed.shard(batch_at(self.train, step, plan.batch_size, plan.seed))
         rows = batch["input_ids"].shape[0]
@@ -171,7 +171,9 @@ class Distillation:
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                    loss, _, _ = model(**self.objective.inputs(part, self.device))
+                    loss, student_outputs, _ = model(**self.objective.inputs(part, self.device))
+                    if hasattr(self.objective, "total_loss"):
+                        loss = self.objective.total_loss(dual, student_outputs, part)
                 (loss * (part["input_ids"].shape[0] / rows)).backward()
             total += loss.item() * part["input_ids"].shape[0] / rows
         if plan.max_grad_norm:

@@ -179,6 +179,35 @@ def test_a_sequence_classifier_is_distilled_to_its_teachers_labels(tmp_path, tok
         assert torch.allclose(reloaded(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits, atol=1e-5)
 
 
+def test_labels_join_the_distillation_of_a_classifier(tmp_path, tokenizer):
+    """Labelled records: the labels' cross-entropy is added with label_weight, so a student trained towards a
+    class the teacher hardly predicts ends up predicting it, and the metric is held-out accuracy."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        max_position_embeddings=64, num_labels=3)).eval()
+    texts = [text for text in assets.wiki_split()[0][:400] if text.strip()]
+    with torch.no_grad():
+        encoded = tokenizer(texts, truncation=True, max_length=32, padding=True, return_tensors="pt")
+        predicted = teacher(**encoded).logits.argmax(-1)
+    rare = int(torch.bincount(predicted, minlength=3).argmin())  # the class the teacher predicts least
+    records = [{"text": text, "label": rare} for text in texts]
+    config = SlimConfig(budget=0.6, budget_kind="non_embedding_params", train_tokens=16 * 8 * 32, seq_len=32,
+                        batch_size=8, align=16, max_candidates=2, top_k=1, learning_rate=5e-3, label_weight=0.9,
+                        calib_samples=8, eval_samples=32)
+    result = slim_model(teacher, config, data=records, tokenizer=tokenizer)
+    metrics = result.metrics
+    assert metrics["metric"] == "accuracy"
+    assert metrics["dense"] == pytest.approx(float((predicted[::10][:32] == rare).float().mean()))
+    assert metrics["distilled"] > metrics["dense"] + 0.5, metrics
+    with pytest.raises(ValueError, match="label 3 is outside the model's 3 classes"):
+        slim_model(teacher, config, data=records + [{"text": "one more", "label": 3}], tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"data\[1\] must be"):
+        slim_model(teacher, config, data=[records[0], {"text": "no label"}] + records[2:], tokenizer=tokenizer)
+
+
 def test_bert_embedding_objective_keeps_the_hidden_size(tmp_path, tokenizer):
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=4,
@@ -228,7 +257,7 @@ def test_other_families_meet_the_budget_and_reload_with_equal_outputs(name, tmp_
 
 
 def test_bad_data_and_checkpoint_arguments_are_refused_before_any_work(llama_dir, tmp_path):
-    with pytest.raises(TypeError, match="data must be 'wiki' or a list of str, not str"):
+    with pytest.raises(TypeError, match="data must be 'wiki', a list of str or a list of .* records, not str"):
         slim_model(str(llama_dir), data="my-corpus.txt")
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         slim_model(str(llama_dir), resume=True)
