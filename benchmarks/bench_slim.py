@@ -15,12 +15,10 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 import time
 
-from common import ROOT, write_result
+from common import ROOT, provenance, write_result
 from msmodelslim.utils.report import format_table
 
 WORK = ROOT / "benchmarks" / ".slim-work"
@@ -176,16 +174,6 @@ def train_scratch(student, plan, train, held_out):
     return curve
 
 
-def provenance():
-    import torch
-    import transformers
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
-    return (f"commit {commit.strip()}, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-            f"torch {torch.__version__}, transformers {transformers.__version__}, load average "
-            f"{os.getloadavg()[0]:.1f} at the end of the row")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a tiny random teacher and a few steps")
@@ -209,14 +197,14 @@ def main():
     for row in args.rows.split(","):
         if row in found:
             continue
-        start = time.perf_counter()
+        start, load_before = time.perf_counter(), os.getloadavg()[0]
         if row == "slim":
             _, found[row] = run_slim(teacher, tokenizer, path, config)
         else:
             arch = _arch_of(found)
             found[row] = run_trained(row, teacher, tokenizer, path, config, arch)
         found[row]["seconds"] = time.perf_counter() - start
-        found[row]["provenance"] = provenance()
+        found[row]["provenance"] = provenance(load_before=load_before)
         results_file.write_text(json.dumps(found, indent=1))
     write_table(found, config, args, args.results or (WORK / "quick-results" if args.quick else None))
     for row in ROWS:
@@ -256,7 +244,8 @@ def write_table(found, config, args, folder):
     write_result("slim", "slim: prune to a budget, then distill", [
         ("Perplexity", f"Held-out perplexity of {model} at 50 % of its non-embedding parameters "
                        f"({slim['fraction']:.1%} reached), {config.train_tokens:,} training tokens per row; "
-                       f"measured at {slim.get('provenance') or provenance()}.\n\n" + format_table(headers, rows)
+                       f"one run per row, measured at {slim.get('provenance') or provenance()}.\n\n"
+                       + format_table(headers, rows)
                        + "\n\n" + goals),
         ("Candidates", "Proxy: mean KL(teacher || student) per held-out token, before and after the short "
                        "distillation of the best three.\n\n"
