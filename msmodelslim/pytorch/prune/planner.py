@@ -223,7 +223,8 @@ def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, 
     if kept > target + total * REPORTED_MISS:
         notes.append(
             f"kept {kept / total:.1%} of the {what} instead of {reserved_ratio:.1%}: the alignment "
-            f"to {align} channels, node_reserved_ratio={max_group_ratio} and the protected layers allow no more")
+            f"to {align} channels, node_reserved_ratio={max_group_ratio} and the protected layers allow no more"
+            + _protected_named(groups))
     elif kept < target - total * REPORTED_MISS:
         notes.append(
             f"kept {kept / total:.1%} of the {what} instead of {reserved_ratio:.1%}: with the alignment to {align} "
@@ -234,6 +235,15 @@ def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, 
             params.commit(g, units)
     return Plan(removed={g: u for g, u in removed.items() if u}, params_before=params.base_total,
                 params_after=params.current, target=target, notes=notes)
+
+
+def _protected_named(groups, shown=3):
+    """`` (protected: group - reason; ...)`` for the first ``shown`` protected groups, or an empty string."""
+    protected = [f"{group.name} - {group.protected}" for group in groups if group.protected]
+    if not protected:
+        return ""
+    more = f"; {len(protected) - shown} more" if len(protected) > shown else ""
+    return f" (protected: {'; '.join(protected[:shown])}{more})"
 
 
 def _cost_weights(counter, groups):

@@ -214,7 +214,8 @@ class PruneTorch:
                                 "un_prune_list does not protect it (pass un_prune_list=[0, -1] to keep it).",
                                 member.target, group.name)
                     return group.protected
-                return f"{member.target} is in un_prune_list"
+                default = " (by default: the first and the last layer)" if by_default else ""
+                return f"{member.target} is in un_prune_list{default}"
         return group.protected
 
     def _shared_across_network(self, group):

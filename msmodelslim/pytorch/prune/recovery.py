@@ -48,17 +48,19 @@ def prune_with_recovery(plan, apply, trial):
     run; either way the model is unchanged and the plan, being ours, is repaired. Returns the applied plan.
 
     Raises:
-        ValueError: still failing after :data:`MAX_REPLANS` groups were protected, or no group is to blame.
+        ValueError: still failing after :data:`MAX_REPLANS` repairs (each protecting a group and its siblings), or
+            no group is to blame.
     """
-    blamed = set()
+    blamed, replans = set(), 0
     while True:
         planned = plan(blamed)
         try:
             apply(planned)
             return planned
         except ValueError as exc:
-            if len(blamed) >= MAX_REPLANS:
+            if replans >= MAX_REPLANS:
                 raise
+            replans += 1
             culprit = find_breaking_group(planned.removed, lambda subset: trial(planned, subset))
             if culprit is None:
                 raise

@@ -441,7 +441,8 @@ class StructureEngine:
                 heads_kept.add(new_heads)
                 kv_kept.add(new_kv)
                 values = {"heads": new_heads, "kv_heads": new_kv, "q_channels": new_heads * head_dim}
-                attrs = {attr: values[what] for attr, what in family.head_attrs}
+                attrs = _head_attrs(self.model.get_submodule(prefix + family.attention), family,
+                                    values, {"heads": heads, "kv_heads": kv_heads})
                 if attrs and g in removed:
                     patches[prefix + family.attention] = attrs
             elif group.kind == "ffn":
@@ -453,6 +454,12 @@ class StructureEngine:
             elif group.kind == "hidden":
                 hidden_kept = kept
         if hidden_kept is not None and hidden_kept != self._hidden:
+            for prefix in self.layers:  # attention modules that check their input width (Longformer's embed_dim)
+                name = prefix + family.attention
+                attrs = {attr: hidden_kept for attr in ("embed_dim",)
+                         if getattr(self.model.get_submodule(name), attr, None) == self._hidden}
+                if attrs:
+                    patches[name] = {**patches.get(name, {}), **attrs}
             for moe in self.moe.values():  # routers that reshape their input to the hidden size they were built with
                 for name, _ in moe.routers:
                     attrs = {attr: hidden_kept for attr in ("hidden_dim", "hidden_size")
@@ -473,17 +480,53 @@ class StructureEngine:
             fields[family.kv_field] = kv_kept.pop()
         if len(ffn_kept) == 1:
             fields[family.ffn_field] = ffn_kept.pop()
-        if hidden_kept is not None and hidden_kept != config.hidden_size:  # config has an int hidden_size here
+        if hidden_kept is not None and hidden_kept != self._hidden:  # config has an int hidden_size here
             head_dim = next(iter(self._heads.values()))[3] if self._heads else None
             if family.explicit_head_dim:
                 fields["hidden_size"] = hidden_kept
                 fields["head_dim"] = head_dim
             elif head_dim and fields.get(family.heads_field, 0) * head_dim == hidden_kept:
                 fields["hidden_size"] = hidden_kept
-        fields = {k: v for k, v in fields.items() if hasattr(config, k) and getattr(config, k) != v}
-        if fields and not _config_accepts(config, fields):
-            fields = {}
-        return patches, fields
+        return patches, _config_fields(config, fields)
+
+
+# Other names under which attention modules keep their head counts (a model matched to a family by its layer
+# names, e.g. Longformer's self-attention as BERT's, keeps ``num_heads`` where BERT keeps ``num_attention_heads``).
+_HEAD_COUNT_NAMES = {"heads": ("num_attention_heads", "num_heads", "n_heads", "n_head"),
+                     "kv_heads": ("num_key_value_heads", "num_kv_heads", "n_kv_heads")}
+
+
+def _head_attrs(attention, family, values, originals):
+    """``{attribute: new value}`` of ``attention`` for the family's head attributes; a head count the module lacks
+    is looked for under the other names of a head count that hold the original count."""
+    attrs = {}
+    for attr, what in family.head_attrs:
+        if hasattr(attention, attr):
+            attrs[attr] = values[what]
+            continue
+        for other in _HEAD_COUNT_NAMES.get(what, ()):
+            if getattr(attention, other, None) == originals[what]:
+                attrs[other] = values[what]
+                break
+    return attrs  # an attribute the module holds under no name is one its forward() cannot read
+
+
+def _config_fields(config, fields):
+    """``fields`` that differ from ``config``; none when the config cannot describe them all (a field it lacks
+    is skipped; one it holds per layer, as heterogeneous configs do, or rejects leaves every field out)."""
+    changed = {}
+    for key, value in fields.items():
+        try:
+            current = getattr(config, key)
+        except AttributeError:
+            continue
+        except Exception as exc:  # e.g. transformers' AmbiguousGlobalPerLayerAttributeError
+            logger.info("The model config cannot describe the pruned shapes (%s: %s); rebuild the model from the "
+                        "desc (prune_by_desc) rather than from_pretrained.", key, type(exc).__name__)
+            return {}
+        if current != value:
+            changed[key] = value
+    return changed if not changed or _config_accepts(config, changed) else {}
 
 
 def _config_accepts(config, fields):

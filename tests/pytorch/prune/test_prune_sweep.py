@@ -5,6 +5,7 @@ of the parameters by PruneTorch, each in a child process under a time limit. Not
 either pruned to the budget (replayable, same output shape) or refused with a documented error and the model
 unchanged."""
 import importlib.util
+import logging
 import pathlib
 import sys
 
@@ -91,3 +92,87 @@ def test_classification_of_a_documented_refusal_and_of_a_crash():
     with pytest.raises(ValueError) as foreign:  # raised here, not inside msmodelslim: not a documented refusal
         raise_here(ValueError("from elsewhere"))
     assert not sweep._documented(foreign.value)
+
+
+def _prune_built(model_type, cls_name, caplog, ratio=0.6):
+    """Build ``model_type`` as the sweep does, prune it with default settings, replay the desc on a fresh copy."""
+    import copy
+    import json
+
+    import torch
+
+    from msmodelslim.pytorch.prune.prune_torch import CallParams, PruneTorch
+
+    model, inputs, _ = sweep.build(model_type, cls_name)
+    fresh, before = copy.deepcopy(model), sweep.count(model)
+    shape = sweep.main_output(sweep.run_model(model, inputs)).shape
+    log = logging.getLogger("msmodelslim")  # it does not propagate: pytest's handler is attached to it
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="msmodelslim"):
+            desc = PruneTorch(model, CallParams(**inputs)).prune(ratio)
+    finally:
+        log.removeHandler(caplog.handler)
+    torch.manual_seed(0)  # some models draw at run time (ViT-MAE's random masking)
+    out = sweep.main_output(sweep.run_model(model, inputs))
+    assert out.shape == shape
+    PruneTorch(fresh, CallParams(**inputs)).prune_by_desc(json.loads(json.dumps(desc)))
+    torch.manual_seed(0)
+    torch.testing.assert_close(sweep.main_output(sweep.run_model(fresh, inputs)), out)
+    return model, desc, sweep.count(model) / before
+
+
+def test_a_heterogeneous_config_is_left_alone_instead_of_refusing_the_model(caplog):
+    """Gemma 4 keeps head_dim per layer; reading the global value raises inside transformers. The pruning goes
+    ahead; the desc sets no config field, and the log says to rebuild from the desc."""
+    _, desc, kept = _prune_built("gemma4_text", "Gemma4ForCausalLM", caplog)
+    assert kept < 0.9
+    assert not desc["__meta__"].get("config")
+    assert "config cannot describe the pruned shapes (head_dim" in caplog.text
+
+
+def test_head_counts_are_patched_under_the_name_the_attention_module_uses(caplog):
+    """Longformer matches the BERT rules by its layer names but keeps its head count as ``num_heads`` (not
+    ``num_attention_heads``) and checks its input width against ``embed_dim``: both are patched, heads shrink."""
+    model, desc, kept = _prune_built("longformer", "LongformerForMaskedLM", caplog)
+    attention = model.longformer.encoder.layer[0].attention.self
+    assert attention.num_heads < 4 and attention.query.out_features == attention.num_heads * attention.head_dim
+    assert "breaks the model" not in caplog.text
+    assert kept < 0.7
+
+
+def test_a_plan_stopped_early_names_the_groups_it_could_not_touch(caplog):
+    """A headless encoder's residual stream is its output: the default un_prune_list keeps its last layer, and the
+    INFO line that reports the shortfall says so."""
+    _, _, kept = _prune_built("vit_mae", "ViTMAEModel", caplog)
+    assert kept > sweep.TARGET + sweep.TOLERANCE
+    line = next(line for line in caplog.text.splitlines() if "Pruning stopped early" in line)
+    assert "protected: hidden - layers.1.mlp.fc2 is in un_prune_list (by default" in line
+
+
+def test_repairs_are_counted_per_replan_not_per_protected_group():
+    """Each repair protects a group with its siblings in every layer: a model that needs a few repairs of many
+    siblings each is repaired, not refused once the protected groups outnumber the repair limit."""
+    from types import SimpleNamespace
+
+    from msmodelslim.pytorch.prune import recovery
+    from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
+
+    # 8 layers x 4 kinds of group; the kinds q, k and v break the model, each in every layer
+    groups = [ChannelGroup(name=f"layers.{i}.{kind}", size=4, kind="ffn",
+                           members=[Member(f"layers.{i}.{kind}", "output", [0, 1, 2, 3], [0, 1, 2, 3])])
+              for i in range(8) for kind in "qkvo"]
+    breaking = {g for g, group in enumerate(groups) if not group.name.endswith(".o")}
+    plans = []
+
+    def plan(blamed):
+        plans.append(set(blamed))
+        return SimpleNamespace(groups=groups, removed={g: [0] for g in range(len(groups)) if g not in blamed})
+
+    def apply(planned):
+        if breaking & set(planned.removed):
+            raise ValueError("the pruned model fails to run")
+
+    planned = recovery.prune_with_recovery(plan, apply, lambda planned, subset: not breaking & set(subset))
+    assert set(planned.removed) == set(range(len(groups))) - breaking
+    assert len(plans) == 4 and len(breaking) > recovery.MAX_REPLANS
