@@ -441,8 +441,7 @@ class StructureEngine:
                 heads_kept.add(new_heads)
                 kv_kept.add(new_kv)
                 values = {"heads": new_heads, "kv_heads": new_kv, "q_channels": new_heads * head_dim}
-                attrs = _head_attrs(self.model.get_submodule(prefix + family.attention), family,
-                                    values, {"heads": heads, "kv_heads": kv_heads})
+                attrs = {attr: values[what] for attr, what in family.head_attrs}
                 if attrs and g in removed:
                     patches[prefix + family.attention] = attrs
             elif group.kind == "ffn":
@@ -454,12 +453,6 @@ class StructureEngine:
             elif group.kind == "hidden":
                 hidden_kept = kept
         if hidden_kept is not None and hidden_kept != self._hidden:
-            for prefix in self.layers:  # attention modules that check their input width (Longformer's embed_dim)
-                name = prefix + family.attention
-                attrs = {attr: hidden_kept for attr in ("embed_dim",)
-                         if getattr(self.model.get_submodule(name), attr, None) == self._hidden}
-                if attrs:
-                    patches[name] = {**patches.get(name, {}), **attrs}
             for moe in self.moe.values():  # routers that reshape their input to the hidden size they were built with
                 for name, _ in moe.routers:
                     attrs = {attr: hidden_kept for attr in ("hidden_dim", "hidden_size")
@@ -488,27 +481,6 @@ class StructureEngine:
             elif head_dim and fields.get(family.heads_field, 0) * head_dim == hidden_kept:
                 fields["hidden_size"] = hidden_kept
         return patches, _config_fields(config, fields)
-
-
-# Other names under which attention modules keep their head counts (a model matched to a family by its layer
-# names, e.g. Longformer's self-attention as BERT's, keeps ``num_heads`` where BERT keeps ``num_attention_heads``).
-_HEAD_COUNT_NAMES = {"heads": ("num_attention_heads", "num_heads", "n_heads", "n_head"),
-                     "kv_heads": ("num_key_value_heads", "num_kv_heads", "n_kv_heads")}
-
-
-def _head_attrs(attention, family, values, originals):
-    """``{attribute: new value}`` of ``attention`` for the family's head attributes; a head count the module lacks
-    is looked for under the other names of a head count that hold the original count."""
-    attrs = {}
-    for attr, what in family.head_attrs:
-        if hasattr(attention, attr):
-            attrs[attr] = values[what]
-            continue
-        for other in _HEAD_COUNT_NAMES.get(what, ()):
-            if getattr(attention, other, None) == originals[what]:
-                attrs[other] = values[what]
-                break
-    return attrs  # an attribute the module holds under no name is one its forward() cannot read
 
 
 def _config_fields(config, fields):

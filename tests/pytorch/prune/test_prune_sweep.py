@@ -131,16 +131,6 @@ def test_a_heterogeneous_config_is_left_alone_instead_of_refusing_the_model(capl
     assert "config cannot describe the pruned shapes (head_dim" in caplog.text
 
 
-def test_head_counts_are_patched_under_the_name_the_attention_module_uses(caplog):
-    """Longformer matches the BERT rules by its layer names but keeps its head count as ``num_heads`` (not
-    ``num_attention_heads``) and checks its input width against ``embed_dim``: both are patched, heads shrink."""
-    model, desc, kept = _prune_built("longformer", "LongformerForMaskedLM", caplog)
-    attention = model.longformer.encoder.layer[0].attention.self
-    assert attention.num_heads < 4 and attention.query.out_features == attention.num_heads * attention.head_dim
-    assert "breaks the model" not in caplog.text
-    assert kept < 0.7
-
-
 def test_a_plan_stopped_early_names_the_groups_it_could_not_touch(caplog):
     """A headless encoder's residual stream is its output: the default un_prune_list keeps its last layer, and the
     INFO line that reports the shortfall says so."""
