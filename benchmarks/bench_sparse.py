@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, merge_result
+from common import ROOT, merge_result, provenance
 from msmodelslim.utils.report import format_table
 
 METHODS = ("weight_magnitude", "magnitude", "hessian", "par", "par_v2")
@@ -234,7 +234,7 @@ def comparison_section(args):
 
 def methods_section(args):
     methods = ("magnitude",) if args.quick else METHODS  # --quick: a smoke run of the script and its columns
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as export_dir:
         dense = {} if args.quick else run_worker("dense", {}, args, export_dir)  # --quick: no dense row
@@ -258,7 +258,7 @@ def methods_section(args):
             "tokens. Every Linear layer but lm_head is sparsified (210 layers). 'seconds' is compress() alone; peak "
             "RSS is the whole process (model, data, evaluation). The export is the compact bitmask file "
             f"(Compressor.export) against the dense safetensors file. Total time {time.perf_counter() - started:.0f} "
-            "s.")
+            f"s; one run per row, measured at {provenance(load_before=load_before)}.")
 
 
 STREAM_SCRIPT = r"""
