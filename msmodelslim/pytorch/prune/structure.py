@@ -473,7 +473,7 @@ class StructureEngine:
             fields[family.kv_field] = kv_kept.pop()
         if len(ffn_kept) == 1:
             fields[family.ffn_field] = ffn_kept.pop()
-        if hidden_kept is not None and hidden_kept != self._hidden:  # config has an int hidden_size here
+        if hidden_kept is not None and hidden_kept != self._hidden:
             head_dim = next(iter(self._heads.values()))[3] if self._heads else None
             if family.explicit_head_dim:
                 fields["hidden_size"] = hidden_kept
@@ -493,8 +493,7 @@ def _config_fields(config, fields):
         except AttributeError:
             continue
         except Exception as exc:  # e.g. transformers' AmbiguousGlobalPerLayerAttributeError
-            logger.info("The model config cannot describe the pruned shapes (%s: %s); rebuild the model from the "
-                        "desc (prune_by_desc) rather than from_pretrained.", key, type(exc).__name__)
+            _log_config_refused(f"{key}: {type(exc).__name__}")
             return {}
         if current != value:
             changed[key] = value
@@ -506,10 +505,14 @@ def _config_accepts(config, fields):
     try:
         type(config)(**{**config.to_dict(), **fields})
     except Exception as exc:  # transformers raises several types from its validators
-        logger.info("The model config cannot describe the pruned shapes (%s); rebuild the model from the desc "
-                    "(prune_by_desc) rather than from_pretrained.", str(exc).splitlines()[-1].strip())
+        _log_config_refused(str(exc).splitlines()[-1].strip())
         return False
     return True
+
+
+def _log_config_refused(reason):
+    logger.info("The model config cannot describe the pruned shapes (%s); rebuild the model from the desc "
+                "(prune_by_desc) rather than from_pretrained.", reason)
 
 
 def _uniform(values, field, what):
