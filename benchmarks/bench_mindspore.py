@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from mindspore import nn, ops
 
-from common import ROOT, timed, write_result
+from common import ROOT, RUNS, spread, timed_runs, write_result
 from msmodelslim import assets, set_logger_level
 from msmodelslim.mindspore.knowledge_distill.losses import KDCrossEntropy
 from msmodelslim.utils.report import format_table
@@ -76,12 +76,13 @@ def ms_prune_rows(tokenizer, held_out, calibration, docs, labels):
     rows = [["MindSpore", "MiniLM-L6 (teacher)", "1.000",
              f"{probe_accuracy(sentence_embeddings_ms(big, tokenizer, docs, max_length=64), labels):.3f}", "-"]]
     for importance in IMPORTANCE:
-        small, seconds = timed(task.student_cell, CKPT, importance, batches, big)
+        _, small, seconds = timed_runs(task.student_skeleton,
+                                       lambda cell: task.prune_into(cell, CKPT, importance, batches, big))
         small.set_train(False)
         cosine = float((sentence_embeddings_ms(small, tokenizer, held_out) * reference).sum(-1).mean())
         probe = probe_accuracy(sentence_embeddings_ms(small, tokenizer, docs, max_length=64), labels)
         rows.append(["MindSpore", f"3 layers, FFN 768, {importance}", f"{cosine:.3f}", f"{probe:.3f}",
-                     f"{seconds:.1f}"])
+                     spread(seconds)])
         print(rows[-1], flush=True)
     return rows
 
@@ -101,20 +102,23 @@ def torch_prune_rows(tokenizer, held_out, calibration, docs, labels):
              f"{probe_accuracy(sentence_embeddings(teacher, tokenizer, docs, max_length=64).numpy(), labels):.3f}",
              "-"]]
     for importance in IMPORTANCE:
-        config = T.BertConfig.from_pretrained(assets.minilm_l6_dir())
-        config.num_hidden_layers, config.intermediate_size = 3, 768
-        model = T.BertModel(config, add_pooling_layer=False).eval()
-        prune = PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"]).add_blocks_params(
-            r"encoder\.layer\.(\d+)\.", task.LAYER_MAP)
-        if importance == "activation":
-            prune.set_importance("activation", batches, model=teacher)
-        else:
-            prune.set_importance(importance)
-        _, seconds = timed(prune_model_weight, model, prune, str(assets.minilm_l6_dir()))
+        def build():
+            config = T.BertConfig.from_pretrained(assets.minilm_l6_dir())
+            config.num_hidden_layers, config.intermediate_size = 3, 768
+            prune = PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"]).add_blocks_params(
+                r"encoder\.layer\.(\d+)\.", task.LAYER_MAP)
+            if importance == "activation":
+                prune.set_importance("activation", batches, model=teacher)
+            else:
+                prune.set_importance(importance)
+            return T.BertModel(config, add_pooling_layer=False).eval(), prune
+
+        (model, _), _, seconds = timed_runs(
+            build, lambda pair: prune_model_weight(*pair, str(assets.minilm_l6_dir())))
         cosine = (sentence_embeddings(model, tokenizer, held_out) * reference).sum(-1).mean().item()
         probe = probe_accuracy(sentence_embeddings(model, tokenizer, docs, max_length=64).numpy(), labels)
         rows.append(["torch", f"3 layers, FFN 768, {importance}", f"{cosine:.3f}", f"{probe:.3f}",
-                     f"{seconds:.1f}"])
+                     spread(seconds)])
         print(rows[-1], flush=True)
     return rows
 
@@ -129,7 +133,8 @@ def prune_section(quick=False):
         f"MindSpore MiniLM; torch: from the safetensors directory), no training. Cosine: mean cosine between the "
         f"small and the teacher's mean-pooled sentence embeddings of {HELD_OUT} held-out Wikipedia extracts "
         f"(128 tokens). BBC probe: logistic regression on the embeddings (64 tokens), {PROBE[0]} training / "
-        f"{PROBE[1]} test articles. Activation importance: {CALIBRATION} Wikipedia training extracts.")
+        f"{PROBE[1]} test articles. Activation importance: {CALIBRATION} Wikipedia training extracts. 'prune s': "
+        f"median (min-max) of {RUNS} runs of prune_model_weight, each into a freshly built small model.")
 
 
 # -------------------------------------------------------------------------------------- distillation table

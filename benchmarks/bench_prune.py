@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from common import ROOT, interleaved, spread, timed, write_result
+from common import ROOT, RUNS, interleaved, spread, timed_runs, write_result
 from msmodelslim import set_logger_level
 from msmodelslim.pytorch.prune.measure import profile
 from msmodelslim.pytorch.prune.prune_torch import PruneTorch
@@ -30,9 +30,9 @@ def count(model):
 
 def ours(name, ratio):
     build = ZOO[name]
-    model, inputs = build()
-    before = count(model)
-    (pruner, desc), seconds = timed(lambda: _prune(model, inputs, ratio, UN_PRUNE.get(name)))
+    before = count(build()[0])
+    (model, inputs), (pruner, desc), seconds = timed_runs(
+        build, lambda built: _prune(*built, ratio, UN_PRUNE.get(name)))
     kept = count(model) / before
     out = logits(model, inputs)
     fresh, _ = build()
@@ -72,14 +72,15 @@ def coverage_section(names, ratio=0.5):
         theirs_text = theirs["error"] if "error" in theirs else (
             f"kept {theirs['kept']:.1%}, replay {'ok' if theirs['replayed'] else 'differs'}")
         rows.append([name, mine["engine"], f"{mine['kept']:.1%}", "ok" if mine["replayed"] else "differs",
-                     f"{mine['seconds']:.2f}", "yes" if success(theirs, ratio) else "no", theirs_text])
+                     spread(mine["seconds"]), "yes" if success(theirs, ratio) else "no", theirs_text])
         print(rows[-1], flush=True)
     table = format_table(["model", "engine", "kept params", "replay", "analysis+prune s",
                           "torch-pruning ok", "torch-pruning result"], rows)
     summary = (f"**Coverage at {ratio:.0%} of the parameters** (pruned to the budget within 2 points and replayed "
                f"exactly on a fresh model): msmodelslim {ours_ok}/{len(names)}, "
                f"plain torch-pruning BasePruner {base_ok}/{len(names)}.")
-    return summary + "\n\n" + table
+    return (summary + "\n\n" + table + f"\n\n'analysis+prune s': median (min-max) of {RUNS} runs of "
+            f"`PruneTorch(model, inputs).prune({ratio})`, each on a freshly built model.")
 
 
 def latency_section(quick):

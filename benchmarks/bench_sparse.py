@@ -11,12 +11,13 @@ llmcompressor==0.14.0.1`) to measure its SparseGPT and Wanda beside ours ("compa
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from common import ROOT, merge_result, provenance
+from common import ROOT, merge_result, provenance, spread
 from msmodelslim.utils.report import format_table
 
 METHODS = ("weight_magnitude", "magnitude", "hessian", "par", "par_v2")
@@ -26,6 +27,7 @@ SETTINGS = (("50% unstructured", {}), ("2:4", {"pattern": "2:4"}), ("50% OWL (un
 # The layers whose masks are compared side by side: one that sees the same inputs in both tools (the first block's),
 # and one after fifteen blocks of each tool's own sparsified outputs.
 MASK_LAYERS = ("model.layers.0.self_attn.q_proj", "model.layers.15.mlp.down_proj")
+COMPARE_ROUNDS = STREAM_ROUNDS = 2  # timed jobs run this many times, alternately, for a median (min-max)
 
 
 def worker(method, options, samples, seq_len, eval_chunks, export_dir, mask_file=""):
@@ -72,7 +74,8 @@ def worker(method, options, samples, seq_len, eval_chunks, export_dir, mask_file
             compressor.export(compact)
             result["export_bytes"] = os.path.getsize(compact)
         if mask_file:
-            torch.save({name: model.get_submodule(name).weight.detach() == 0 for name in MASK_LAYERS}, mask_file)
+            modules = dict(model.named_modules())  # --quick's tiny model lacks the deeper layer
+            torch.save({name: modules[name].weight.detach() == 0 for name in MASK_LAYERS if name in modules}, mask_file)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -114,7 +117,8 @@ if method != "dense":
     seconds = time.perf_counter() - start
     assert torch.equal(model.get_input_embeddings().weight, embedding), "oneshot changed the input embedding"
     assert torch.equal(model.get_output_embeddings().weight, head), "oneshot changed the LM head"
-    torch.save({n: model.get_submodule(n).weight.detach() == 0 for n in mask_layers.split(",")}, mask_file)
+    if mask_file:
+        torch.save({n: model.get_submodule(n).weight.detach() == 0 for n in mask_layers.split(",")}, mask_file)
 nll, count = 0.0, 0
 with torch.no_grad():
     for chunk in evaluation.split(4):
@@ -169,44 +173,55 @@ def _agreement(ours, theirs):
     if not (os.path.exists(ours) and os.path.exists(theirs)):
         return ["-"] * len(MASK_LAYERS)
     a, b = torch.load(ours, weights_only=True), torch.load(theirs, weights_only=True)
-    return [f"{(a[name] == b[name]).float().mean().item():.2%}" for name in MASK_LAYERS]
+    return [f"{(a[name] == b[name]).float().mean().item():.2%}"
+            if name in a and name in b and a[name].shape == b[name].shape else "-" for name in MASK_LAYERS]
+
+
+def _comparison_row(key, runs, agreement):
+    """One row of the side-by-side table from the runs of one (setting, tool, method)."""
+    errors = [run["error"] for run in runs if "error" in run]
+    if errors:
+        return [*key, "error", errors[0], "", "", "", "", *agreement]
+    perplexities = dict.fromkeys(f"{run['ppl']:.2f}" for run in runs)  # deterministic: one value unless it is not
+    seconds = [run["seconds"] for run in runs if run.get("seconds") is not None]
+    breakdown = [[run["timings"][part] for run in runs if part in (run.get("timings") or {})]
+                 for part in ("forward", "statistics", "solve")]
+    return [*key, " / ".join(perplexities), spread(seconds, "{:.0f}") if seconds else "-",
+            *(spread(values, "{:.0f}") if values else "-" for values in breakdown),
+            f"{max(run['peak_rss_mb'] for run in runs):.0f}", *agreement]
 
 
 def comparison_section(args):
     """Ours and llm-compressor on the same model, data and protocol, run interleaved (ours, theirs, ...)."""
-    from common import provenance
-
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         theirs = _llmc_runner(args, folder)
         if theirs is None:
             return "llm-compressor: not run (set LLMCOMPRESSOR_PYTHON to the python of a venv where it is installed)."
-        rows, times = [], {}
-
-        def row(setting, tool, method, result, agreement=("-",) * len(MASK_LAYERS)):
-            if "error" in result:
-                rows.append([setting, tool, method, "error", result["error"], "", "", "", "", *agreement])
-                return
-            seconds = result.get("seconds")
-            t = result.get("timings") or {}
-            times[(setting, tool, method)] = seconds
-            rows.append([setting, tool, method, f"{result['ppl']:.2f}", "-" if seconds is None else f"{seconds:.0f}",
-                         *(f"{t[k]:.0f}" if k in t else "-" for k in ("forward", "statistics", "solve")),
-                         f"{result['peak_rss_mb']:.0f}", *agreement])
-            print(rows[-1], flush=True)
-
-        row("dense", "msmodelslim", "-", run_worker("dense", {}, args))
+        results = {}  # (setting, tool, method) -> the result of each round, in the order the rows are shown
+        results[("dense", "msmodelslim", "-")] = [run_worker("dense", {}, args)]
         llmc_dense = theirs("dense", "0:0")
-        row("dense", "llm-compressor", "-", llmc_dense)
-        for setting, options, pattern in COMPARED:
-            for ours_method, their_method in PAIRS:
-                ours_mask, their_mask = (os.path.join(folder, f"{who}-{ours_method}-{pattern}.pt")
-                                         for who in ("ours", "theirs"))
-                row(setting, "msmodelslim", ours_method, run_worker(ours_method, options, args, "", ours_mask))
-                result = theirs(their_method, pattern, their_mask)
-                row(setting, "llm-compressor", their_method, result, _agreement(ours_mask, their_mask))
-            for label, method, extra in OURS_ONLY:
-                row(setting, "msmodelslim", label, run_worker(method, {**options, **extra}, args))
+        results[("dense", "llm-compressor", "-")] = [llmc_dense]
+        for round_ in range(COMPARE_ROUNDS):  # ours, theirs, ours, theirs ...; masks are compared in round 0
+            for setting, options, pattern in COMPARED:
+                for ours_method, their_method in PAIRS:
+                    ours_mask, their_mask = (os.path.join(folder, f"{who}-{ours_method}-{pattern}.pt")
+                                             if round_ == 0 else "" for who in ("ours", "theirs"))
+                    results.setdefault((setting, "msmodelslim", ours_method), []).append(
+                        run_worker(ours_method, options, args, "", ours_mask))
+                    results.setdefault((setting, "llm-compressor", their_method), []).append(
+                        theirs(their_method, pattern, their_mask))
+                    print(setting, ours_method, their_method, round_, flush=True)
+                for label, method, extra in OURS_ONLY:
+                    results.setdefault((setting, "msmodelslim", label), []).append(
+                        run_worker(method, {**options, **extra}, args))
+        agreement = {(setting, "llm-compressor", their_method): _agreement(
+            *(os.path.join(folder, f"{who}-{ours_method}-{pattern}.pt") for who in ("ours", "theirs")))
+            for setting, _, pattern in COMPARED for ours_method, their_method in PAIRS}
+    rows = [_comparison_row(key, runs, agreement.get(key, ("-",) * len(MASK_LAYERS)))
+            for key, runs in results.items()]
+    times = {key: statistics.median(run["seconds"] for run in runs)
+             for key, runs in results.items() if all(run.get("seconds") for run in runs)}
     table = format_table(["setting", "tool", "method", "perplexity", "seconds", "forward s", "statistics s",
                           "solve s", "peak RSS MiB", *(f"mask agreement {name}" for name in MASK_LAYERS)], rows)
     ratios = []
@@ -224,10 +239,12 @@ def comparison_section(args):
             f"Same SmolLM2-135M, calibration ({args.samples} x {args.seq_len} tokens) and held-out perplexity "
             f"({args.eval_chunks} x {args.seq_len} tokens) as above; every Linear layer but the LM head sparsified by "
             "both tools (llm-compressor: `ignore=[\"re:.*lm_head\"]`; the script asserts that its input embedding "
-            "and LM head are unchanged after `oneshot`). Runs alternate between the tools, one process each, one "
-            "run per row. 'mask agreement' is the share of the named layer's weights on which the two tools' "
-            "masks agree: block 0 sees the same inputs in both tools, block 15 the outputs of each tool's own "
-            "sparsified blocks. The forward / statistics / solve columns are our own breakdown of 'seconds' "
+            f"and LM head are unchanged after `oneshot`). Runs alternate between the tools, one process each, "
+            f"{COMPARE_ROUNDS} rounds (ours, theirs, ours, theirs ...): seconds and their breakdown are the median "
+            "(min-max) of the rounds, time ratios divide medians, peak RSS is the largest. 'mask agreement' is the "
+            "share of the named layer's weights on which the two tools' masks agree: block 0 sees the same inputs "
+            "in both tools, block 15 the outputs of each tool's own sparsified blocks. The forward / statistics / "
+            "solve columns are our own breakdown of 'seconds' "
             "(`Compressor.report().timings`). llm-compressor in its own virtual environment: "
             f"{their_versions or 'versions not read'}. Ours: {provenance(load_before=load_before)}.")
 
@@ -349,21 +366,28 @@ def stream_section(args):
         script = os.path.join(work, "stream.py")
         with open(script, "w") as handle:
             handle.write(STREAM_SCRIPT)
-        rows, outputs = [], {}
-        for mode in ("in memory", "streamed"):
-            outputs[mode] = os.path.join(work, mode.replace(" ", "-"))
-            proc = subprocess.run([sys.executable, script, mode, source, outputs[mode], str(config.vocab_size)],
-                                  capture_output=True, text=True, cwd=ROOT / "benchmarks",
-                                  env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
-            if proc.returncode:
-                rows.append([mode, "error", proc.stderr.strip().splitlines()[-1][:160], "", ""])
+        modes, runs, errors = ("in memory", "streamed"), {}, {}
+        for round_ in range(STREAM_ROUNDS):  # interleaved: in memory, streamed, in memory, streamed
+            for mode in modes:
+                out = os.path.join(work, f"{mode.replace(' ', '-')}-{round_}")
+                proc = subprocess.run([sys.executable, script, mode, source, out, str(config.vocab_size)],
+                                      capture_output=True, text=True, cwd=ROOT / "benchmarks",
+                                      env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+                if proc.returncode:
+                    errors[mode] = proc.stderr.strip().splitlines()[-1][:160]
+                    continue
+                runs.setdefault(mode, []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                print(mode, runs[mode][-1], flush=True)
+        first = [os.path.join(work, f"{mode.replace(' ', '-')}-0") for mode in modes]
+        same = (("yes" if _same_weights(*first) else "NO") if all(os.path.isdir(path) for path in first) else "")
+        rows = []
+        for mode in modes:
+            if mode in errors:
+                rows.append([mode, "error", errors[mode], "", ""])
                 continue
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append([mode, f"{result['extra'] / 2**20:.0f}", f"{result['extra'] / size:.2f}",
-                         f"{result['seconds']:.0f}", ""])
-            print(rows[-1], flush=True)
-        if all(os.path.isdir(path) for path in outputs.values()):
-            rows[-1][-1] = "yes" if _same_weights(outputs["in memory"], outputs["streamed"]) else "NO"
+            extra = max(run["extra"] for run in runs[mode])
+            rows.append([mode, f"{extra / 2**20:.0f}", f"{extra / size:.2f}",
+                         spread([run["seconds"] for run in runs[mode]], "{:.0f}"), same if mode == "streamed" else ""])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = format_table(["path", "peak memory above start MiB", "/ checkpoint size", "seconds",
@@ -375,8 +399,9 @@ def stream_section(args):
             f"{size / 2**30:.2f} GiB of fp32 safetensors, one shard per block) sparsified with `magnitude` at 50 % "
             "from 2 x 2 x 128 random tokens, each path in its own process: `Compressor` on the model loaded with "
             "`from_pretrained`, then `save_pretrained` and `export`; `sparsify_checkpoint` on the directory. "
-            "Memory is the resident size sampled every 5 ms, above the size after the imports both paths need. "
-            "The last column compares every tensor of the two outputs. " + provenance(load_before=load_before) + ".")
+            f"Each path runs {STREAM_ROUNDS} times, alternately; seconds: median (min-max), memory: the largest "
+            "resident size sampled every 5 ms, above the size after the imports both paths need. The last column "
+            "compares every tensor of the two outputs. " + provenance(load_before=load_before) + ".")
 
 
 PARTS = {"methods": ("SmolLM2-135M", methods_section),

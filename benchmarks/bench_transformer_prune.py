@@ -12,7 +12,7 @@ import time
 import torch
 import transformers as T
 
-from common import ROOT, timed, write_result
+from common import ROOT, RUNS, spread, timed_runs, write_result
 from msmodelslim import assets, set_logger_level
 from msmodelslim.common.prune.transformer_prune.prune_model import PruneConfig, prune_model_weight
 from msmodelslim.pytorch.utils.evaluation import perplexity, sentence_embeddings
@@ -20,6 +20,7 @@ from msmodelslim.utils.report import format_table
 
 IMPORTANCE = ("first", "weight", "activation")
 PROBE = (400, 200)  # BBC articles: probe training / test (--quick: 40 / 20)
+SECONDS_NOTE = f"'prune s': median (min-max) of {RUNS} runs of prune_model_weight, each into a freshly built model."
 
 
 def bbc_probe(model, tokenizer, docs, labels):
@@ -42,6 +43,14 @@ def similarity_agreement(a, b):
     return torch.corrcoef(torch.stack([(a @ a.T)[upper[0], upper[1]], (b @ b.T)[upper[0], upper[1]]]))[0, 1].item()
 
 
+def pruned_runs(build, checkpoint):
+    """``prune_model_weight`` on RUNS fresh ``(model, prune_config)`` pairs from ``build()``: the last pair, pruned,
+    and the seconds of the runs written as median (min-max)."""
+    (model, prune_config), _, seconds = timed_runs(
+        build, lambda pair: prune_model_weight(pair[0], pair[1], str(checkpoint)))
+    return model, prune_config, spread(seconds)
+
+
 def minilm_setup(quick):
     """The MiniLM-L6 teacher, its tokenizer, 64 Wikipedia calibration extracts, held-out extracts with the
     teacher's embeddings of them, and the BBC probe subset."""
@@ -61,22 +70,24 @@ def minilm_section(quick):
                {i: i for i in range(6)})]
     for label, shape, layer_map in shapes[:1] if quick else shapes:  # --quick: a smoke run
         for importance in ("first",) if quick else IMPORTANCE:
-            config = T.BertConfig.from_pretrained(assets.minilm_l6_dir())
-            for key, value in shape.items():
-                setattr(config, key, value)
-            model = T.BertModel(config, add_pooling_layer=False).eval()
-            prune_config = PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"]).add_blocks_params(
-                r"encoder\.layer\.(\d+)\.", layer_map)
-            if importance == "activation":
-                prune_config.set_importance("activation", calibration, model=teacher)
-            else:
-                prune_config.set_importance(importance)
-            _, seconds = timed(prune_model_weight, model, prune_config, str(assets.minilm_l6_dir()))
+            def build():
+                config = T.BertConfig.from_pretrained(assets.minilm_l6_dir())
+                for key, value in shape.items():
+                    setattr(config, key, value)
+                prune_config = PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"]).add_blocks_params(
+                    r"encoder\.layer\.(\d+)\.", layer_map)
+                if importance == "activation":
+                    prune_config.set_importance("activation", calibration, model=teacher)
+                else:
+                    prune_config.set_importance(importance)
+                return T.BertModel(config, add_pooling_layer=False).eval(), prune_config
+
+            model, _, seconds = pruned_runs(build, assets.minilm_l6_dir())
             embeddings = sentence_embeddings(model, tokenizer, held_out)
             cosine = (embeddings * reference).sum(-1).mean().item() if embeddings.shape == reference.shape else None
             rows.append([label, importance, "-" if cosine is None else f"{cosine:.3f}",
                          f"{similarity_agreement(reference, embeddings):.3f}",
-                         f"{bbc_probe(model, tokenizer, docs, labels):.3f}", f"{seconds:.1f}"])
+                         f"{bbc_probe(model, tokenizer, docs, labels):.3f}", seconds])
             print(rows[-1], flush=True)
     return format_table(["small shape", "importance", "cosine to teacher", "similarity agreement",
                          "BBC probe accuracy", "prune s"], rows) + (
@@ -84,7 +95,7 @@ def minilm_section(quick):
         "held-out Wikipedia extracts (defined when the hidden size is kept). Similarity agreement: correlation of "
         f"their pairwise similarities. BBC probe: logistic regression on the embeddings, {PROBE[0]} training / "
         f"{PROBE[1]} test articles. Activation importance uses 64 Wikipedia training extracts. No training after "
-        "pruning.")
+        f"pruning. {SECONDS_NOTE}")
 
 
 def smollm_section(quick):
@@ -101,23 +112,25 @@ def smollm_section(quick):
               ("30 layers, FFN 768", dict(intermediate_size=768), {i: i for i in range(30)})]
     for label, shape, layer_map in shapes[1:] if quick else shapes:
         for importance in ("first",) if quick else IMPORTANCE:
-            config = T.AutoConfig.from_pretrained(path)
-            for key, value in shape.items():
-                setattr(config, key, value)
-            model = T.LlamaForCausalLM(config).eval()
-            prune_config = PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"]).add_blocks_params(
-                r"model\.layers\.(\d+)\.", layer_map)
-            if importance == "activation":
-                prune_config.set_importance("activation", calibration)
-            else:
-                prune_config.set_importance(importance)
-            _, seconds = timed(prune_model_weight, model, prune_config, str(path))
-            rows.append([label, importance, f"{perplexity(model, evaluation):.1f}", f"{seconds:.1f}"])
+            def build():
+                config = T.AutoConfig.from_pretrained(path)
+                for key, value in shape.items():
+                    setattr(config, key, value)
+                prune_config = PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"]).add_blocks_params(
+                    r"model\.layers\.(\d+)\.", layer_map)
+                if importance == "activation":
+                    prune_config.set_importance("activation", calibration)
+                else:
+                    prune_config.set_importance(importance)
+                return T.LlamaForCausalLM(config).eval(), prune_config
+
+            model, _, seconds = pruned_runs(build, path)
+            rows.append([label, importance, f"{perplexity(model, evaluation):.1f}", seconds])
             print(rows[-1], flush=True)
     return format_table(["small shape", "importance", "perplexity", "prune s"], rows) + (
         f"\n\nPerplexity on {len(evaluation)} x 256 tokens of the Wikipedia test split, no training after pruning. "
         "Activation importance: 8 x 256 training tokens through the big model, block by block (its wall time "
-        "includes loading the big model from the directory).")
+        f"includes loading the big model from the directory). {SECONDS_NOTE}")
 
 
 def depth_section(quick):
@@ -127,17 +140,18 @@ def depth_section(quick):
     minilm_maps = (("first 3 (0, 1, 2)", {0: 0, 1: 1, 2: 2}), ("spread (0, 2, 5)", {0: 0, 1: 2, 2: 5}),
                    ("auto", "auto"))
     for label, layer_map in minilm_maps[:1] if quick else minilm_maps:
-        config = T.BertConfig.from_pretrained(assets.minilm_l6_dir())
-        config.num_hidden_layers = 3
-        model = T.BertModel(config, add_pooling_layer=False).eval()
-        prune_config = (PruneConfig().set_steps(["prune_blocks"])
-                        .add_blocks_params(r"encoder\.layer\.(\d+)\.", layer_map)
-                        .set_importance("first", calibration, model=teacher))
-        _, seconds = timed(prune_model_weight, model, prune_config, str(assets.minilm_l6_dir()))
+        def build():
+            config = T.BertConfig.from_pretrained(assets.minilm_l6_dir())
+            config.num_hidden_layers = 3
+            return T.BertModel(config, add_pooling_layer=False).eval(), (
+                PruneConfig().set_steps(["prune_blocks"]).add_blocks_params(r"encoder\.layer\.(\d+)\.", layer_map)
+                .set_importance("first", calibration, model=teacher))
+
+        model, prune_config, seconds = pruned_runs(build, assets.minilm_l6_dir())
         embeddings = sentence_embeddings(model, tokenizer, held_out)
         kept = list(prune_config.report["layers"].values())
         rows.append(["MiniLM-L6 -> 3 layers", label, str(kept), f"{(embeddings * reference).sum(-1).mean().item():.3f}",
-                     f"{bbc_probe(model, tokenizer, docs, labels):.3f}", "-", f"{seconds:.1f}"])
+                     f"{bbc_probe(model, tokenizer, docs, labels):.3f}", "-", seconds])
         print(rows[-1], flush=True)
     path = assets.smollm2_135m_dir()
     tokenizer = T.AutoTokenizer.from_pretrained(path)
@@ -146,17 +160,18 @@ def depth_section(quick):
     maps = (("first 14 + last 6", list(range(14)) + list(range(24, 30))),
             ("evenly spaced", [round(i * 29 / 19) for i in range(20)]), ("auto", "auto"))
     for label, layers in () if quick else maps:  # --quick: MiniLM's rows only
-        config = T.AutoConfig.from_pretrained(path)
-        config.num_hidden_layers = 20
-        model = T.LlamaForCausalLM(config).eval()
-        layer_map = layers if layers == "auto" else dict(enumerate(layers))
-        prune_config = (PruneConfig().set_steps(["prune_blocks"])
-                        .add_blocks_params(r"model\.layers\.(\d+)\.", layer_map)
-                        .set_importance("first", calibration))
-        _, seconds = timed(prune_model_weight, model, prune_config, str(path))
+        def build():
+            config = T.AutoConfig.from_pretrained(path)
+            config.num_hidden_layers = 20
+            layer_map = layers if layers == "auto" else dict(enumerate(layers))
+            return T.LlamaForCausalLM(config).eval(), (
+                PruneConfig().set_steps(["prune_blocks"]).add_blocks_params(r"model\.layers\.(\d+)\.", layer_map)
+                .set_importance("first", calibration))
+
+        model, prune_config, seconds = pruned_runs(build, path)
         kept = list(prune_config.report["layers"].values())
         rows.append(["SmolLM2-135M -> 20 layers", label, str(kept), "-", "-", f"{perplexity(model, evaluation):.1f}",
-                     f"{seconds:.1f}"])
+                     seconds])
         print(rows[-1], flush=True)
         del model
     return format_table(["model", "layer map", "checkpoint layers kept", "cosine to teacher", "BBC probe accuracy",
@@ -164,7 +179,7 @@ def depth_section(quick):
         "\n\nOnly prune_blocks (widths unchanged), no training after pruning. 'auto' keeps the layers of highest "
         "block influence (mean 1 - cos between a block's input and output hidden states) measured on the "
         "calibration data of the sections above (64 Wikipedia extracts for MiniLM, 8 x 256 tokens for SmolLM2; its "
-        "wall time includes loading the big model from the directory). Same metrics as above.")
+        f"wall time includes loading the big model from the directory). Same metrics as above. {SECONDS_NOTE}")
 
 
 MEMORY_SCRIPT = r"""
@@ -201,19 +216,20 @@ print(json.dumps({"small_mb": small_mb, "extra_mb": (peak[0] - base) / 2**20, "s
 
 
 def memory_section():
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, check=True,
-                         cwd=ROOT).stdout.strip().splitlines()[-1]
-    result = json.loads(out)
+    runs = [json.loads(subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True,
+                                      check=True, cwd=ROOT).stdout.strip().splitlines()[-1]) for _ in range(RUNS)]
+    result = {**runs[0], "extra_mb": max(run["extra_mb"] for run in runs)}
     largest = 49152 * 576 * 4 / 2**20
     table = format_table(["checkpoint (safetensors)", "small model", "largest checkpoint tensor",
                           "extra peak RSS during prune_model_weight", "seconds"],
                          [[f"{result['checkpoint_mb']:.0f} MiB", f"{result['small_mb']:.0f} MiB", f"{largest:.0f} MiB",
-                           f"{result['extra_mb']:.0f} MiB", f"{result['seconds']:.2f}"]])
+                           f"{result['extra_mb']:.0f} MiB", spread([run["seconds"] for run in runs])]])
     return table + ("\n\nSmolLM2-135M (fp32 safetensors) into a 10-layer model with FFN 768. The checkpoint is "
                     "memory-mapped and read one tensor at a time; the extra memory is the small model's complete "
                     "state dict, built and checked before loading, plus the tensor being read (the largest is the "
                     "embedding), and does not grow with the checkpoint. Memory-mapped pages of the file count in "
-                    "RSS while they are read.")
+                    f"RSS while they are read. Seconds: median (min-max) of {RUNS} runs, each in its own process; "
+                    "the memory is the largest of them.")
 
 
 def main():

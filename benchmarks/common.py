@@ -19,6 +19,20 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
+RUNS = 3  # runs of each timed job whose table shows "median (min-max)" seconds
+
+
+def timed_runs(prepare, job, runs=RUNS):
+    """Time ``job(prepare())`` ``runs`` times, each on a fresh ``prepare()`` (not timed; e.g. a new model for a job
+    that changes it): ``(last prepared value, last result, [seconds of each run])``."""
+    samples = []
+    for _ in range(runs):
+        prepared = prepare()
+        result, seconds = timed(job, prepared)
+        samples.append(seconds)
+    return prepared, result, samples
+
+
 def interleaved(fns, warmup=2, repeat=10):
     """Seconds of each of ``fns`` over ``repeat`` rounds, the functions run alternately in each round (A, B, A,
     B ...) after ``warmup`` rounds, so that a change of load hits all of them: one list of samples per function."""

@@ -84,9 +84,17 @@ def batches(split, batch_size, seed=None):
 
 def student_cell(ckpt_path, importance="first", calibration=None, big_cell=None):
     """MiniLM pruned into 3 layers (0, 2, 5) with FFN 768 from ``ckpt_path`` by ``prune_model_weight``."""
-    config = MsBertConfig.from_json_file(assets.minilm_l6_dir() / "config.json", num_hidden_layers=3,
-                                         intermediate_size=768)
-    cell = MsBertModel(config)
+    return prune_into(student_skeleton(), ckpt_path, importance, calibration, big_cell)
+
+
+def student_skeleton():
+    """The small MiniLM Cell (3 layers, FFN 768) with fresh weights."""
+    return MsBertModel(MsBertConfig.from_json_file(assets.minilm_l6_dir() / "config.json", num_hidden_layers=3,
+                                                   intermediate_size=768))
+
+
+def prune_into(cell, ckpt_path, importance="first", calibration=None, big_cell=None):
+    """``cell`` loaded from the big MiniLM at ``ckpt_path`` by ``prune_model_weight`` (layers 0, 2, 5)."""
     prune = PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"]).add_blocks_params(
         r"encoder\.layer\.(\d+)\.", LAYER_MAP)
     if importance == "activation":
