@@ -137,8 +137,6 @@ FIGURES = [
       cmp("2:4", "msmodelslim", "hessian"), cmp("2:4", "llm-compressor", "SparseGPT")]),
     (r"ahead at 2:4 by a little \((\S+)x;", [Ratio(cmp("2:4", "msmodelslim", "hessian"),
                                                   cmp("2:4", "llm-compressor", "SparseGPT"))]),
-    (r"our `hessian` gives (\S+) on the Intel Xeon of this comparison and (\S+) on the AMD EPYC of the table",
-     [cmp("50% unstructured", "msmodelslim", "hessian"), sp("50% unstructured", "hessian")]),
     (r"the first block's masks agree on (\S+) % of the weights",
      [cmp("50% unstructured", "llm-compressor", "SparseGPT", "mask agreement model.layers.0.self_attn.q_proj",
           "{:.0f}")]),
