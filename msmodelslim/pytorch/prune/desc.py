@@ -341,7 +341,12 @@ def _slice_all(model, operations, meta):
     def slicer(value, axis, index):
         key = (id(value), axis.axis % value.dim(), axis.blocks, tuple(index.tolist()))
         if key not in cache:
-            cache[key] = (value, slice_tensor(value, axis, index))
+            try:
+                cache[key] = (value, slice_tensor(value, axis, index))
+            except IndexError as exc:  # e.g. two groups of a plan claim the same tensor: the second finds it cut
+                raise PrunedModelError(f"A tensor of shape {tuple(value.shape)} cannot keep channel "
+                                       f"{int(index.max())} along axis {key[1]} ({exc}); the model was restored. "
+                                       f"{BELONGS}") from exc
         return cache[key][1]
 
     for _, spec, keep in operations:

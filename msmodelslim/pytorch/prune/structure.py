@@ -339,9 +339,43 @@ def complete_from_graph(model, group, traced):
     if any(m.idxs != m.roots for m in found.values()):
         return group
     extra = [m for k, m in found.items() if k not in ours]
-    logger.info("The residual stream also reaches %s (from the dependency graph).",
+    logger.info("%s also reaches %s (from the dependency graph).",
+                "The residual stream" if group.kind == "hidden" else f"Group {group.name}",
                 ", ".join(sorted({m.target for m in extra})[:8]) or "nothing else")
     return ChannelGroup(name=group.name, size=group.size, members=group.members + extra, kind=group.kind)
+
+
+def _unnamed_ffn_layers(model, group):
+    """The layers with parameters beside an FFN's up projections that the family rules do not name (a depthwise
+    convolution between the up and the down projection, an inner norm): the dependency graph must say whether they
+    carry the FFN's channels."""
+    named = set(group.member_targets())
+    parents = {target.rpartition(".")[0] for target in group.member_targets(OUTPUT)}
+    unnamed = []
+    for parent in sorted(parents):
+        for name, child in model.get_submodule(parent).named_children():
+            qualified = f"{parent}.{name}" if parent else name
+            if qualified not in named and any(True for _ in child.parameters()):
+                unnamed.append(qualified)
+    return unnamed
+
+
+def _once(trace):
+    """``trace`` run at most once: later calls get the same groups (or the same error)."""
+    outcome = []
+
+    def traced():
+        if not outcome:
+            try:
+                outcome.append((trace(), None))
+            except Exception as exc:  # kept and raised again, so that every caller sees what the first one saw
+                outcome.append((None, exc))
+        groups, error = outcome[0]
+        if error is not None:
+            raise error
+        return groups
+
+    return traced
 
 
 def _experts_field(config, dense, family=None):
@@ -385,6 +419,7 @@ class StructureEngine:
         self.layers = layers
         self.moe = moe or {}
         self.groups = []
+        trace = _once(trace) if trace is not None else None
         self._heads = {}  # group index -> (layer prefix, heads, kv_heads, head_dim)
         index = {**layers, **{prefix: _index(prefix) for prefix in self.moe}}
         ordered = sorted(index, key=index.get)
@@ -395,7 +430,10 @@ class StructureEngine:
             if prefix in self.moe:
                 self.groups.extend(_experts_groups(model, prefix, self.moe[prefix]))
             else:
-                self.groups.append(_ffn_group(model, family, prefix))
+                group = _ffn_group(model, family, prefix)
+                if trace is not None and _unnamed_ffn_layers(model, group):
+                    group = _completed(model, group, trace)
+                self.groups.append(group)
         hidden = getattr(getattr(model, "config", None), "hidden_size", None)
         if not hidden and layers:  # no config: the output projection writes the residual stream
             hidden = layer_spec(model.get_submodule(next(iter(layers)) + family.o)).size(OUTPUT)

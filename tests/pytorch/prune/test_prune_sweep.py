@@ -166,3 +166,27 @@ def test_repairs_are_counted_per_replan_not_per_protected_group():
     planned = recovery.prune_with_recovery(plan, apply, lambda planned, subset: not breaking & set(subset))
     assert set(planned.removed) == set(range(len(groups))) - breaking
     assert len(plans) == 4 and len(breaking) > recovery.MAX_REPLANS
+
+
+def test_an_ffn_with_a_layer_the_family_rules_do_not_name_is_completed_from_the_graph(caplog):
+    """SegFormer's Mix-FFN runs a depthwise convolution between its two projections. The family rules name only
+    the projections; the dependency graph adds the convolution to the FFN group, so the FFN shrinks (before, the
+    first plan broke the model and every FFN was protected)."""
+    model, _, kept = _prune_built("segformer", "SegformerForImageClassification", caplog)
+    assert "ffn also reaches" in caplog.text and "dwconv" in caplog.text
+    assert "ffn breaks the model" not in caplog.text
+    mix_ffns = [module for name, module in model.named_modules() if name.endswith(".mlp")]
+    assert mix_ffns
+    for mix_ffn in mix_ffns:
+        assert mix_ffn.dwconv.dwconv.out_channels == mix_ffn.fc1.out_features == mix_ffn.fc2.in_features
+    assert any(m.fc1.out_features < m.fc2.out_features * 4 for m in mix_ffns)  # the config's mlp_ratio is 4
+    assert kept < 0.9  # nothing was pruned before
+
+
+def test_a_plan_that_cuts_one_tensor_twice_is_repaired_not_a_crash(caplog):
+    """DeBERTa (v1) keeps per-head biases beside a fused projection; a plan in which two groups claim the same
+    bias used to end in a raw IndexError while slicing. It is now a failed trial like a model that no longer runs:
+    the model is restored, the groups responsible are protected, and the rest is pruned."""
+    _, _, kept = _prune_built("deberta", "DebertaForSequenceClassification", caplog)
+    assert "output.dense breaks the model (index out of range" in caplog.text
+    assert kept < 0.95
