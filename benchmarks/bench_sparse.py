@@ -178,16 +178,20 @@ def _agreement(ours, theirs):
             if name in a and name in b and a[name].shape == b[name].shape else "-" for name in MASK_LAYERS]
 
 
+def _perplexities(runs):
+    """The perplexities of the rounds of one job: one value, or each distinct one ("a / b") when they differ."""
+    return " / ".join(dict.fromkeys(f"{run['ppl']:.2f}" for run in runs))
+
+
 def _comparison_row(key, runs, agreement):
     """One row of the side-by-side table from the runs of one (setting, tool, method)."""
     errors = [run["error"] for run in runs if "error" in run]
     if errors:
         return [*key, "error", errors[0], "", "", "", "", *agreement]
-    perplexities = dict.fromkeys(f"{run['ppl']:.2f}" for run in runs)  # deterministic: one value unless it is not
     seconds = [run["seconds"] for run in runs if run.get("seconds") is not None]
     breakdown = [[run["timings"][part] for run in runs if part in (run.get("timings") or {})]
                  for part in ("forward", "statistics", "solve")]
-    return [*key, " / ".join(perplexities), spread(seconds, "{:.0f}") if seconds else "-",
+    return [*key, _perplexities(runs), spread(seconds, "{:.0f}") if seconds else "-",
             *(spread(values, "{:.0f}") if values else "-" for values in breakdown),
             f"{max(run['peak_rss_mb'] for run in runs):.0f}", *agreement]
 
@@ -272,7 +276,7 @@ def methods_section(args):
             continue
         size = (f"{results[0]['export_bytes'] / dense['dense_bytes']:.1%}"
                 if "export_bytes" in results[0] and dense else "-")
-        rows.append([label, method, " / ".join(dict.fromkeys(f"{result['ppl']:.2f}" for result in results)),
+        rows.append([label, method, _perplexities(results),
                      spread([result["seconds"] for result in results], "{:.0f}"),
                      f"{max(result['peak_rss_mb'] for result in results):.0f}", size])
     table = format_table(["setting", "method", "perplexity", "seconds", "peak RSS MiB", "export / dense file"], rows)

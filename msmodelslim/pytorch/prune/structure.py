@@ -355,7 +355,7 @@ def _unnamed_ffn_layers(model, group):
     for parent in sorted(parents):
         for name, child in model.get_submodule(parent).named_children():
             qualified = f"{parent}.{name}" if parent else name
-            if qualified not in named and any(True for _ in child.parameters()):
+            if qualified not in named and next(child.parameters(), None) is not None:
                 unnamed.append(qualified)
     return unnamed
 
