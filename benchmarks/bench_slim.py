@@ -8,8 +8,13 @@ schedule (AdamW, lr 1e-4 with warm-up and cosine decay; scratch: lr 1e-3, its ow
 each tenth of the run, so a row's curve is one schedule of the largest token budget, not separate runs.
 Rows are resumable: each keeps its checkpoints in benchmarks/.slim-work/<row>/ until the table is written.
 
-Writes benchmarks/results/slim.md and slim_perplexity.png.
-Run: python benchmarks/bench_slim.py [--quick] [--tokens N] [--rows slim,first_n,depth,scratch]
+On a GPU (``--device cuda``) the teacher and every student live on the GPU, training runs under bf16 autocast, and
+the larger token budgets the CPU cannot reach are affordable; batches and peak learning rate are then flags of
+their own (default 32 rows, 3e-4), the rest of the protocol is unchanged.
+
+Writes benchmarks/results/slim.md and slim_perplexity.png (``--device cuda``: slim_gpu.md, slim_gpu_perplexity.png).
+Run: python benchmarks/bench_slim.py [--quick] [--tokens N] [--rows slim,first_n,depth,scratch] [--device cuda
+     [--batch-size B] [--lr LR]]
 """
 import argparse
 import json
@@ -27,7 +32,7 @@ LABELS = {"dense": "dense (teacher)", "pruned": "slim, no training", "slim": "sl
           "first_n": "first-N + KD", "depth": "depth only + KD", "scratch": "scratch (LM loss)"}
 
 
-def setup(quick):
+def setup(quick, device="cpu"):
     import torch
     import transformers as T
 
@@ -36,7 +41,8 @@ def setup(quick):
     path = assets.smollm2_135m_dir()
     tokenizer = T.AutoTokenizer.from_pretrained(path)
     if not quick:
-        return T.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tokenizer, str(path)
+        teacher = T.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval().to(device)
+        return teacher, tokenizer, str(path)
     config = T.AutoConfig.from_pretrained(path)
     config.num_hidden_layers, config.hidden_size, config.intermediate_size = 4, 128, 256
     config.num_attention_heads, config.num_key_value_heads, config.head_dim = 4, 2, 32
@@ -44,7 +50,7 @@ def setup(quick):
     folder = WORK / "quick-teacher"
     T.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return T.AutoModelForCausalLM.from_pretrained(folder).eval(), tokenizer, str(folder)
+    return T.AutoModelForCausalLM.from_pretrained(folder).eval().to(device), tokenizer, str(folder)
 
 
 def settings(args):
@@ -54,6 +60,10 @@ def settings(args):
         return SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=args.tokens or 512,
                           seq_len=64, batch_size=4, align=16, max_candidates=2, top_k=2, calib_samples=4,
                           eval_samples=4, checkpoint_every=5)
+    if args.device != "cpu":
+        return SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=args.tokens, seq_len=256,
+                          batch_size=args.batch_size, learning_rate=args.lr, checkpoint_every=200,
+                          search_fraction=0.1)
     return SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=args.tokens, seq_len=256,
                       batch_size=8, checkpoint_every=5, search_fraction=0.1)
 
@@ -63,7 +73,11 @@ def run_slim(teacher, tokenizer, path, config):
 
     folder = WORK / "slim"
     resume = (folder / "settings.json").is_file()
-    result = slim_model(path, config, data="wiki", checkpoint_dir=str(folder), resume=resume)
+    on_cpu = next(teacher.parameters()).device.type == "cpu"
+    # a directory loads the teacher on the CPU: elsewhere the teacher already in place is given
+    model, given_tokenizer = (path, None) if on_cpu else (teacher, tokenizer)
+    result = slim_model(model, config, data="wiki", tokenizer=given_tokenizer, checkpoint_dir=str(folder),
+                        resume=resume)
     return result, {"curve": result.history["evaluations"], "pruned": result.metrics["pruned"],
                     "dense": result.metrics["dense"], "architecture": result.architecture.label(),
                     "candidates": result.candidates, "fraction": result.metrics["fraction"],
@@ -87,7 +101,8 @@ def _student(teacher, arch, config, importance, layer_map, calibration, path):
 
     family = families.family_of(teacher)
     space = families.search_space(family, teacher.config, prune_hidden=True)
-    student = families.build(type(teacher), families.candidate_config(family, teacher.config, space, arch))
+    student = families.build(type(teacher), families.candidate_config(family, teacher.config, space, arch),
+                             next(teacher.parameters()).device)
     if importance is None:
         return student
     prune = PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"]).add_blocks_params(
@@ -160,11 +175,14 @@ def train_scratch(student, plan, train, held_out):
 
     optimizer = torch.optim.AdamW(student.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(plan))
+    device = next(student.parameters()).device
     curve = []
     for step in range(plan.steps):
         student.train()
-        ids = batch_at(train, step, plan.batch_size, plan.seed)["input_ids"]
-        student(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        ids = batch_at(train, step, plan.batch_size, plan.seed)["input_ids"].to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = student(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), plan.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -179,6 +197,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a tiny random teacher and a few steps")
     parser.add_argument("--tokens", type=int, default=50_000, help="training tokens per row (default 50000)")
     parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--batch-size", type=int, default=32, help="rows of 256 tokens per step off the CPU")
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the distilled rows off the CPU")
     parser.add_argument("--results", default=None, help="folder for the results (default benchmarks/results; "
                                                         "with --quick benchmarks/.slim-work/quick-results)")
     args = parser.parse_args()
@@ -188,10 +209,11 @@ def main():
 
     set_logger_level("warning")
     WORK.mkdir(parents=True, exist_ok=True)
-    teacher, tokenizer, path = setup(args.quick)
+    teacher, tokenizer, path = setup(args.quick, args.device)
     config = settings(args)
     found = {}
-    results_file = WORK / ("quick.json" if args.quick else f"results-{config.train_tokens}.json")
+    suffix = "" if args.device == "cpu" else f"-{args.device}"
+    results_file = WORK / ("quick.json" if args.quick else f"results-{config.train_tokens}{suffix}.json")
     if results_file.is_file():
         found = json.loads(results_file.read_text())
     for row in args.rows.split(","):
@@ -206,6 +228,7 @@ def main():
         found[row]["seconds"] = time.perf_counter() - start
         found[row]["provenance"] = provenance(load_before=load_before)
         results_file.write_text(json.dumps(found, indent=1))
+    found["train_split_tokens"] = len(_data(tokenizer, config)[0]) * config.seq_len
     write_table(found, config, args, args.results or (WORK / "quick-results" if args.quick else None))
     for row in ROWS:
         shutil.rmtree(WORK / row, ignore_errors=True)
@@ -241,10 +264,17 @@ def write_table(found, config, args, folder):
                      if row in final) + "."
     candidates = [[c["label"] + (" (chosen)" if c.get("chosen") else ""), f"{c['fraction']:.1%}", c["proxy"],
                    c.get("proxy_after", "")] for c in slim["candidates"]]
-    write_result("slim", "slim: prune to a budget, then distill", [
+    passes = config.train_tokens / found["train_split_tokens"]
+    setting = (f"on the CPU, batches of {config.batch_size} x {config.seq_len} tokens" if args.device == "cpu" else
+               f"on {args.device} (bf16 autocast), batches of {config.batch_size} x {config.seq_len} tokens, peak "
+               f"learning rate {config.learning_rate:g} (scratch 0.001)")
+    name, title = ("slim", "slim: prune to a budget, then distill") if args.device == "cpu" else (
+        "slim_gpu", "slim on a GPU: prune to a budget, then distill, at larger token budgets")
+    write_result(name, title, [
         ("Perplexity", f"Held-out perplexity of {model} at 50 % of its non-embedding parameters "
-                       f"({slim['fraction']:.1%} reached), {config.train_tokens:,} training tokens per row; "
-                       f"one run per row, measured at {slim.get('provenance') or provenance()}.\n\n"
+                       f"({slim['fraction']:.1%} reached), {config.train_tokens:,} training tokens per row "
+                       f"({passes:.1f} passes over the {found['train_split_tokens']:,} tokens of the train split), "
+                       f"{setting}; one run per row, measured at {slim.get('provenance') or provenance()}.\n\n"
                        + format_table(headers, rows)
                        + "\n\n" + goals),
         ("Candidates", "Proxy: mean KL(teacher || student) per held-out token, before and after the short "

@@ -32,6 +32,7 @@ CHARTS = {
 # value columns ("N tokens") on the x axis
 CURVES = {
     "slim": [("perplexity", "Perplexity", "row", "no training", "held-out perplexity (log scale)")],
+    "slim_gpu": [("perplexity", "Perplexity", "row", "no training", "held-out perplexity (log scale)")],
 }
 
 
