@@ -20,6 +20,8 @@ SCRIPTS = {"prune": "bench_prune.py", "prune_fuzz": "bench_prune_fuzz.py", "prun
            "transformer_prune": "bench_transformer_prune.py", "sparse": "bench_sparse.py",
            "distill": "bench_distill.py", "mindspore": "bench_mindspore.py", "slim": "bench_slim.py",
            "gpu": "bench_gpu.py"}
+# results a script writes in another mode (bench_slim.py --device cuda), shown after its main results
+MORE_RESULTS = {"slim": ("slim_gpu",)}
 
 
 def main():
@@ -51,19 +53,21 @@ def main():
 def update_readme(redraw=()):
     """Redraw the charts of the benchmarks named in ``redraw`` that have some, then replace the README's Benchmarks
     section with the current result files (headings moved two levels down) and their charts."""
-    for name in redraw:
+    for name in [more for name in redraw for more in (name,) + MORE_RESULTS.get(name, ())]:
         if name in plots.CHARTS:  # benchmarks without charts (mindspore) have tables only
             plots.draw(name)
         if name in plots.CURVES:
             plots.draw_curves(name)
     parts = []
-    for name in SCRIPTS:
+    for name in [more for name in SCRIPTS for more in (name,) + MORE_RESULTS.get(name, ())]:
         path = HERE / "results" / f"{name}.md"
         if path.exists():
             text = path.read_text().strip()
             if name in SUMMARY_ONLY:
                 text = _summary(text, path.name)
-            charts = sorted(path.parent.glob(f"{name}_*.png"))
+            chart_names = [chart[0] for chart in plots.CHARTS.get(name, []) + plots.CURVES.get(name, [])]
+            charts = [path.parent / f"{name}_{chart}.png" for chart in chart_names]
+            charts = sorted(chart for chart in charts if chart.exists())
             lines = ["##" + line if line.startswith("#") else line for line in text.splitlines()]
             lines += [""] + [f"![{chart.stem}](benchmarks/results/{chart.name})" for chart in charts] if charts else []
             parts.append("\n".join(lines))

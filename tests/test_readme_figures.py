@@ -97,6 +97,11 @@ def cmp(setting, tool, method, column="perplexity", form="{}"):
     return Cell("sparse.md", COMPARE, (("setting", setting), ("tool", tool), ("method", method)), column, form)
 
 
+def slim_gpu(label):
+    """The last perplexity of a row of the GPU slim table."""
+    return Text("slim_gpu.md", r"\| " + re.escape(label) + r" +\|.*\| +(\S+) \| +\S+x +\|")
+
+
 def gpu(model, method, setting, column="seconds", form="{}"):
     return Cell("gpu.md", GPU, row(model=model, method=method, setting=setting), column, form)
 
@@ -218,6 +223,16 @@ FIGURES = [
       depth(MINI3, "spread (0, 2, 5)", "cosine to teacher"), depth(MINI3, "spread (0, 2, 5)", "BBC probe accuracy"),
       depth(MINI3, "first 3 (0, 1, 2)", "cosine to teacher"),
       depth(MINI3, "first 3 (0, 1, 2)", "BBC probe accuracy")]),
+    # slim
+    (r"on an H200 with (\S+) training tokens per row:\s+slim \+ KD reaches held-out perplexity (\S+) \(the dense "
+     r"teacher (\S+): (\S+)x\), first-N \+ KD (\S+), depth only \+ KD\s+(\S+), the same architecture from scratch "
+     r"(\S+)\. On 2 CPU cores with (\S+) tokens slim \+ KD stops at (\S+)\.",
+     [Text("slim_gpu.md", r"SmolLM2-135M at 50 % of its non-embedding parameters \([^)]*\), ([\d,]+) training")]
+     + [slim_gpu(label) for label in ("slim + KD",)]
+     + [Cell("slim_gpu.md", "Perplexity", row(row="dense (teacher)"), "no training"),
+        Text("slim_gpu.md", r"slim \+ KD is (\S+)x the dense")]
+     + [slim_gpu(label) for label in ("first-N + KD", "depth only + KD", "scratch (LM loss)")]
+     + [Text("slim.md", r"At ([\d,]+) tokens: slim \+ KD is"), Text("slim.md", r"\| slim \+ KD .*\| +(\S+) \| 1\.00x")]),
     # distillation
     (r"with (\d+) labelled articles for the student \(the teacher's\s+classification head was trained on (\d+) "
      r"articles",
