@@ -12,13 +12,20 @@ On a GPU (``--device cuda``) the teacher and every student live on the GPU, trai
 the larger token budgets the CPU cannot reach are affordable; batches and peak learning rate are then flags of
 their own (default 32 rows, 3e-4), the rest of the protocol is unchanged.
 
-Writes benchmarks/results/slim.md and slim_perplexity.png (``--device cuda``: slim_gpu.md, slim_gpu_perplexity.png).
-Run: python benchmarks/bench_slim.py [--quick] [--tokens N] [--rows slim,first_n,depth,scratch] [--device cuda
-     [--batch-size B] [--lr LR]]
+``--model minilm``: all-MiniLM-L6 (a sentence encoder) to 50 % of all its parameters, distilled on the unlabelled
+Wikipedia text (one padded 128-token text per row, batch 16, lr 3e-4): the held-out embedding cosine to the teacher
+(through the slim model's projection into the teacher's space) at each tenth of the run, and at the end the BBC
+News probe (logistic regression on each model's own sentence embeddings, 400 training / 200 test articles). The
+depth-only row cannot reach this budget (the token embedding alone is 52 % of the parameters); the scratch row is
+the same architecture from random weights with the same distillation.
+
+Writes benchmarks/results/slim.md and slim_perplexity.png (``--device cuda``: slim_gpu.md, slim_gpu_perplexity.png;
+``--model minilm``: slim_minilm.md).
+Run: python benchmarks/bench_slim.py [--quick] [--model smollm2|minilm] [--tokens N] [--rows slim,first_n,depth,scratch]
+     [--device cuda [--batch-size B] [--lr LR]]
 """
 import argparse
 import json
-import math
 import os
 import shutil
 import time
@@ -30,41 +37,51 @@ WORK = ROOT / "benchmarks" / ".slim-work"
 ROWS = ("slim", "first_n", "depth", "scratch")
 LABELS = {"dense": "dense (teacher)", "pruned": "slim, no training", "slim": "slim + KD",
           "first_n": "first-N + KD", "depth": "depth only + KD", "scratch": "scratch (LM loss)"}
+ENCODER_LABELS = dict(LABELS, scratch="scratch + KD")
 
 
-def setup(quick, device="cpu"):
+def setup(quick, device="cpu", model="smollm2"):
+    """``(teacher, tokenizer, directory)``: the real model, or with ``quick`` a tiny random one of its family."""
     import torch
     import transformers as T
 
     from msmodelslim import assets
 
-    path = assets.smollm2_135m_dir()
+    encoder = model == "minilm"
+    path = assets.minilm_l6_dir() if encoder else assets.smollm2_135m_dir()
+    loader = T.AutoModel if encoder else T.AutoModelForCausalLM
     tokenizer = T.AutoTokenizer.from_pretrained(path)
     if not quick:
-        teacher = T.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval().to(device)
-        return teacher, tokenizer, str(path)
+        return loader.from_pretrained(path, dtype=torch.float32).eval().to(device), tokenizer, str(path)
     config = T.AutoConfig.from_pretrained(path)
     config.num_hidden_layers, config.hidden_size, config.intermediate_size = 4, 128, 256
-    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 4, 2, 32
+    config.num_attention_heads = 4
+    if not encoder:
+        config.num_key_value_heads, config.head_dim = 2, 32
     torch.manual_seed(0)
-    folder = WORK / "quick-teacher"
-    T.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    folder = WORK / f"quick-teacher-{model}"
+    loader.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return T.AutoModelForCausalLM.from_pretrained(folder).eval().to(device), tokenizer, str(folder)
+    return loader.from_pretrained(folder).eval().to(device), tokenizer, str(folder)
 
 
 def settings(args):
     from msmodelslim.common.slim import SlimConfig
 
+    encoder = args.model == "minilm"
+    kind = "params" if encoder else "non_embedding_params"
     if args.quick:
-        return SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=args.tokens or 512,
+        return SlimConfig(budget=0.5, budget_kind=kind, train_tokens=args.tokens or 512,
                           seq_len=64, batch_size=4, align=16, max_candidates=2, top_k=2, calib_samples=4,
                           eval_samples=4, checkpoint_every=5)
+    if encoder:
+        return SlimConfig(budget=0.5, budget_kind=kind, train_tokens=args.tokens, seq_len=128, batch_size=16,
+                          learning_rate=3e-4, checkpoint_every=20, search_fraction=0.1, eval_samples=64)
     if args.device != "cpu":
-        return SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=args.tokens, seq_len=256,
+        return SlimConfig(budget=0.5, budget_kind=kind, train_tokens=args.tokens, seq_len=256,
                           batch_size=args.batch_size, learning_rate=args.lr, checkpoint_every=200,
                           search_fraction=0.1)
-    return SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=args.tokens, seq_len=256,
+    return SlimConfig(budget=0.5, budget_kind=kind, train_tokens=args.tokens, seq_len=256,
                       batch_size=8, checkpoint_every=5, search_fraction=0.1)
 
 
@@ -81,17 +98,16 @@ def run_slim(teacher, tokenizer, path, config):
     return result, {"curve": result.history["evaluations"], "pruned": result.metrics["pruned"],
                     "dense": result.metrics["dense"], "architecture": result.architecture.label(),
                     "candidates": result.candidates, "fraction": result.metrics["fraction"],
-                    "latency_ratio": result.metrics["latency_ratio"]}
+                    "latency_ratio": result.metrics["latency_ratio"], "model": result.model}
 
 
-def _data(tokenizer, config):
-    from msmodelslim.pytorch.slim import data as slim_data
+def _data(teacher, tokenizer, config):
+    """``(objective, train rows, held-out rows, calibration batches, steps)``, as slim_model makes them."""
+    from msmodelslim.pytorch.slim.objective import objective_for
+    from msmodelslim.pytorch.slim.pipeline import _token_data
 
-    train_texts, held_texts = slim_data.split_texts("wiki")
-    steps = max(1, math.ceil(config.train_tokens / (config.batch_size * config.seq_len)))
-    train = slim_data.packed_rows(tokenizer, train_texts, config.seq_len, steps * config.batch_size, "train")
-    held_out = slim_data.packed_rows(tokenizer, held_texts, config.seq_len, config.eval_samples, "test")
-    return train, held_out, steps
+    objective = objective_for("auto", teacher)
+    return (objective,) + _token_data(tokenizer, config, "wiki", objective)
 
 
 def _student(teacher, arch, config, importance, layer_map, calibration, path):
@@ -114,7 +130,8 @@ def _student(teacher, arch, config, importance, layer_map, calibration, path):
 
 
 def _depth_only(teacher, config):
-    """The architecture with every width kept and the layer count nearest the budget."""
+    """The architecture with every width kept and the layer count nearest the budget, or None when even the nearest
+    misses it by more than the tolerance."""
     from msmodelslim.common.slim.search import Architecture
     from msmodelslim.pytorch.slim import families
 
@@ -126,34 +143,37 @@ def _depth_only(teacher, config):
             layers, dense.hidden, dense.heads, dense.kv_heads, dense.ffn)), "meta"), config.budget_kind)
     full = size(dense.layers)
     layers = min(range(1, dense.layers + 1), key=lambda n: abs(size(n) / full - config.budget))
+    if abs(size(layers) / full - config.budget) > config.tolerance:
+        return None
     return Architecture(layers, dense.hidden, dense.heads, dense.kv_heads, dense.ffn)
 
 
 def run_trained(row, teacher, tokenizer, path, config, arch):
-    """first_n, depth (distilled) or scratch (LM loss) on the slim row's tokens and schedule."""
+    """first_n, depth (distilled) or scratch (decoders: LM loss; encoders: the same distillation from random
+    weights) on the slim row's tokens and schedule."""
     import torch
 
     from msmodelslim.common.slim.search import Architecture
-    from msmodelslim.pytorch.slim.objective import LmObjective
     from msmodelslim.pytorch.slim.checkpoints import Checkpoints
     from msmodelslim.pytorch.slim.pipeline import _plan
     from msmodelslim.pytorch.slim.train import Distillation
 
-    train, held_out, steps = _data(tokenizer, config)
-    calibration = [train.select(range(i, min(i + 4, config.calib_samples))) for i in range(0, config.calib_samples, 4)]
+    objective, train, held_out, calibration, steps = _data(teacher, tokenizer, config)
     torch.manual_seed(config.seed)
     if row == "first_n":
         student = _student(teacher, arch, config, "first", {i: i for i in range(arch.layers)}, calibration, path)
     elif row == "depth":
         arch = _depth_only(teacher, config)
+        if arch is None:
+            return {"skipped": f"no layer count with every width kept is within {config.tolerance:.0%} of the budget"}
         student = _student(teacher, arch, config, "activation", "auto", calibration, path)
     else:
         student = _student(teacher, arch, config, None, None, calibration, path)
-    objective = LmObjective()
+    objective.prepare(teacher, student, calibration)
     pruned = objective.metric(teacher, student.eval(), held_out)
     label = Architecture(**vars(arch)).label()
     plan = _plan(config, steps)
-    if row == "scratch":
+    if row == "scratch" and objective.name == "lm":
         plan.learning_rate = 1e-3
         return {"curve": train_scratch(student, plan, train, held_out), "pruned": pruned, "architecture": label}
     folder = WORK / row
@@ -161,7 +181,7 @@ def run_trained(row, teacher, tokenizer, path, config, arch):
     store = Checkpoints(str(folder), {"row": row, "config": config.to_dict()}, resume)
     history = Distillation(teacher, student, objective, plan, train, held_out, checkpoint=(store, "final.pt"),
                            name=row).run(resume=resume)
-    return {"curve": history.evaluations, "pruned": pruned, "architecture": label}
+    return {"curve": history.evaluations, "pruned": pruned, "architecture": label, "model": student.eval()}
 
 
 def train_scratch(student, plan, train, held_out):
@@ -197,6 +217,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a tiny random teacher and a few steps")
     parser.add_argument("--tokens", type=int, default=50_000, help="training tokens per row (default 50000)")
     parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--model", default="smollm2", choices=("smollm2", "minilm"))
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--batch-size", type=int, default=32, help="rows of 256 tokens per step off the CPU")
     parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the distilled rows off the CPU")
@@ -209,11 +230,13 @@ def main():
 
     set_logger_level("warning")
     WORK.mkdir(parents=True, exist_ok=True)
-    teacher, tokenizer, path = setup(args.quick, args.device)
+    teacher, tokenizer, path = setup(args.quick, args.device, args.model)
     config = settings(args)
+    encoder = args.model == "minilm"
+    probe = _probe(tokenizer, args.quick) if encoder else None
     found = {}
-    suffix = "" if args.device == "cpu" else f"-{args.device}"
-    results_file = WORK / ("quick.json" if args.quick else f"results-{config.train_tokens}{suffix}.json")
+    name = f"{'minilm-' if encoder else ''}{config.train_tokens}{'' if args.device == 'cpu' else '-' + args.device}"
+    results_file = WORK / (f"quick-{args.model}.json" if args.quick else f"results-{name}.json")
     if results_file.is_file():
         found = json.loads(results_file.read_text())
     for row in args.rows.split(","):
@@ -223,15 +246,33 @@ def main():
         if row == "slim":
             _, found[row] = run_slim(teacher, tokenizer, path, config)
         else:
-            arch = _arch_of(found)
-            found[row] = run_trained(row, teacher, tokenizer, path, config, arch)
+            found[row] = run_trained(row, teacher, tokenizer, path, config, _arch_of(found))
+        model = found[row].pop("model", None)
+        if probe and model is not None:
+            found[row]["probe"] = probe(model)
         found[row]["seconds"] = time.perf_counter() - start
         found[row]["provenance"] = provenance(load_before=load_before)
         results_file.write_text(json.dumps(found, indent=1))
-    found["train_split_tokens"] = len(_data(tokenizer, config)[0]) * config.seq_len
-    write_table(found, config, args, args.results or (WORK / "quick-results" if args.quick else None))
+    _, train, _, _, steps = _data(teacher, tokenizer, config)
+    found["train_rows"], found["steps"] = len(train), steps
+    folder = args.results or (WORK / "quick-results" if args.quick else None)
+    if encoder:
+        found["dense_probe"] = probe(teacher)
+        write_encoder_table(found, config, args, folder)
+    else:
+        write_table(found, config, args, folder)
     for row in ROWS:
         shutil.rmtree(WORK / row, ignore_errors=True)
+
+
+def _probe(tokenizer, quick):
+    """The BBC News probe accuracy of a model's own sentence embeddings (the transformer_prune benchmark's)."""
+    import bench_transformer_prune as tp
+
+    if quick:
+        tp.PROBE = (40, 20)
+    docs, labels = tp.bbc_subset()
+    return lambda model: tp.bbc_probe(model, tokenizer, docs, labels)
 
 
 def _arch_of(found):
@@ -250,10 +291,10 @@ def write_table(found, config, args, folder):
     headers = (["row", "architecture", "no training"] + [f"{step * tokens_per_step:,} tokens" for step in points]
                + ["last / slim + KD"])
     model = "a tiny random Llama (--quick)" if args.quick else "SmolLM2-135M"
-    final = {row: found[row]["curve"][-1][1] for row in ROWS if row in found}
+    final = {row: found[row]["curve"][-1][1] for row in ROWS if "curve" in found.get(row, {})}
     rows = [[LABELS["dense"], model, slim["dense"]] + [""] * len(points) + [""]]
     for row in ROWS:
-        if row not in found:
+        if row not in found or "skipped" in found[row]:
             continue
         curve = dict((step, value) for step, value in found[row]["curve"])
         rows.append([LABELS[row], found[row]["architecture"], found[row]["pruned"]]
@@ -264,7 +305,8 @@ def write_table(found, config, args, folder):
                      if row in final) + "."
     candidates = [[c["label"] + (" (chosen)" if c.get("chosen") else ""), f"{c['fraction']:.1%}", c["proxy"],
                    c.get("proxy_after", "")] for c in slim["candidates"]]
-    passes = config.train_tokens / found["train_split_tokens"]
+    passes = found["steps"] * config.batch_size / found["train_rows"]
+    split_tokens = found["train_rows"] * config.seq_len
     setting = (f"on the CPU, batches of {config.batch_size} x {config.seq_len} tokens" if args.device == "cpu" else
                f"on {args.device} (bf16 autocast), batches of {config.batch_size} x {config.seq_len} tokens, peak "
                f"learning rate {config.learning_rate:g} (scratch 0.001)")
@@ -273,12 +315,52 @@ def write_table(found, config, args, folder):
     write_result(name, title, [
         ("Perplexity", f"Held-out perplexity of {model} at 50 % of its non-embedding parameters "
                        f"({slim['fraction']:.1%} reached), {config.train_tokens:,} training tokens per row "
-                       f"({passes:.1f} passes over the {found['train_split_tokens']:,} tokens of the train split), "
+                       f"({passes:.1f} passes over the {split_tokens:,} tokens of the train split), "
                        f"{setting}; one run per row, measured at {slim.get('provenance') or provenance()}.\n\n"
                        + format_table(headers, rows)
                        + "\n\n" + goals),
         ("Candidates", "Proxy: mean KL(teacher || student) per held-out token, before and after the short "
                        "distillation of the best three.\n\n"
+                       + format_table(["architecture", "of dense", "proxy", "after short KD"], candidates)),
+    ], folder=folder)
+
+
+def write_encoder_table(found, config, args, folder):
+    """slim_minilm.md: embedding cosine to the teacher along the run, and the BBC probe of each final model."""
+    slim = found["slim"]
+    steps = [step for step, _ in slim["curve"]]
+    points = sorted(set([steps[round(i * (len(steps) - 1) / 5)] for i in range(6)] if len(steps) > 6 else steps))
+    headers = (["row", "architecture", "no training"] + [f"{step * config.batch_size:,} texts" for step in points]
+               + ["BBC probe accuracy"])
+    model = "a tiny random BERT (--quick)" if args.quick else "all-MiniLM-L6"
+    rows = [[LABELS["dense"], model, f"{slim['dense']:.3f}"] + [""] * len(points) + [f"{found['dense_probe']:.3f}"]]
+    skipped = []
+    for row in ROWS:
+        if row not in found:
+            continue
+        if "skipped" in found[row]:
+            skipped.append(f"{ENCODER_LABELS[row]}: {found[row]['skipped']}")
+            continue
+        curve = dict((step, value) for step, value in found[row]["curve"])
+        rows.append([ENCODER_LABELS[row], found[row]["architecture"], f"{found[row]['pruned']:.3f}"]
+                    + [f"{curve[step]:.3f}" if step in curve else "" for step in points]
+                    + [f"{found[row]['probe']:.3f}"])
+    passes = found["steps"] * config.batch_size / found["train_rows"]
+    candidates = [[c["label"] + (" (chosen)" if c.get("chosen") else ""), f"{c['fraction']:.1%}", f"{c['proxy']:.4f}",
+                   f"{c['proxy_after']:.4f}" if "proxy_after" in c else ""] for c in slim["candidates"]]
+    write_result("slim_minilm", "slim: a sentence encoder to 50 % of its parameters, then distill", [
+        ("Embedding cosine", f"Held-out embedding cosine of {model} at 50 % of all its parameters "
+                             f"({slim['fraction']:.1%} reached) to the teacher, through the slim model's projection "
+                             f"into the teacher's space, {found['steps'] * config.batch_size:,} training texts per "
+                             f"row ({passes:.1f} passes over the {found['train_rows']:,} texts of the Wikipedia "
+                             f"train split, unlabelled), batches of {config.batch_size} texts of at most "
+                             f"{config.seq_len} tokens, peak learning rate {config.learning_rate:g}, on the CPU; BBC "
+                             f"probe: logistic regression on each final model's own mean-pooled embeddings. One run "
+                             f"per row, measured at {slim.get('provenance') or provenance()}.\n\n"
+                             + format_table(headers, rows)
+                             + ("\n\nNot run: " + "; ".join(skipped) + "." if skipped else "")),
+        ("Candidates", "Proxy: 1 - cosine of the held-out sentence embeddings to the teacher's, before and after the "
+                       "short distillation of the best three.\n\n"
                        + format_table(["architecture", "of dense", "proxy", "after short KD"], candidates)),
     ], folder=folder)
 

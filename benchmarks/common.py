@@ -93,7 +93,8 @@ def write_result(name, title, sections, folder=None):
 
 def name_of_script(name):
     return {"prune": "bench_prune.py", "transformer_prune": "bench_transformer_prune.py",
-            "sparse": "bench_sparse.py", "distill": "bench_distill.py", "slim_gpu": "bench_slim.py"}.get(name, f"bench_{name}.py")
+            "sparse": "bench_sparse.py", "distill": "bench_distill.py", "slim_gpu": "bench_slim.py",
+            "slim_minilm": "bench_slim.py"}.get(name, f"bench_{name}.py")
 
 
 def cpu_model():

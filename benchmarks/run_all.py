@@ -21,7 +21,7 @@ SCRIPTS = {"prune": "bench_prune.py", "prune_fuzz": "bench_prune_fuzz.py", "prun
            "distill": "bench_distill.py", "mindspore": "bench_mindspore.py", "slim": "bench_slim.py",
            "gpu": "bench_gpu.py"}
 # results a script writes in another mode (bench_slim.py --device cuda), shown after its main results
-MORE_RESULTS = {"slim": ("slim_gpu",)}
+MORE_RESULTS = {"slim": ("slim_gpu", "slim_minilm")}
 
 
 def main():

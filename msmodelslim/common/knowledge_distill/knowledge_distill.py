@@ -222,7 +222,9 @@ class KnowledgeDistillConfig:
 
     def add_output_soft_label(self, config):
         """Match the model outputs: ``{"t_output_idx", "s_output_idx", "loss_func"}``. Indices are ints (positions
-        in a tuple or in a Hugging Face output's non-None fields) or str keys (``"logits"``).
+        in a tuple or in a Hugging Face output's non-None fields) or str keys (``"logits"``). Optional
+        ``"adaptor": [student_width, teacher_width]`` learns a linear map from the student's last dimension to the
+        teacher's (PyTorch), e.g. for the hidden states of a student of a smaller hidden size.
 
         Raises:
             TypeError / ValueError: as the original for missing keys and bad indices or loss entries; also a

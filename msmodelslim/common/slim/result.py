@@ -18,12 +18,19 @@ class SlimResult:
     metrics: dict
     history: dict
     config: dict
+    projection: object = None  # an encoder narrower than its teacher: nn.Linear from its embeddings to the teacher's
 
     def save(self, directory):
         """Write the slim model, its tokenizer and the report into ``directory`` (created if needed; existing files
-        of the same names are replaced). Returns ``directory``."""
+        of the same names are replaced), and ``projection.safetensors`` (``weight``, ``bias``: the student's
+        embeddings mapped into the teacher's space) when there is a projection. Returns ``directory``."""
         os.makedirs(directory, exist_ok=True)
         self.model.save_pretrained(os.path.join(directory, "model"))
+        if self.projection is not None:
+            from msmodelslim.utils.checkpoint import save_state_dict
+
+            save_state_dict({k: v.detach() for k, v in self.projection.state_dict().items()},
+                            os.path.join(directory, "projection.safetensors"))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(os.path.join(directory, "model"))
         with open(os.path.join(directory, "metrics.json"), "w", encoding="utf-8") as handle:

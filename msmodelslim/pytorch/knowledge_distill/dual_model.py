@@ -178,21 +178,23 @@ class DistillDualModels(nn.Module):
     def _build_adaptors(self):
         teacher_modules = dict(_unwrap(self.teacher_model).named_modules())
         student_modules = dict(_unwrap(self.student_model).named_modules())
-        for match in self.inter_matches:
+        for match in self.inter_matches + self.output_matches:
             request = match.config.get("adaptor")
             if not request:
                 continue
+            inter = match.kind == "inter"
             if request is True:
                 widths = (_width_of(student_modules[match.config["s_module"]]),
-                          _width_of(teacher_modules[match.config["t_module"]]))
+                          _width_of(teacher_modules[match.config["t_module"]])) if inter else (None, None)
                 if None in widths:
                     raise ValueError(f"{match.where}: cannot infer the widths for the adaptor; give them as "
                                      f"'adaptor': [student_width, teacher_width].")
             else:
                 widths = tuple(request)
-            match.adaptor_key = f"inter{match.index}"
-            # the adaptor reads the student module's output: same dtype and device, or the first matmul fails
-            dtype, device = _float_placement(student_modules[match.config["s_module"]], self.student_model)
+            match.adaptor_key = f"{match.kind}{match.index}"
+            # the adaptor reads the student's tensor: same dtype and device, or the first matmul fails
+            where = student_modules[match.config["s_module"]] if inter else self.student_model
+            dtype, device = _float_placement(where, self.student_model)
             self.adaptors[match.adaptor_key] = nn.Linear(*widths, device=device, dtype=dtype)
 
     def _prepare_models(self, teacher_dtype):

@@ -4,11 +4,14 @@
   at a temperature (KDKLDiv); proxy: the mean KL at T=1 on held-out tokens; metric: held-out perplexity.
 * ``embedding`` (encoders): 1 - cosine between the teacher's and the student's last hidden states at every
   unpadded token (HiddenCosine); proxy: 1 - cosine of the mean-pooled sentence embeddings; metric: that cosine.
+  A student of a smaller hidden size is compared through a linear projection into the teacher's space, fitted by
+  least squares on the calibration tokens (:meth:`EmbeddingObjective.prepare`) and then trained with the student.
 * ``classification`` (sequence classifiers, ``…ForSequenceClassification``): forward KL between the teacher's and
   the student's class distributions at a temperature (KDKLDiv on the logits: the teacher labels the unlabelled
   text); proxy: the mean KL at T=1 on held-out texts; metric: top-1 agreement with the teacher on them.
 """
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +23,22 @@ def _device(model):
     return next(model.parameters()).device
 
 
-class LmObjective:
+class _Objective:
+    """Hooks that only an objective comparing tensors of different widths needs."""
+
+    def prepare(self, teacher, student, batches):
+        """Called once a student is built or restored, before it is scored or trained."""
+
+    def bind(self, dual, student):
+        """Called with the distillation wrapper of ``student`` before its optimizer is made."""
+
+
+class LmObjective(_Objective):
     name = "lm"
     metric_name = "perplexity"
     lower_is_better = True
 
-    def distill_config(self, temperature):
+    def distill_config(self, temperature, student=None):
         return KnowledgeDistillConfig().add_output_soft_label(
             {"t_output_idx": "logits", "s_output_idx": "logits",
              "loss_func": [{"func_name": "KDKLDiv", "func_weight": 1, "temperature": temperature}]})
@@ -78,32 +91,85 @@ class LmObjective:
         return math.exp(total / count)
 
 
-class EmbeddingObjective:
+class EmbeddingObjective(_Objective):
     name = "embedding"
     metric_name = "embedding cosine"
     lower_is_better = False
+    RIDGE = 1e-3  # relative to the mean squared activation: keeps the least-squares fit well posed
 
-    def distill_config(self, temperature):
-        return KnowledgeDistillConfig().add_output_soft_label(
-            {"t_output_idx": "last_hidden_state", "s_output_idx": "last_hidden_state",
-             "loss_func": [{"func_name": "HiddenCosine", "func_weight": 1}]})
+    def __init__(self):
+        self.projections = weakref.WeakKeyDictionary()  # student -> nn.Linear into the teacher's hidden size
+
+    def distill_config(self, temperature, student=None):
+        match = {"t_output_idx": "last_hidden_state", "s_output_idx": "last_hidden_state",
+                 "loss_func": [{"func_name": "HiddenCosine", "func_weight": 1}]}
+        projection = self.projections.get(student) if student is not None else None
+        if projection is not None:
+            match["adaptor"] = [projection.in_features, projection.out_features]
+        return KnowledgeDistillConfig().add_output_soft_label(match)
 
     @staticmethod
     def inputs(batch, device):
         return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
-    def _pooled(self, model, batch):
-        inputs = self.inputs(batch, _device(model))
-        hidden = model(**inputs).last_hidden_state.float()
-        mask = inputs["attention_mask"].unsqueeze(-1).float()
-        return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
+    @staticmethod
+    def _hidden(model, batch):
+        inputs = EmbeddingObjective.inputs(batch, _device(model))
+        return model(**inputs).last_hidden_state.float(), inputs["attention_mask"].bool()
+
+    @torch.no_grad()
+    def prepare(self, teacher, student, batches):
+        """Fit the projection of a student narrower than the teacher: ridge least squares from the student's to the
+        teacher's last hidden states at the unpadded tokens of ``batches``."""
+        widths = (student.config.hidden_size, teacher.config.hidden_size)
+        if widths[0] == widths[1]:
+            self.projections.pop(student, None)
+            return
+        inputs, targets = [], []
+        modes = [(model, model.training) for model in (teacher, student)]
+        try:
+            for model, _ in modes:
+                model.eval()  # no dropout: the fit is a function of the weights alone
+            for batch in batches:
+                hidden, mask = self._hidden(student, batch)
+                inputs.append(hidden[mask].double().cpu())
+                targets.append(self._hidden(teacher, batch)[0][mask.to(_device(teacher))].double().cpu())
+        finally:
+            for model, training in modes:
+                model.train(training)
+        x, y = torch.cat(inputs), torch.cat(targets)
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # the bias
+        gram = x.T @ x
+        gram += self.RIDGE * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+        solution = torch.linalg.solve(gram, x.T @ y)
+        projection = torch.nn.Linear(*widths, device=_device(student))
+        projection.weight.copy_(solution[:-1].T)
+        projection.bias.copy_(solution[-1])
+        self.projections[student] = projection
+
+    def bind(self, dual, student):
+        """Train the student's projection in place of the adaptor the wrapper made."""
+        projection = self.projections.get(student)
+        if projection is not None:
+            dual.adaptors[dual.output_matches[0].adaptor_key] = projection
+
+    def _pooled(self, model, batch, teacher=None):
+        """Mean-pooled, L2-normalised embeddings; a student narrower than ``teacher`` through its projection."""
+        hidden, mask = self._hidden(model, batch)
+        mask = mask.unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        projection = self.projections.get(model)
+        if teacher is not None and projection is not None:
+            pooled = projection(pooled)  # linear: projecting the mean is the mean of the projections
+        return F.normalize(pooled, dim=-1)
 
     @torch.no_grad()
     def _cosine(self, teacher, student, rows, batch_size=8):
         total = 0.0
         for start in range(0, len(rows), batch_size):
             batch = rows.select(range(start, min(start + batch_size, len(rows))))
-            total += (self._pooled(teacher, batch) * self._pooled(student, batch).to(_device(teacher))).sum().item()
+            total += (self._pooled(teacher, batch)
+                      * self._pooled(student, batch, teacher).to(_device(teacher))).sum().item()
         return total / len(rows)
 
     def proxy(self, teacher, student, rows):
@@ -113,7 +179,7 @@ class EmbeddingObjective:
         return self._cosine(teacher, model, rows)
 
 
-class ClassificationObjective:
+class ClassificationObjective(_Objective):
     """Distils the class logits; with labelled data (:meth:`use_labels`) also the cross-entropy with the labels,
     weighted as ``get_total_loss`` weighs a hard-label loss, and the metric becomes held-out accuracy."""
 
@@ -129,7 +195,7 @@ class ClassificationObjective:
         self.label_weight = weight
         self.metric_name = "accuracy"
 
-    def distill_config(self, temperature):
+    def distill_config(self, temperature, student=None):
         config = LmObjective.distill_config(self, temperature)  # forward KL on the logits, here the class logits
         if self.label_weight:
             config.set_hard_label(self.label_weight, 0)

@@ -69,8 +69,8 @@ class _Search:
 
     def __init__(self, teacher, family, objective, config, calibration, held_out, weights_dir):
         self.teacher, self.family, self.objective, self.config = teacher, family, objective, config
-        self.held_out, self.weights_dir = held_out, weights_dir
-        self.space = families.search_space(family, teacher.config, prune_hidden=objective.name == "lm")
+        self.held_out, self.weights_dir, self.calibration = held_out, weights_dir, calibration
+        self.space = families.search_space(family, teacher.config, prune_hidden=True)
         self.pattern = layer_pattern(teacher)
         self.prune_config = (PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"])
                              .add_blocks_params(self.pattern, "auto")
@@ -137,6 +137,7 @@ class _Search:
         """A student of ``arch`` filled from the teacher (in the teacher's device, float32)."""
         student = self.blank(arch).eval()
         prune_model_weight(student, self.prune_config, self.weights_dir)
+        self.objective.prepare(self.teacher, student, self.calibration)
         return student
 
     def proxy(self, student):
@@ -316,6 +317,7 @@ def _slim(model, config, data, tokenizer, checkpoint_dir, resume):
     dense_metric = objective.metric(teacher, teacher, held_out)
     rows, arch, student, metric_pruned = _chosen_student(search_state, checkpoints, config, train)
     torch.manual_seed(config.seed)  # the same start whether or not the search ran in this process
+    objective.prepare(teacher, student, calibration)  # from the chosen weights alone, whether resumed or not
     history = Distillation(teacher, student, objective, _plan(config, steps), train, held_out,
                            checkpoint=(checkpoints, FINAL_FILE) if checkpoint_dir else None,
                            name="distillation").run(resume=resume)
@@ -333,4 +335,5 @@ def _slim(model, config, data, tokenizer, checkpoint_dir, resume):
     }
     metrics["fraction"] = metrics["slim_size"] / dense_size
     dense_arch = families.dense_architecture(family, teacher.config)
-    return SlimResult(student, tokenizer, arch, dense_arch, rows, metrics, history.to_dict(), config.to_dict())
+    return SlimResult(student, tokenizer, arch, dense_arch, rows, metrics, history.to_dict(), config.to_dict(),
+                      projection=getattr(objective, "projections", {}).get(student))

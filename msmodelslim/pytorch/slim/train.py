@@ -117,15 +117,23 @@ class Distillation:
         Raises:
             KeyboardInterrupt: stopped by SIGINT/SIGTERM, after the checkpoint of the last finished step.
         """
+        dual = get_distill_model(self.teacher, self.student,
+                                 self.objective.distill_config(self.plan.temperature, self.student))
+        try:
+            return self._run(dual, resume)
+        finally:
+            dual.close()
+
+    def _run(self, dual, resume):
         plan = self.plan
-        optimizer = torch.optim.AdamW(self.student.parameters(), lr=plan.learning_rate,
-                                      weight_decay=plan.weight_decay)
+        self.objective.bind(dual, self.student)
+        self.trained = dual.trainable_parameters()  # the student's, and the adaptors' where widths differ
+        optimizer = torch.optim.AdamW(self.trained, lr=plan.learning_rate, weight_decay=plan.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(plan))
         history, step = History(), 0
         if resume and self.checkpoint and os.path.isfile(self.checkpoint[0].path(self.checkpoint[1])):
-            step, history = self._load(optimizer, scheduler)
+            step, history = self._load(dual, optimizer, scheduler)
             logger.info("%s: resumed at step %d of %d.", self.name, step, plan.steps)
-        dual = get_distill_model(self.teacher, self.student, self.objective.distill_config(plan.temperature))
         model = dual.to_ddp() if distributed.active() else dual
         bar = tqdm(total=plan.steps, initial=step, desc=self.name, unit="step",
                    disable=not logger.isEnabledFor(20) or distributed.rank() != 0)
@@ -145,14 +153,13 @@ class Distillation:
                     bar.update(1)
                     stopping = distributed.any_process(stop.signal is not None)
                     if self.checkpoint and (step % plan.checkpoint_every == 0 or stopping):
-                        self._save(step, history, optimizer, scheduler)
+                        self._save(dual, step, history, optimizer, scheduler)
                     if stopping:
                         logger.info("%s: stopped at step %d%s.", self.name, step,
                                     "; checkpoint written" if self.checkpoint else "")
                         stop.deliver(stop.signal or signal.SIGINT)
         finally:
             bar.close()
-            dual.close()
         return history
 
     def _step(self, dual, model, optimizer, scheduler, step):
@@ -177,7 +184,7 @@ class Distillation:
                 (loss * (part["input_ids"].shape[0] / rows)).backward()
             total += loss.item() * part["input_ids"].shape[0] / rows
         if plan.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), plan.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.trained, plan.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -191,18 +198,20 @@ class Distillation:
         finally:
             self.student.train(was_training)
 
-    def _save(self, step, history, optimizer, scheduler):
-        state = {"step": step, "student": self.student.state_dict(), "optimizer": optimizer.state_dict(),
+    def _save(self, dual, step, history, optimizer, scheduler):
+        state = {"step": step, "student": self.student.state_dict(), "adaptors": dual.adaptors.state_dict(),
+                 "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "history": history.to_dict(),
                  "rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         store, name = self.checkpoint
         store.write(name, state)  # rank 0 writes, the others wait
 
-    def _load(self, optimizer, scheduler):
+    def _load(self, dual, optimizer, scheduler):
         store, name = self.checkpoint
         state = torch.load(store.path(name), map_location="cpu", weights_only=True)
         self.student.load_state_dict(state["student"])
+        dual.adaptors.load_state_dict(state.get("adaptors", {}))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])

@@ -133,6 +133,27 @@ def test_shape_mismatch_and_adaptor():
     assert not any(p is adaptor.weight for p in returned.parameters())
 
 
+def test_an_output_soft_label_takes_an_adaptor_of_given_widths():
+    """The last hidden states of a narrower student: the adaptor's widths are given (an output has no module to
+    infer them from), it trains, and ``True`` is refused with the hint."""
+    teacher, student = bert_pair(student_hidden=32, cls=T.BertModel)
+    match = {"t_output_idx": "last_hidden_state", "s_output_idx": "last_hidden_state",
+             "loss_func": [{"func_name": "HiddenCosine", "func_weight": 1}]}
+    with pytest.raises(ValueError, match=r"output_match0.*\[student_width, teacher_width\]"):
+        get_distill_model(teacher, student, KnowledgeDistillConfig().add_output_soft_label(dict(match, adaptor=True)))
+    assert all(p.requires_grad for p in teacher.parameters())  # refused before the teacher was frozen
+    model = get_distill_model(teacher, student, KnowledgeDistillConfig().add_output_soft_label(
+        dict(match, adaptor=[32, 64])))
+    adaptor = model.adaptors["output0"]
+    assert (adaptor.in_features, adaptor.out_features) == (32, 64)
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    before = adaptor.weight.clone()
+    loss, _, _ = model(*inputs())
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(adaptor.weight, before)
+
+
 def test_mmd_compares_different_widths_without_adaptor():
     teacher, student = bert_pair(student_hidden=32)
     model = get_distill_model(teacher, student, KnowledgeDistillConfig().add_inter_soft_label(

@@ -208,25 +208,42 @@ def test_labels_join_the_distillation_of_a_classifier(tmp_path, tokenizer):
         slim_model(teacher, config, data=[records[0], {"text": "no label"}] + records[2:], tokenizer=tokenizer)
 
 
-def test_bert_embedding_objective_keeps_the_hidden_size(tmp_path, tokenizer):
+def test_bert_embeddings_narrower_than_the_teacher_are_distilled_through_a_projection(tmp_path, tokenizer):
+    """50 % of every parameter of a BERT whose token embedding is most of it: only a smaller hidden size meets the
+    budget. The student's embeddings reach the teacher's space through a fitted, then trained, projection; the
+    cosine reported is the one the saved projection gives."""
+    from msmodelslim.utils.checkpoint import load_state_dict
+
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=4,
                         num_attention_heads=4, max_position_embeddings=64, initializer_range=0.1)
     teacher = BertModel(config).train()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     texts = assets.bbc_news()[0][:200]
-    result = slim_model(teacher, SlimConfig(budget=0.5, budget_kind="non_embedding_params", train_tokens=12 * 8 * 32,
+    result = slim_model(teacher, SlimConfig(budget=0.5, budget_kind="params", train_tokens=12 * 8 * 32,
                                             seq_len=32, align=16, max_candidates=3, top_k=2, calib_samples=8,
                                             eval_samples=8, learning_rate=1e-3),
                         data=texts, tokenizer=tokenizer)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the teacher is untouched
     assert teacher.training and all(p.requires_grad for p in teacher.parameters())
-    assert abs(result.metrics["fraction"] - 0.5) <= 0.02
-    assert result.architecture.hidden == 64 and result.metrics["objective"] == "embedding"
-    assert result.metrics["distilled"] > result.metrics["pruned"] - 1e-4  # embedding cosine to the teacher
+    assert abs(result.metrics["fraction"] - 0.5) <= 0.02 and result.metrics["objective"] == "embedding"
+    assert result.architecture.hidden < 64 and result.projection is not None
+    assert result.metrics["pruned"] > 0.5  # the least-squares projection already lines the spaces up
+    loss = result.history["loss"]
+    assert sum(loss[-3:]) < sum(loss[:3]), loss  # student and projection learn together
     result.save(str(tmp_path))
-    reloaded = AutoModel.from_pretrained(tmp_path / "model")
-    assert isinstance(reloaded, BertModel) and reloaded.config.num_hidden_layers == result.architecture.layers
+    reloaded = AutoModel.from_pretrained(tmp_path / "model").eval()
+    assert isinstance(reloaded, BertModel) and reloaded.config.hidden_size == result.architecture.hidden
+    projection = load_state_dict(str(tmp_path / "projection.safetensors"))
+    assert projection["weight"].shape == (64, result.architecture.hidden)
+    held_out = texts[::10][:8]
+    encoded = tokenizer(held_out, truncation=True, max_length=32, padding="max_length", return_tensors="pt")
+    mask = encoded["attention_mask"].unsqueeze(-1).float()
+    with torch.no_grad():
+        pooled = [(m(**encoded).last_hidden_state * mask).sum(1) / mask.sum(1) for m in (teacher.eval(), reloaded)]
+    mapped = pooled[1] @ projection["weight"].T + projection["bias"]
+    cosine = torch.nn.functional.cosine_similarity(pooled[0], mapped).mean().item()
+    assert cosine == pytest.approx(result.metrics["distilled"], abs=1e-4)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "opt", "qwen3"])
@@ -297,3 +314,52 @@ def test_the_command_line_under_two_gloo_processes_follows_the_single_process_ru
     reloaded = AutoModelForCausalLM.from_pretrained(out / "model")
     for key, value in single.model.state_dict().items():
         assert torch.allclose(reloaded.state_dict()[key], value, atol=1e-4), key
+
+
+class _StopAtFirstEvaluation(Exception):
+    pass
+
+
+def test_the_projection_of_a_narrower_student_trains_with_it_and_resumes_exactly(tmp_path, tokenizer):
+    """The least-squares projection is the adaptor the distillation trains (its weights move), and it is part of
+    the checkpoint: a run stopped after its step-2 checkpoint and resumed ends with the uninterrupted run's
+    student and projection."""
+    import copy
+
+    from msmodelslim.common.slim import SlimConfig as Config
+    from msmodelslim.pytorch.slim.checkpoints import Checkpoints
+    from msmodelslim.pytorch.slim.data import padded_rows
+    from msmodelslim.pytorch.slim.objective import EmbeddingObjective
+    from msmodelslim.pytorch.slim.pipeline import _plan
+    from msmodelslim.pytorch.slim.train import Distillation
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=len(tokenizer), intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=64)
+    teacher = BertModel(BertConfig(hidden_size=64, **shape)).eval()
+    initial = BertModel(BertConfig(hidden_size=32, **shape))
+    texts = assets.bbc_news()[0][:40]
+    rows, held_out = padded_rows(tokenizer, texts, 32, 32, "train"), padded_rows(tokenizer, texts[32:], 32, 8, "held")
+    plan = _plan(Config(batch_size=4, learning_rate=1e-3, eval_every=4, checkpoint_every=2), 8)
+
+    def run(folder, stop_at_first_evaluation=False, resume=False):
+        student, objective = copy.deepcopy(initial), EmbeddingObjective()
+        objective.prepare(teacher, student, [rows.select(range(8))])
+        fitted = objective.projections[student].weight.clone()
+        if stop_at_first_evaluation:
+            def stop(*args):
+                raise _StopAtFirstEvaluation()
+            objective.metric = stop
+        store = Checkpoints(str(folder), {"test": 1}, resume)
+        torch.manual_seed(1)  # dropout: every run starts from the same random state, as slim_model's do
+        Distillation(teacher, student, objective, plan, rows, held_out, checkpoint=(store, "final.pt")).run(resume)
+        return student, objective.projections[student], fitted
+
+    student, projection, fitted = run(tmp_path / "whole")
+    assert not torch.equal(projection.weight, fitted)
+    with pytest.raises(_StopAtFirstEvaluation):
+        run(tmp_path / "stopped", stop_at_first_evaluation=True)
+    resumed, resumed_projection, _ = run(tmp_path / "stopped", resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), resumed.state_dict().values()))
+    assert torch.equal(projection.weight, resumed_projection.weight)
+    assert torch.equal(projection.bias, resumed_projection.bias)
