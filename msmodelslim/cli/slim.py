@@ -29,6 +29,9 @@ def add_parser(subparsers):
                              "jsonl records with an integer 'label' add the labels' cross-entropy")
     parser.add_argument("--label-weight", type=float, default=0.5,
                         help="weight of the labels' cross-entropy beside the distillation (default 0.5)")
+    parser.add_argument("--hidden-weight", type=float, default=0.0,
+                        help="weight of the hidden-state losses, each student layer against the teacher layer it "
+                             "came from (default 0: none)")
     parser.add_argument("--train-tokens", type=int, default=200_000, help="distillation tokens (default 200000)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
@@ -53,7 +56,7 @@ def _config(args):
                           seq_len=args.seq_len, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                           learning_rate=args.lr, top_k=args.top_k, max_candidates=args.max_candidates,
                           align=args.align, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                          label_weight=args.label_weight).validate()
+                          label_weight=args.label_weight, hidden_weight=args.hidden_weight).validate()
     except (ValueError, TypeError) as exc:
         field, _, rest = str(exc).partition(" ")
         name = field.replace("SlimConfig.", "")

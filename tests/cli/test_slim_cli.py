@@ -92,7 +92,8 @@ def test_an_out_that_cannot_be_written_is_refused(capsys, tmp_path, tiny_llama):
 
 @pytest.mark.parametrize("option, value, words", [("--train-tokens", "0", "--train-tokens must be at least 1"),
                                                   ("--batch-size", "-1", "--batch-size must be at least 1"),
-                                                  ("--lr", "0", "--lr must be positive")])
+                                                  ("--lr", "0", "--lr must be positive"),
+                                                  ("--hidden-weight", "-1", "--hidden-weight must be 0 or more")])
 def test_bad_numbers_name_the_option(capsys, tmp_path, tiny_llama, option, value, words):
     code, lines = _run(capsys, tiny_llama, "--budget", "0.5", option, value, "--out", tmp_path / "out")
     assert code == 2 and len(lines) == 1 and words in lines[0]

@@ -20,6 +20,9 @@ class SlimConfig:
     ``"lm"`` (forward KL on next-token logits), ``"embedding"`` (cosine of the last hidden states, for encoders),
     ``"classification"`` (forward KL on the class logits of a ``…ForSequenceClassification`` model), ``"auto"``
     (``lm`` for causal language models, ``classification`` for sequence classifiers, else ``embedding``).
+    ``hidden_weight``: the weight of the hidden-state losses added to the objective's (0: none): the output of each
+    student layer against the output of the teacher layer it was filled from, 1 - cosine at every token, through a
+    learned linear adaptor when the hidden sizes differ; the weight is shared out over the layers.
     """
 
     budget: float = 0.5
@@ -35,6 +38,7 @@ class SlimConfig:
     max_grad_norm: float = 1.0
     temperature: float = 1.0
     label_weight: float = 0.5  # labelled data (classification): weight of the labels' cross-entropy, as set_hard_label
+    hidden_weight: float = 0.0  # > 0: plus a cosine loss between each student layer and the teacher layer it came from
     objective: str = "auto"
     align: int = 64
     max_candidates: int = 12
@@ -72,6 +76,8 @@ class SlimConfig:
                      "eval_samples", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SlimConfig.{name} must be at least 1, got {getattr(self, name)}.")
+        if self.hidden_weight < 0:
+            raise ValueError(f"SlimConfig.hidden_weight must be 0 or more, got {self.hidden_weight}.")
         for name in ("micro_batch_size", "eval_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SlimConfig.{name} must be 0 or more, got {getattr(self, name)}.")

@@ -237,6 +237,26 @@ class ClassificationObjective(_Objective):
         return agree / len(rows)
 
 
+def add_hidden_state_losses(config, teacher, student, layer_map, weight):
+    """Add to the distillation ``config`` one HiddenCosine soft label per student layer: its output against the
+    output of the teacher layer ``layer_map`` says it was filled from, ``weight`` shared out over the layers, through
+    an adaptor when the hidden sizes differ. Returns ``config``."""
+    from msmodelslim.pytorch.prune.structure import detect_family
+
+    if not layer_map:
+        return config
+    prefix = next(iter(detect_family(teacher)[1]))  # e.g. "model.layers.0."
+    stem = prefix[:prefix.rstrip(".").rfind(".") + 1]
+    widths = [student.config.hidden_size, teacher.config.hidden_size]
+    for student_layer, teacher_layer in sorted(layer_map.items()):
+        match = {"t_module": f"{stem}{teacher_layer}", "s_module": f"{stem}{student_layer}", "t_output_idx": 0,
+                 "s_output_idx": 0, "loss_func": [{"func_name": "HiddenCosine", "func_weight": weight / len(layer_map)}]}
+        if widths[0] != widths[1]:
+            match["adaptor"] = widths
+        config.add_inter_soft_label(match)
+    return config
+
+
 CLASSIFIER_SUFFIX = "ForSequenceClassification"
 
 

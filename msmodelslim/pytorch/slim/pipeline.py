@@ -13,6 +13,7 @@ import os
 import statistics
 import tempfile
 import time
+import weakref
 from functools import lru_cache
 
 import torch
@@ -70,6 +71,7 @@ class _Search:
     def __init__(self, teacher, family, objective, config, calibration, held_out, weights_dir):
         self.teacher, self.family, self.objective, self.config = teacher, family, objective, config
         self.held_out, self.weights_dir, self.calibration = held_out, weights_dir, calibration
+        self.layer_maps = weakref.WeakKeyDictionary()  # student -> {its layer: the teacher layer it came from}
         self.space = families.search_space(family, teacher.config, prune_hidden=True)
         self.pattern = layer_pattern(teacher)
         self.prune_config = (PruneConfig().set_steps(["prune_blocks", "prune_bert_intra_block"])
@@ -137,8 +139,13 @@ class _Search:
         """A student of ``arch`` filled from the teacher (in the teacher's device, float32)."""
         student = self.blank(arch).eval()
         prune_model_weight(student, self.prune_config, self.weights_dir)
+        self.layer_maps[student] = {int(k): int(v) for k, v in self.prune_config.report["layers"].items()}
         self.objective.prepare(self.teacher, student, self.calibration)
         return student
+
+    def hidden(self, student):
+        """``(layer map, weight)`` of the hidden-state losses of ``student``."""
+        return self.layer_maps[student], self.config.hidden_weight
 
     def proxy(self, student):
         student.eval()
@@ -186,7 +193,8 @@ def run_search(search_state, config, train):
         student = search_state.build(arch)
         row["metric_pruned"] = search_state.objective.metric(search_state.teacher, student, search_state.held_out)
         Distillation(search_state.teacher, student, search_state.objective, _plan(config, short_steps, rank + 1),
-                     train, search_state.held_out, name=f"short distillation {rank + 1}/{config.top_k}").run()
+                     train, search_state.held_out, name=f"short distillation {rank + 1}/{config.top_k}",
+                     hidden=search_state.hidden(student)).run()
         row["proxy_after"] = search_state.proxy(student)
         row["short_steps"] = short_steps
         logger.info("Candidate %s after %d steps: proxy %.4f", arch.label(), short_steps, row["proxy_after"])
@@ -295,13 +303,15 @@ def _chosen_student(search_state, checkpoints, config, train):
         arch = search.Architecture(**found["architecture"])
         student = search_state.blank(arch)
         student.load_state_dict(torch.load(checkpoints.path(START_FILE), map_location="cpu", weights_only=True))
+        search_state.layer_maps[student] = {int(k): v for k, v in found["layer_map"].items()}
         logger.info("Resuming: the search chose %s.", arch.label())
         return found["candidates"], arch, student, found["metric_pruned"]
     with _weights_dir(teacher, search_state.weights_dir) as folder:
         search_state.weights_dir = folder
         rows, arch, student, metric_pruned = run_search(search_state, config, train)
     checkpoints.write(START_FILE, student.state_dict())
-    checkpoints.write(SEARCH_FILE, {"architecture": arch.to_dict(), "candidates": rows, "metric_pruned": metric_pruned})
+    checkpoints.write(SEARCH_FILE, {"architecture": arch.to_dict(), "candidates": rows, "metric_pruned": metric_pruned,
+                                    "layer_map": search_state.layer_maps[student]})
     return rows, arch, student, metric_pruned
 
 
@@ -320,7 +330,7 @@ def _slim(model, config, data, tokenizer, checkpoint_dir, resume):
     objective.prepare(teacher, student, calibration)  # from the chosen weights alone, whether resumed or not
     history = Distillation(teacher, student, objective, _plan(config, steps), train, held_out,
                            checkpoint=(checkpoints, FINAL_FILE) if checkpoint_dir else None,
-                           name="distillation").run(resume=resume)
+                           name="distillation", hidden=search_state.hidden(student)).run(resume=resume)
     student.eval()
     dense_size, slim_size = search_state.sizes(student)
     metrics = {

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from msmodelslim.common.knowledge_distill.knowledge_distill import get_distill_model
 from msmodelslim.pytorch.slim import distributed
 from msmodelslim.pytorch.slim.data import batch_at
+from msmodelslim.pytorch.slim.objective import add_hidden_state_losses
 from msmodelslim.utils.logging import logger
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -101,10 +102,13 @@ class _StopRequest:
 class Distillation:
     """One distillation run of ``student`` (changed in place) towards ``teacher`` on ``train`` rows."""
 
-    def __init__(self, teacher, student, objective, plan, train, held_out, checkpoint=None, name="distill"):
+    def __init__(self, teacher, student, objective, plan, train, held_out, checkpoint=None, name="distill",
+                 hidden=None):
         """``checkpoint``: ``(store, name)``, where ``store.write(name, state)`` writes atomically and
-        ``store.path(name)`` reads back; None: no checkpoints."""
+        ``store.path(name)`` reads back; None: no checkpoints. ``hidden``: ``(layer_map, weight)`` adds the
+        hidden-state losses of :func:`~msmodelslim.pytorch.slim.objective.add_hidden_state_losses`."""
         self.teacher, self.student, self.objective = teacher, student, objective
+        self.hidden = hidden
         self.plan, self.train, self.held_out = plan, train, held_out
         self.checkpoint = checkpoint
         self.name = name
@@ -117,8 +121,10 @@ class Distillation:
         Raises:
             KeyboardInterrupt: stopped by SIGINT/SIGTERM, after the checkpoint of the last finished step.
         """
-        dual = get_distill_model(self.teacher, self.student,
-                                 self.objective.distill_config(self.plan.temperature, self.student))
+        config = self.objective.distill_config(self.plan.temperature, self.student)
+        if self.hidden is not None and self.hidden[1] > 0:
+            add_hidden_state_losses(config, self.teacher, self.student, *self.hidden)
+        dual = get_distill_model(self.teacher, self.student, config)
         try:
             return self._run(dual, resume)
         finally:

@@ -363,3 +363,46 @@ def test_the_projection_of_a_narrower_student_trains_with_it_and_resumes_exactly
     assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), resumed.state_dict().values()))
     assert torch.equal(projection.weight, resumed_projection.weight)
     assert torch.equal(projection.bias, resumed_projection.bias)
+
+
+def test_hidden_state_losses_match_each_student_layer_to_the_teacher_layer_it_came_from(caplog, tokenizer):
+    """hidden_weight > 0: one cosine loss per student layer against its source layer (an adaptor when the
+    hidden sizes differ), in the short and in the final distillation; the training still converges."""
+    import logging
+
+    from msmodelslim.pytorch.slim import pipeline
+
+    logger = logging.getLogger("msmodelslim")
+    logger.addHandler(caplog.handler)
+    built = []
+    original = pipeline.Distillation.run
+
+    def record(self, resume=False):
+        built.append(dict(self.hidden[0]) if self.hidden else None)
+        return original(self, resume)
+
+    try:
+        caplog.set_level(logging.INFO, logger="msmodelslim")
+        pipeline.Distillation.run = record
+        torch.manual_seed(0)
+        teacher = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                               num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                               max_position_embeddings=64))
+        result = slim_model(teacher, SlimConfig(budget=0.5, budget_kind="params", train_tokens=12 * 4 * 32,
+                                                seq_len=32, batch_size=4, align=16, max_candidates=2, top_k=1,
+                                                calib_samples=4, eval_samples=4, learning_rate=1e-3,
+                                                hidden_weight=1.0), tokenizer=tokenizer)
+    finally:
+        pipeline.Distillation.run = original
+        logger.removeHandler(caplog.handler)
+    layers = result.architecture.layers
+    assert len(built) == 2 and all(len(layer_map) == layers for layer_map in built[1:])
+    assert all(0 <= source < 4 for source in built[-1].values())
+    wrappers = [r.getMessage() for r in caplog.records if "Distillation model built" in r.getMessage()]
+    assert wrappers[-1] == f"Distillation model built: {layers} intermediate and 1 output soft label(s)."
+    loss = result.history["loss"]
+    assert all(torch.isfinite(torch.tensor(loss))) and sum(loss[-3:]) < sum(loss[:3]), loss
+    # the vocabulary matrices are most of the parameters: only a smaller hidden size meets the budget, so every
+    # layer's loss went through an adaptor, which is not part of the model
+    assert result.architecture.hidden < 64
+    assert not any("adaptor" in name for name in result.model.state_dict())
