@@ -110,3 +110,30 @@ def test_resume_without_an_interrupted_run_is_refused(capsys, tmp_path, tiny_lla
     code, lines = _run(capsys, tiny_llama, "--budget", "0.5", "--resume", "--out", tmp_path / "out")
     assert code == 2 and "holds no checkpoint of a slim run to resume" in lines[-1]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_real_smollm2_gguf_is_slimmed_in_a_few_steps(capsys, tmp_path):
+    """The command line on the shipped SmolLM2-135M GGUF file: a few steps of the whole pipeline on the real
+    model, a result that reloads with from_pretrained and answers in the teacher's vocabulary."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = assets.package_file(assets.SMOLLM2, ".gguf")
+    out = tmp_path / "slim"
+    code, lines = _run(capsys, gguf, "--budget", "0.5", "--budget-kind", "non_embedding_params", "--train-tokens",
+                       "256", "--seq-len", "32", "--batch-size", "4", "--max-candidates", "2", "--top-k", "1",
+                       "--out", out)
+    assert code == 0, lines
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert abs(metrics["fraction"] - 0.5) <= 0.02 and metrics["steps"] == 2
+    assert metrics["dense"] < 100 < metrics["pruned"]  # the real teacher's perplexity; a half model's, untrained
+    model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    assert model.config.num_hidden_layers <= 30 and model.config.vocab_size == 49152
+    ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    assert not (out / "checkpoints").exists()

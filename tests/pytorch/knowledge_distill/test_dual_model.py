@@ -111,6 +111,16 @@ def test_teacher_is_frozen_eval_and_never_cast():
     assert all(p.dtype == torch.bfloat16 for p in half.teacher_model.parameters())
 
 
+def _assert_a_32_to_64_adaptor_trains(model, adaptor):
+    assert (adaptor.in_features, adaptor.out_features) == (32, 64)
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    before = adaptor.weight.clone()
+    loss, _, _ = model(*inputs())
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(adaptor.weight, before)
+
+
 def test_shape_mismatch_and_adaptor():
     teacher, student = bert_pair(student_hidden=32)
     match = {"t_module": "bert.encoder.layer.3.output", "s_module": "bert.encoder.layer.1.output",
@@ -122,13 +132,7 @@ def test_shape_mismatch_and_adaptor():
     model = get_distill_model(teacher, student, KnowledgeDistillConfig().add_inter_soft_label(
         dict(match, adaptor=True)))
     adaptor = model.adaptors["inter0"]
-    assert (adaptor.in_features, adaptor.out_features) == (32, 64)
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
-    before = adaptor.weight.clone()
-    loss, _, _ = model(*inputs())
-    loss.backward()
-    optimizer.step()
-    assert not torch.equal(adaptor.weight, before)
+    _assert_a_32_to_64_adaptor_trains(model, adaptor)
     returned = model.get_student_model()
     assert not any(p is adaptor.weight for p in returned.parameters())
 
@@ -145,13 +149,7 @@ def test_an_output_soft_label_takes_an_adaptor_of_given_widths():
     model = get_distill_model(teacher, student, KnowledgeDistillConfig().add_output_soft_label(
         dict(match, adaptor=[32, 64])))
     adaptor = model.adaptors["output0"]
-    assert (adaptor.in_features, adaptor.out_features) == (32, 64)
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
-    before = adaptor.weight.clone()
-    loss, _, _ = model(*inputs())
-    loss.backward()
-    optimizer.step()
-    assert not torch.equal(adaptor.weight, before)
+    _assert_a_32_to_64_adaptor_trains(model, adaptor)
 
 
 def test_mmd_compares_different_widths_without_adaptor():
