@@ -90,7 +90,8 @@ def call_factory(spec, option):
 
 
 def calibration_texts(source, option="--calib", keep_labels=False):
-    """Texts for calibration: ``wiki`` (the Wikipedia train split), a ``.txt`` file (blank-line separated) or a
+    """Texts for calibration: ``wiki`` (the Wikipedia train split), a ``.txt`` file (texts separated by blank lines;
+    a file without any blank line: one text per line) or a
     ``.jsonl`` file (one ``{"text": ...}`` per line). ``keep_labels``: a ``.jsonl`` file whose records carry a
     ``"label"`` gives ``{"text", "label"}`` records instead (every record must then have an integer label >= 0).
 
@@ -109,7 +110,10 @@ def calibration_texts(source, option="--calib", keep_labels=False):
         raise UsageError(f"{option} '{source}' is not a regular file")
     text = _read_utf8(source, option)
     if source.endswith(".txt"):
-        return [part for part in text.split("\n\n") if part.strip()]
+        parts = [part for part in text.split("\n\n") if part.strip()]
+        if len(parts) == 1:  # no blank line anywhere: one text per line
+            parts = [line for line in text.splitlines() if line.strip()]
+        return parts
     return _jsonl_texts(source, text, option, keep_labels)
 
 

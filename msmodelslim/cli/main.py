@@ -98,7 +98,8 @@ def main(argv=None):
         stopped_by = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         written = getattr(exc, "result_written", None)
         outcome = f"the result had just been written to {written}" if written else "nothing was written"
-        print(f"msmodelslim: {stopped_by}; {outcome}", file=sys.stderr)
+        hint = getattr(exc, "resume_hint", None)
+        print(f"msmodelslim: {stopped_by}; {outcome}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # every failure ends in one line and an exit code
         if args.verbose:

@@ -32,6 +32,9 @@ def add_parser(subparsers):
     parser.add_argument("--hidden-weight", type=float, default=0.0,
                         help="weight of the hidden-state losses, each student layer against the teacher layer it "
                              "came from (default 0: none)")
+    parser.add_argument("--tolerance", type=float, default=0.02,
+                        help="how far from the budget a candidate may be, as a fraction of the dense size "
+                             "(default 0.02; widen it for a latency budget on a busy machine)")
     parser.add_argument("--train-tokens", type=int, default=200_000, help="distillation tokens (default 200000)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
@@ -56,7 +59,8 @@ def _config(args):
                           seq_len=args.seq_len, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                           learning_rate=args.lr, top_k=args.top_k, max_candidates=args.max_candidates,
                           align=args.align, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                          label_weight=args.label_weight, hidden_weight=args.hidden_weight).validate()
+                          label_weight=args.label_weight, hidden_weight=args.hidden_weight,
+                          tolerance=args.tolerance).validate()
     except (ValueError, TypeError) as exc:
         field, _, rest = str(exc).partition(" ")
         name = field.replace("SlimConfig.", "")
@@ -88,7 +92,12 @@ def run(args):
         _slim(args, config, data, os.path.join(target, CHECKPOINTS))
         return
     with OutputDirectory(args.out, inputs, args.overwrite, "slim", work_subdir=CHECKPOINTS) as output:
-        result = _slim(args, config, data, output.work_dir)
+        try:
+            result = _slim(args, config, data, output.work_dir)
+        except KeyboardInterrupt as exc:
+            if os.path.isdir(output.work_dir) and os.listdir(output.work_dir):
+                exc.resume_hint = f"checkpoints kept in {output.work_dir}: add --resume to continue"
+            raise
         with output.writing() as staging:
             result.save(staging)
     _print_summary(result, args.out)

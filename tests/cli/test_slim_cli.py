@@ -137,3 +137,13 @@ def test_the_real_smollm2_gguf_is_slimmed_in_a_few_steps(capsys, tmp_path):
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
     assert not (out / "checkpoints").exists()
+
+
+def test_a_txt_file_without_blank_lines_holds_one_text_per_line(tmp_path):
+    from msmodelslim.cli.common import calibration_texts
+
+    lines, paragraphs = tmp_path / "lines.txt", tmp_path / "paragraphs.txt"
+    lines.write_text("first text\nsecond text\n\nthird\n".replace("\n\n", "\n"))
+    paragraphs.write_text("first text\nstill the first\n\nsecond text\n")
+    assert calibration_texts(str(lines), "--data") == ["first text", "second text", "third"]
+    assert calibration_texts(str(paragraphs), "--data") == ["first text\nstill the first", "second text\n"]

@@ -215,8 +215,9 @@ class KnowledgeDistillConfig:
         match = dict(config)
         match["loss_func"] = _normalise_loss_funcs(config["loss_func"])
         adaptor = match.get("adaptor", False)
-        if adaptor not in (False, True, None) and not (
-                isinstance(adaptor, (list, tuple)) and len(adaptor) == 2 and all(is_int(v) and v > 0 for v in adaptor)):
+        if adaptor is not False and adaptor is not True and adaptor is not None and not (
+                isinstance(adaptor, (list, tuple)) and len(adaptor) == 2
+                and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in adaptor)):
             raise ValueError(f"{kind} 'adaptor' must be True or [student_width, teacher_width], got {adaptor!r}.")
         return match
 

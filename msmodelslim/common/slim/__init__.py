@@ -36,7 +36,8 @@ def slim_model(model, config=None, data="wiki", tokenizer=None, checkpoint_dir=N
             ones); a budget no architecture meets (the message names the smallest reachable size); too little
             text; labels for a model that is not a sequence classifier, or outside its classes; ``checkpoint_dir``
             not creatable, holding another run's checkpoints (without ``resume``) or
-            checkpoints of other settings or none (with ``resume``).
+            checkpoints of other settings or none (with ``resume``); a distillation loss that is not finite
+            (stopped before the step that would spoil the weights).
     """
     config = SlimConfig() if config is None else config
     if not isinstance(config, SlimConfig):

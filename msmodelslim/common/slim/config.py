@@ -1,8 +1,8 @@
 """The settings of :func:`msmodelslim.common.slim.slim_model`, checked before any work."""
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
-from msmodelslim.utils.checks import is_int
 
 BUDGET_KINDS = ("params", "non_embedding_params", "latency")
 OBJECTIVES = ("auto", "lm", "embedding", "classification")
@@ -59,8 +59,12 @@ class SlimConfig:
         """
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.type is float and (is_int(value) or isinstance(value, float)):
-                value = float(value)
+            if field.type is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                try:
+                    value = float(value)  # ints and NumPy scalars too
+                except OverflowError:
+                    raise ValueError(f"SlimConfig.{field.name} must be a finite number, got an integer of "
+                                     f"{len(str(abs(value)))} digits.") from None
                 setattr(self, field.name, value)
             expected = field.type
             if not isinstance(value, expected) or isinstance(value, bool):

@@ -23,9 +23,13 @@ class SlimResult:
     def save(self, directory):
         """Write the slim model, its tokenizer and the report into ``directory`` (created if needed; existing files
         of the same names are replaced), and ``projection.safetensors`` (``weight``, ``bias``: the student's
-        embeddings mapped into the teacher's space) when there is a projection. Returns ``directory``."""
+        embeddings mapped into the teacher's space) when there is a projection (else one left there by an earlier
+        save is removed: it would not fit this model). Returns ``directory``."""
         os.makedirs(directory, exist_ok=True)
         self.model.save_pretrained(os.path.join(directory, "model"))
+        stale = os.path.join(directory, "projection.safetensors")
+        if self.projection is None and os.path.isfile(stale):
+            os.remove(stale)
         if self.projection is not None:
             from msmodelslim.utils.checkpoint import save_state_dict
 
@@ -56,11 +60,16 @@ def report_markdown(result, plotted=False):
              format_table(["", m["metric"]], [["dense (teacher)", m["dense"]], ["pruned, no training", m["pruned"]],
                                               ["pruned + distillation", m["distilled"]]]), "",
              f"Distillation: {m['steps']} steps, {m['train_tokens']:,} tokens. CPU latency of one forward, slim / "
-             f"dense: {m['latency_ratio']:.2f} (median of interleaved runs on the machine that ran it).", "",
-             "## Candidates", "",
-             "Proxy: " + ("mean KL(teacher || student) per held-out token" if m["objective"] == "lm" else
-                          "1 - cosine of held-out sentence embeddings") + "; the best "
-             f"{result.config['top_k']} by proxy get a short distillation and are ranked again.", ""]
+             f"dense: {m['latency_ratio']:.2f} (median of interleaved runs on the machine that ran it).", ""]
+    if result.projection is not None:
+        lines += [f"The slim model's {result.projection.in_features}-wide embeddings are compared with the teacher's "
+                  f"{result.projection.out_features}-wide ones through a learned linear projection "
+                  f"(projection.safetensors: `embedding @ weight.T + bias`); the embedding cosine above is measured "
+                  f"through it.", ""]
+    lines += ["## Candidates", "",
+              "Proxy: " + ("mean KL(teacher || student) per held-out token" if m["objective"] == "lm" else
+                           "1 - cosine of held-out sentence embeddings") + "; the best "
+              f"{result.config['top_k']} by proxy get a short distillation and are ranked again.", ""]
     rows = [[r["label"] + (" (chosen)" if r.get("chosen") else ""), r["size"], f"{r['fraction']:.1%}", r["proxy"],
              r.get("proxy_after", "")] for r in result.candidates]
     kind = "latency (microseconds, measured)" if latency else m["budget_kind"]

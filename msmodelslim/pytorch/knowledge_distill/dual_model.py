@@ -190,7 +190,7 @@ class DistillDualModels(nn.Module):
                     raise ValueError(f"{match.where}: cannot infer the widths for the adaptor; give them as "
                                      f"'adaptor': [student_width, teacher_width].")
             else:
-                widths = tuple(request)
+                widths = tuple(int(width) for width in request)
             match.adaptor_key = f"{match.kind}{match.index}"
             # the adaptor reads the student's tensor: same dtype and device, or the first matmul fails
             where = student_modules[match.config["s_module"]] if inter else self.student_model
@@ -303,9 +303,16 @@ class DistillDualModels(nn.Module):
         student = select_output(student_value, match.config["s_output_idx"], f"s_output_idx in {match.where}")
         teacher = select_output(teacher_value, match.config["t_output_idx"], f"t_output_idx in {match.where}")
         if match.adaptor_key is not None:
-            student = self.adaptors[match.adaptor_key](student)
+            adaptor = self.adaptors[match.adaptor_key]
+            if student.shape[-1:] != (adaptor.in_features,):
+                raise ValueError(f"{match.where}: the adaptor maps width {adaptor.in_features} to "
+                                 f"{adaptor.out_features}, but the student tensor has shape {tuple(student.shape)}; "
+                                 f"give 'adaptor': [{student.shape[-1] if student.dim() else 1}, teacher_width].")
+            student = adaptor(student)
         if student.shape != teacher.shape and not _width_free(match):
-            hint = "" if match.adaptor_key else " Add \"adaptor\": True to the match to learn a linear map."
+            hint = "" if match.adaptor_key else (
+                " Add \"adaptor\": True to the match to learn a linear map." if match.kind == "inter" else
+                " Add \"adaptor\": [student_width, teacher_width] to the match to learn a linear map.")
             raise ValueError(f"{match.where}: the student tensor has shape {tuple(student.shape)} and the teacher "
                              f"tensor {tuple(teacher.shape)}.{hint}")
         teacher = teacher.to(student.dtype) if teacher.is_floating_point() else teacher

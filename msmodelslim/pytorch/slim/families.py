@@ -96,8 +96,9 @@ def candidate_config(family, config, space, arch):
             setattr(small, name, arch.hidden)
     for name in ("layer_types",):
         value = getattr(config, name, None)
-        if isinstance(value, list) and len(value) == space.dense.layers:
-            setattr(small, name, value[:arch.layers])
+        if isinstance(value, list) and value and len(value) == space.dense.layers:
+            # cut to the new depth; a deeper model (the two-layer model that sizes a one-layer teacher) repeats it
+            setattr(small, name, [value[i % len(value)] for i in range(arch.layers)])
     return small
 
 

@@ -189,12 +189,16 @@ class Distillation:
                         loss = self.objective.total_loss(dual, student_outputs, part)
                 (loss * (part["input_ids"].shape[0] / rows)).backward()
             total += loss.item() * part["input_ids"].shape[0] / rows
+        loss = distributed.mean(total)
+        if not math.isfinite(loss):  # before the step: the weights stay those of the last good step
+            raise ValueError(f"{self.name}: the loss is {loss} at step {step + 1}; lower the learning rate or the "
+                             f"loss weights (e.g. hidden_weight).")
         if plan.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.trained, plan.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return distributed.mean(total), distributed.total(int(batch["attention_mask"].sum()))
+        return loss, distributed.total(int(batch["attention_mask"].sum()))
 
     def _evaluate(self):
         was_training = self.student.training

@@ -62,6 +62,9 @@ def test_spread_keeps_the_ends_and_the_order():
     ("batch_size", True, TypeError, "SlimConfig.batch_size must be int, not bool"),
     ("learning_rate", float("nan"), ValueError, "finite"),
     ("micro_batch_size", 3, ValueError, "multiple of micro_batch_size"),
+    ("learning_rate", 10 ** 400, ValueError, "SlimConfig.learning_rate must be a finite number, got an integer of 401"),
+    ("hidden_weight", -0.5, ValueError, "SlimConfig.hidden_weight must be 0 or more, got -0.5"),
+    ("hidden_weight", "1", TypeError, "SlimConfig.hidden_weight must be float, not str"),
 ])
 def test_config_checks_name_the_field_and_the_value(field, value, error, words):
     config = SlimConfig(**{field: value})
@@ -70,5 +73,7 @@ def test_config_checks_name_the_field_and_the_value(field, value, error, words):
 
 
 def test_an_int_budget_fraction_field_is_taken_as_float():
-    config = SlimConfig(learning_rate=1).validate()
-    assert isinstance(config.learning_rate, float)
+    import numpy as np
+
+    config = SlimConfig(learning_rate=1, hidden_weight=np.float32(0.5)).validate()
+    assert isinstance(config.learning_rate, float) and type(config.hidden_weight) is float

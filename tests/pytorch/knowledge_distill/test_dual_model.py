@@ -152,6 +152,28 @@ def test_an_output_soft_label_takes_an_adaptor_of_given_widths():
     _assert_a_32_to_64_adaptor_trains(model, adaptor)
 
 
+def test_adaptor_widths_that_do_not_fit_are_named():
+    """A student width other than the adaptor's: ValueError naming the match (not a matmul error); ``1`` is not
+    ``True``; NumPy integers are widths."""
+    import numpy as np
+
+    teacher, student = bert_pair(student_hidden=32, cls=T.BertModel)
+    match = {"t_output_idx": "last_hidden_state", "s_output_idx": "last_hidden_state",
+             "loss_func": [{"func_name": "HiddenCosine", "func_weight": 1}]}
+    with get_distill_model(teacher, student, KnowledgeDistillConfig().add_output_soft_label(
+            dict(match, adaptor=[33, 64]))) as model:
+        with pytest.raises(ValueError, match=r"output_match0.*maps width 33 to 64.*\(2, 10, 32\).*\[32, teacher_width\]"):
+            model(*inputs())
+    with get_distill_model(teacher, student, KnowledgeDistillConfig().add_output_soft_label(dict(match))) as model:
+        with pytest.raises(ValueError, match=r"Add \"adaptor\": \[student_width, teacher_width\]"):
+            model(*inputs())
+    with pytest.raises(ValueError, match="'adaptor' must be True or"):
+        KnowledgeDistillConfig().add_output_soft_label(dict(match, adaptor=1))
+    with get_distill_model(teacher, student, KnowledgeDistillConfig().add_output_soft_label(
+            dict(match, adaptor=[np.int64(32), np.int64(64)]))) as model:
+        assert model.adaptors["output0"].in_features == 32
+
+
 def test_mmd_compares_different_widths_without_adaptor():
     teacher, student = bert_pair(student_hidden=32)
     model = get_distill_model(teacher, student, KnowledgeDistillConfig().add_inter_soft_label(

@@ -122,7 +122,7 @@ def test_killed_then_interrupted_run_resumes_to_the_uninterrupted_weights(llama_
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert "interrupted; nothing was written" in stderr
+    assert "interrupted; nothing was written; checkpoints kept in" in stderr and "add --resume" in stderr
     stopped_at = torch.load(final, weights_only=True)["step"]
     assert 9 <= stopped_at < 24
 
@@ -406,3 +406,39 @@ def test_hidden_state_losses_match_each_student_layer_to_the_teacher_layer_it_ca
     # layer's loss went through an adaptor, which is not part of the model
     assert result.architecture.hidden < 64
     assert not any("adaptor" in name for name in result.model.state_dict())
+
+
+def test_a_one_layer_qwen2_and_a_diverging_loss(tokenizer):
+    """A one-layer teacher whose config lists a type per layer (the two-layer model that sizes it needs two), and a
+    hidden_weight so large that the loss overflows: a clear ValueError before the step, not NaN weights."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    teacher = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                           max_position_embeddings=64))
+    settings = dict(budget=0.9, budget_kind="non_embedding_params", train_tokens=4 * 4 * 32, seq_len=32, batch_size=4,
+                    align=16, max_candidates=2, top_k=1, calib_samples=4, eval_samples=4)
+    result = slim_model(teacher, SlimConfig(**settings), tokenizer=tokenizer)
+    assert result.architecture.layers == 1 and abs(result.metrics["fraction"] - 0.9) <= 0.02
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    with pytest.raises(ValueError, match=r"the loss is (nan|inf) at step 1; lower the learning rate"):
+        slim_model(teacher, SlimConfig(**settings, hidden_weight=1e40), tokenizer=tokenizer)
+
+
+def test_saving_a_result_without_projection_removes_an_earlier_projection(tmp_path, tokenizer):
+    from msmodelslim.common.slim.result import SlimResult
+    from msmodelslim.common.slim.search import Architecture
+
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=1, num_attention_heads=2))
+    arch = Architecture(1, 32, 2, 2, 64)
+    metrics = dict(budget=0.5, budget_kind="params", slim_size=1, dense_size=2, fraction=0.5, slim_params=1,
+                   metric="embedding cosine", dense=1.0, pruned=0.5, distilled=0.9, steps=1, train_tokens=1,
+                   latency_ratio=0.5, objective="embedding")
+    common = (model, tokenizer, arch, arch, [], metrics, {"loss": [], "evaluations": []}, {"top_k": 1})
+    SlimResult(*common, projection=torch.nn.Linear(32, 64)).save(str(tmp_path))
+    assert (tmp_path / "projection.safetensors").is_file()
+    assert "through a learned linear projection" in (tmp_path / "report.md").read_text()
+    SlimResult(*common).save(str(tmp_path))
+    assert not (tmp_path / "projection.safetensors").exists()
