@@ -346,14 +346,15 @@ def write_encoder_table(found, config, args, folder):
                     + [f"{curve[step]:.3f}" if step in curve else "" for step in points]
                     + [f"{found[row]['probe']:.3f}"])
     passes = found["steps"] * config.batch_size / found["train_rows"]
+    uses = (f"each of {found['train_rows']:,} texts of the Wikipedia train split once" if passes <= 1 else
+            f"{passes:.1f} passes over the {found['train_rows']:,} texts of the Wikipedia train split")
     candidates = [[c["label"] + (" (chosen)" if c.get("chosen") else ""), f"{c['fraction']:.1%}", f"{c['proxy']:.4f}",
                    f"{c['proxy_after']:.4f}" if "proxy_after" in c else ""] for c in slim["candidates"]]
     write_result("slim_minilm", "slim: a sentence encoder to 50 % of its parameters, then distill", [
         ("Embedding cosine", f"Held-out embedding cosine of {model} at 50 % of all its parameters "
                              f"({slim['fraction']:.1%} reached) to the teacher, through the slim model's projection "
                              f"into the teacher's space, {found['steps'] * config.batch_size:,} training texts per "
-                             f"row ({passes:.1f} passes over the {found['train_rows']:,} texts of the Wikipedia "
-                             f"train split, unlabelled), batches of {config.batch_size} texts of at most "
+                             f"row ({uses}, unlabelled), batches of {config.batch_size} texts of at most "
                              f"{config.seq_len} tokens, peak learning rate {config.learning_rate:g}, on the CPU; BBC "
                              f"probe: logistic regression on each final model's own mean-pooled embeddings. One run "
                              f"per row, measured at {slim.get('provenance') or provenance()}.\n\n"

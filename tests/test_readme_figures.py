@@ -97,6 +97,10 @@ def cmp(setting, tool, method, column="perplexity", form="{}"):
     return Cell("sparse.md", COMPARE, (("setting", setting), ("tool", tool), ("method", method)), column, form)
 
 
+def minilm_row(label, column):
+    return Cell("slim_minilm.md", "Embedding cosine", row(row=label), column)
+
+
 def slim_gpu(label):
     """The last perplexity of a row of the GPU slim table."""
     return Text("slim_gpu.md", r"\| " + re.escape(label) + r" +\|.*\| +(\S+) \| +\S+x +\|")
@@ -233,6 +237,13 @@ FIGURES = [
         Text("slim_gpu.md", r"slim \+ KD is (\S+)x the dense")]
      + [slim_gpu(label) for label in ("first-N + KD", "depth only + KD", "scratch (LM loss)")]
      + [Text("slim.md", r"At ([\d,]+) tokens: slim \+ KD is"), Text("slim.md", r"\| slim \+ KD .*\| +(\S+) \| 1\.00x")]),
+    (r"distilled on ([\d,]+)\s+unlabelled Wikipedia texts on 2 CPU cores: held-out embedding cosine to the teacher "
+     r"(\S+) \(first-N \+ KD (\S+),\s+the same architecture from random weights (\S+)\) and BBC News probe "
+     r"accuracy (\S+) \(teacher (\S+), first-N \+ KD\s+(\S+), from random weights (\S+)\)\.",
+     [Text("slim_minilm.md", r"([\d,]+) training texts per row")]
+     + [minilm_row(label, "5,008 texts") for label in ("slim + KD", "first-N + KD", "scratch + KD")]
+     + [minilm_row(label, "BBC probe accuracy")
+        for label in ("slim + KD", "dense (teacher)", "first-N + KD", "scratch + KD")]),
     # distillation
     (r"with (\d+) labelled articles for the student \(the teacher's\s+classification head was trained on (\d+) "
      r"articles",
