@@ -145,11 +145,14 @@ def _budget_cases(quick):
         return f"embedding cosine {(_embedding(dense, batch) * _embedding(pruned, batch)).sum(-1).mean().item():.3f}"
 
     defaults = {}
+    # a depthwise-heavy network: at the default node_reserved_ratio (0.5: a layer keeps at least half its channels)
+    # a 50 % latency budget stops at 31 % of the MACs and 0.60 of the time, so layers may lose up to three quarters
+    depthwise = {"node_reserved_ratio_latency": 0.75}
     # a transformer: every layer's heads and FFN neurons may shrink (the default un_prune_list [0, -1] would keep
     # the first layer's heads, and with uniform layers every layer's); the hidden size stays, so that the sentence
     # embeddings can be compared with the dense model's
     encoder = {"un_prune_list": [], "node_reserved_ratio": 0.75, "prune_hidden": False}
-    cases = [("EfficientNet-Lite0 (ImageNet weights)", assets.efficientnet_lite0, photos[:2], top1, defaults),
+    cases = [("EfficientNet-Lite0 (ImageNet weights)", assets.efficientnet_lite0, photos[:2], top1, depthwise),
              ("all-MiniLM-L6 (sentence embeddings)", lambda: assets.minilm_l6()[0], sample, cosine, encoder)]
     if quick:
         cases = cases[1:]
@@ -175,8 +178,9 @@ def budget_section(quick):
                 pruned = copy.deepcopy(dense)
                 pruner = PruneTorch(pruned, call, prune_hidden=options.get("prune_hidden", True))
                 pruner.set_importance_evaluation_function(criterion)
-                if "node_reserved_ratio" in options:
-                    pruner.set_node_reserved_ratio(options["node_reserved_ratio"])
+                reserved = options.get(f"node_reserved_ratio_{budget}", options.get("node_reserved_ratio"))
+                if reserved is not None:
+                    pruner.set_node_reserved_ratio(reserved)
                 pruner.prune(0.5, options.get("un_prune_list"), budget=budget)
                 ratios = [latency_ratio(pruned, dense, call) for _ in range(1 if quick else 3)]
                 macs = sum(profile(pruned, call)[2].values()) / sum(profile(dense, call)[2].values())
@@ -189,7 +193,8 @@ def budget_section(quick):
         "4 sentences of <= 128 tokens for MiniLM), the two models run alternately and the fastest run of each "
         "compared; the median (min-max) of 3 such measurements. Goal at a 50 % latency budget: <= 0.55. MiniLM is pruned "
         "with un_prune_list=[], node_reserved_ratio 0.75 and prune_hidden=False (heads and FFN neurons of every "
-        "layer); "
+        "layer); EfficientNet-Lite0 at its latency budget with node_reserved_ratio 0.75 (a layer may lose up to "
+        "three quarters of its channels; at the default 0.5 it stops at 31 % of its MACs and 0.60 of the time); "
         "agreement is measured before any fine-tuning.")
 
 
