@@ -200,8 +200,8 @@ FIGURES = [
       Cell("prune.md", CRITERIA, row(model="digits CNN", importance="random"),
            "accuracy / top-1 agreement before fine-tuning")]),
     (r"CPU latency falls\s+to (\S+)-(\S+) of the dense model", [Extreme("prune.md", LATENCY, "latency ratio"), Extreme("prune.md", LATENCY, "latency ratio", largest=True)]),
-    (r"ResNet-50 reaches (\S+) \(l1\) and (\S+) \(activation importance\), all-MiniLM-L6 (\S+) and (\S+), while"
-     r"\s+EfficientNet-Lite0 stops at (\S+) and (\S+) with (\d+) % of its MACs left",
+    (r"ResNet-50 reaches (\S+) \(l1\) and (\S+) \(activation importance\), all-MiniLM-L6 (\S+) and (\S+), and"
+     r"\s+EfficientNet-Lite0 (\S+) and (\S+) with `set_node_reserved_ratio\(0\.75\)` \((\d+) % of its MACs left",
      [budget(model, "50 % of latency", importance)
       for model in (RESNET, MINI, EFF) for importance in ("l1", "activation")]
      + [budget(EFF, "50 % of latency", "activation", "MACs kept", "{:.0f}")]),
