@@ -252,8 +252,9 @@ def _moe_hidden_members(moe, per_unit, hidden):
     return members
 
 
-def _hidden_group(model, family, layers, hidden, moe=None):
-    """The residual-stream group, or a protected one naming what could not be matched by name."""
+def _hidden_group(model, family, layers, hidden, moe=None, scan=True):
+    """The residual-stream group, or a protected one naming what could not be matched by name. ``scan=False``:
+    only the members the family rules name in ``layers`` (the rest is for the dependency graph to confirm)."""
     per_unit = [[i] for i in range(hidden)]
     members, unknown = [], []
     covered = set()
@@ -278,6 +279,8 @@ def _hidden_group(model, family, layers, hidden, moe=None):
             covered.add(name)
             if role == OUTPUT and layer_spec(model.get_submodule(name)).size(INPUT) == hidden:
                 members.append(_member(name, INPUT, per_unit))
+    if not scan:
+        return ChannelGroup(name="hidden", size=hidden, members=members, kind="hidden")
     layer_prefixes = tuple([*layers, *moe])
     inside_attention = {f"{name}.{child}" for name, m in model.named_modules()
                         if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_children()}
@@ -388,6 +391,38 @@ def _experts_field(config, dense, family=None):
     return None
 
 
+def _stages(model, family, layers):
+    """``[(width, {prefix: index})]``: the layers of each stage of a hierarchical model (SegFormer, Swin: layers
+    under different parents whose residual streams differ in width), else ``[]`` (one residual stream)."""
+    by_parent = {}
+    for prefix, position in layers.items():
+        by_parent.setdefault(prefix.rstrip(".").rpartition(".")[0], {})[prefix] = position
+    widths = {parent: {layer_spec(model.get_submodule(prefix + family.o)).size(OUTPUT) for prefix in stage}
+              for parent, stage in by_parent.items()}
+    if len(by_parent) < 2 or len({frozenset(w) for w in widths.values()}) < 2:
+        return []
+    if any(len(w) != 1 for w in widths.values()):
+        return []  # widths that vary inside a stage: not stages of one width each; the single-stream rules apply
+    return [(next(iter(widths[parent])), stage) for parent, stage in by_parent.items()]
+
+
+def _stage_groups(model, family, stages, prune_hidden, trace):
+    """One residual-stream group per stage, each pruned only where the dependency graph confirms it (the stage's
+    patch embedding, its downsampling and its final norm are not named by the rules)."""
+    groups = []
+    for width, stage in stages:
+        parent = next(iter(stage)).rstrip(".").rpartition(".")[0]
+        group = replace(_hidden_group(model, family, stage, width, scan=False), name=f"hidden of {parent}",
+                        kind="stage_hidden")
+        group.protected = ("hidden-size pruning is off" if not prune_hidden else
+                           f"a stage of a hierarchical model ({width} wide): its residual stream is pruned only "
+                           f"where the dependency graph confirms it")
+        if prune_hidden and trace is not None:
+            group = _completed(model, group, trace)
+        groups.append(group)
+    return groups
+
+
 def _index(prefix):
     """The layer index at the end of a layer prefix (``model.layers.3.`` -> 3)."""
     return int(prefix.rstrip(".").rpartition(".")[2])
@@ -438,7 +473,10 @@ class StructureEngine:
         if not hidden and layers:  # no config: the output projection writes the residual stream
             hidden = layer_spec(model.get_submodule(next(iter(layers)) + family.o)).size(OUTPUT)
         self._hidden = hidden
-        if hidden:
+        stages = _stages(model, family, layers) if not self.moe else []
+        if stages:
+            self.groups.extend(_stage_groups(model, family, stages, prune_hidden, trace))
+        elif hidden:
             group = _hidden_group(model, family, layers, hidden, self.moe)
             if not prune_hidden:
                 group.protected = "hidden-size pruning is off"

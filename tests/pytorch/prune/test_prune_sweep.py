@@ -180,7 +180,22 @@ def test_an_ffn_with_a_layer_the_family_rules_do_not_name_is_completed_from_the_
     for mix_ffn in mix_ffns:
         assert mix_ffn.dwconv.dwconv.out_channels == mix_ffn.fc1.out_features == mix_ffn.fc2.in_features
     assert any(m.fc1.out_features < m.fc2.out_features * 4 for m in mix_ffns)  # the config's mlp_ratio is 4
-    assert kept < 0.9  # nothing was pruned before
+    assert abs(kept - 0.6) <= 0.02  # each stage's residual stream shrinks too (below)
+
+
+# confirmed stages: Swin's patch merging concatenates four neighbours into the next stage, so the graph does not
+# map those streams one to one and only its last stage's is pruned (the others stay protected, as the log says)
+@pytest.mark.parametrize("model_type, cls_name, stages", [("segformer", "SegformerForImageClassification", 4),
+                                                          ("swin", "SwinForImageClassification", 1)])
+def test_each_stage_of_a_hierarchical_model_has_its_own_residual_stream(caplog, model_type, cls_name, stages):
+    """SegFormer and Swin widen their residual stream from stage to stage. One hidden group sized by the first
+    stage described none of them (it was protected: short of the budget); one group per stage, completed by the
+    dependency graph (patch embeddings, downsampling, sequence reduction, stage norms), reaches the budget, and
+    a stage whose width forward() reads from the config is repaired, not broken."""
+    model, desc, kept = _prune_built(model_type, cls_name, caplog)
+    assert caplog.text.count("Group hidden of ") == stages
+    assert caplog.text.count("a stage of a hierarchical model") == 4 - stages
+    assert abs(kept - 0.6) <= 0.02, kept
 
 
 def test_a_plan_that_cuts_one_tensor_twice_is_repaired_not_a_crash(caplog):
