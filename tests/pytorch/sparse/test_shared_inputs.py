@@ -104,3 +104,20 @@ def test_stacked_sparsegpt_equals_one_layer_at_a_time(rows, columns, sparsities,
         expected_new, expected_mask = sparsegpt.prune(weight, alone, sparsity, pattern, options)
         assert torch.equal(mask, expected_mask)
         assert torch.equal(new, expected_new)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batches=st.lists(st.integers(1, 30), min_size=1, max_size=4), columns=st.integers(1, 70),
+       seed=st.integers(0, 2**16))
+def test_the_hessian_accumulated_on_the_upper_blocks_is_the_whole_gram_matrix(batches, columns, seed):
+    """Only the column blocks on and above the diagonal of X^T X are accumulated; read back, the matrix is the
+    symmetric X^T X of every row added, whatever the column count (fewer columns than blocks included)."""
+    generator = torch.Generator().manual_seed(seed)
+    stats = LayerStats("x", columns, "cpu", hessian=True)
+    rows = [torch.randn(count, columns, generator=generator, dtype=torch.float64).float() for count in batches]
+    for batch in rows:
+        stats.add(batch)
+    expected = sum(batch.double().T @ batch.double() for batch in rows)
+    hessian = stats.symmetric_hessian()
+    assert torch.equal(hessian, hessian.T)
+    torch.testing.assert_close(hessian.double(), expected, rtol=1e-5, atol=1e-4)

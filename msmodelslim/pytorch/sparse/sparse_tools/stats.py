@@ -1,6 +1,7 @@
 """Statistics of a layer's inputs, accumulated over every calibration batch (streamed, float32, on the layer's
-device): per-feature sums of squares (Wanda), sums (means and variances for prune-and-regrow), X^T X (SparseGPT),
-and a small sample of input rows for measuring the reconstruction error."""
+device): per-feature sums of squares (Wanda), sums (means and variances for prune-and-regrow), X^T X (SparseGPT;
+its upper triangle only, mirrored when read), and a small sample of input rows for measuring the reconstruction
+error."""
 import weakref
 
 import torch
@@ -8,6 +9,16 @@ import torch
 from msmodelslim.errors import ModelslimError
 
 SAMPLE_ROWS = 128
+GRAM_BLOCKS = 4  # X^T X is symmetric: only the column blocks on and above the diagonal are accumulated
+
+
+def add_upper_gram(target, rows, blocks=GRAM_BLOCKS):
+    """``target += rows.T @ rows`` on the column blocks on and above the diagonal only: about 30 % less work than the
+    whole product on a CPU (the blocks below are left as they are; :meth:`LayerStats.symmetric_hessian` mirrors)."""
+    columns = rows.shape[1]
+    step = -(-columns // blocks)
+    for start in range(0, columns, step):
+        target[start:start + step, start:].addmm_(rows[:, start:start + step].T, rows[:, start:])
 
 
 class NonFiniteActivation(ModelslimError, ValueError):
@@ -45,10 +56,15 @@ class LayerStats:
         if self.input_sum is not None:
             self.input_sum += rows.sum(0)
         if self.hessian is not None:
-            self.hessian.addmm_(rows.T, rows)
+            add_upper_gram(self.hessian, rows)
         taken = sum(s.shape[0] for s in self._sample)
         if taken < self.sample_rows:
             self._sample.append(rows[: self.sample_rows - taken].clone())
+
+    def symmetric_hessian(self):
+        """X^T X of every input row added so far (float32): the accumulated upper triangle, mirrored."""
+        upper = self.hessian.triu()
+        return upper + upper.triu(1).T
 
     @property
     def input_mean(self):

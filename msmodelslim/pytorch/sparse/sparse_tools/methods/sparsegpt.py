@@ -55,7 +55,7 @@ def _prepared(stats, percdamp):
     kept for the other layers that share them."""
     key = ("sparsegpt", percdamp)
     if key not in stats.derived:
-        hessian = stats.hessian.clone().float()
+        hessian = stats.symmetric_hessian().float()
         dead = torch.diagonal(hessian) == 0
         hessian[dead, dead] = 1
         stats.derived[key] = dead, inverse_hessian_factor(hessian, percdamp)
