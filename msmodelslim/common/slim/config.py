@@ -80,9 +80,7 @@ class SlimConfig:
                      "eval_samples", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SlimConfig.{name} must be at least 1, got {getattr(self, name)}.")
-        if self.hidden_weight < 0:
-            raise ValueError(f"SlimConfig.hidden_weight must be 0 or more, got {self.hidden_weight}.")
-        for name in ("micro_batch_size", "eval_every", "seed"):
+        for name in ("micro_batch_size", "eval_every", "seed", "hidden_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SlimConfig.{name} must be 0 or more, got {getattr(self, name)}.")
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:

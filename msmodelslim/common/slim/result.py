@@ -27,14 +27,13 @@ class SlimResult:
         save is removed: it would not fit this model). Returns ``directory``."""
         os.makedirs(directory, exist_ok=True)
         self.model.save_pretrained(os.path.join(directory, "model"))
-        stale = os.path.join(directory, "projection.safetensors")
-        if self.projection is None and os.path.isfile(stale):
-            os.remove(stale)
+        projection_file = os.path.join(directory, "projection.safetensors")
         if self.projection is not None:
             from msmodelslim.utils.checkpoint import save_state_dict
 
-            save_state_dict({k: v.detach() for k, v in self.projection.state_dict().items()},
-                            os.path.join(directory, "projection.safetensors"))
+            save_state_dict({k: v.detach() for k, v in self.projection.state_dict().items()}, projection_file)
+        elif os.path.isfile(projection_file):
+            os.remove(projection_file)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(os.path.join(directory, "model"))
         with open(os.path.join(directory, "metrics.json"), "w", encoding="utf-8") as handle:

@@ -37,15 +37,23 @@ def detect_family(model):
 
 
 
+def _parent(prefix):
+    """The module that holds a layer: ``model.layers.3.`` -> ``model.layers``."""
+    return prefix.rstrip(".").rpartition(".")[0]
+
+
+def layer_stem(model):
+    """What the names of the model's first family layers start with before their index (``model.layers.``), or
+    None when no family's layers are found."""
+    _, layers = detect_family(model)
+    return _parent(next(iter(layers))) + "." if layers else None
+
+
 def layer_pattern(model):
     """The regular expression whose one group captures the layer id in the model's parameter names (e.g.
     ``model\\.layers\\.(\\d+)\\.``), or None when no family's layers are found."""
-    _, layers = detect_family(model)
-    if not layers:
-        return None
-    prefix = next(iter(layers))
-    stem = re.escape(prefix[: prefix.rstrip(".").rfind(".") + 1])
-    return stem + r"(\d+)\."
+    stem = layer_stem(model)
+    return None if stem is None else re.escape(stem) + r"(\d+)\."
 
 
 @dataclass
@@ -392,26 +400,25 @@ def _experts_field(config, dense, family=None):
 
 
 def _stages(model, family, layers):
-    """``[(width, {prefix: index})]``: the layers of each stage of a hierarchical model (SegFormer, Swin: layers
-    under different parents whose residual streams differ in width), else ``[]`` (one residual stream)."""
+    """``[(parent, width, {prefix: index})]``: the layers of each stage of a hierarchical model (SegFormer, Swin:
+    layers under different parents whose residual streams differ in width), else ``[]`` (one residual stream)."""
     by_parent = {}
     for prefix, position in layers.items():
-        by_parent.setdefault(prefix.rstrip(".").rpartition(".")[0], {})[prefix] = position
+        by_parent.setdefault(_parent(prefix), {})[prefix] = position
     widths = {parent: {layer_spec(model.get_submodule(prefix + family.o)).size(OUTPUT) for prefix in stage}
               for parent, stage in by_parent.items()}
     if len(by_parent) < 2 or len({frozenset(w) for w in widths.values()}) < 2:
         return []
     if any(len(w) != 1 for w in widths.values()):
         return []  # widths that vary inside a stage: not stages of one width each; the single-stream rules apply
-    return [(next(iter(widths[parent])), stage) for parent, stage in by_parent.items()]
+    return [(parent, next(iter(widths[parent])), stage) for parent, stage in by_parent.items()]
 
 
 def _stage_groups(model, family, stages, prune_hidden, trace):
     """One residual-stream group per stage, each pruned only where the dependency graph confirms it (the stage's
     patch embedding, its downsampling and its final norm are not named by the rules)."""
     groups = []
-    for width, stage in stages:
-        parent = next(iter(stage)).rstrip(".").rpartition(".")[0]
+    for parent, width, stage in stages:
         group = replace(_hidden_group(model, family, stage, width, scan=False), name=f"hidden of {parent}",
                         kind="stage_hidden")
         group.protected = ("hidden-size pruning is off" if not prune_hidden else

@@ -99,6 +99,7 @@ class EmbeddingObjective(_Objective):
 
     def __init__(self):
         self.projections = weakref.WeakKeyDictionary()  # student -> nn.Linear into the teacher's hidden size
+        self._teacher_targets = (None, None)  # the teacher's hidden states on the calibration batches, once
 
     def distill_config(self, temperature, student=None):
         match = {"t_output_idx": "last_hidden_state", "s_output_idx": "last_hidden_state",
@@ -125,27 +126,29 @@ class EmbeddingObjective(_Objective):
         if widths[0] == widths[1]:
             self.projections.pop(student, None)
             return
-        inputs, targets = [], []
-        modes = [(model, model.training) for model in (teacher, student)]
-        try:
-            for model, _ in modes:
-                model.eval()  # no dropout: the fit is a function of the weights alone
-            for batch in batches:
-                hidden, mask = self._hidden(student, batch)
-                inputs.append(hidden[mask].double().cpu())
-                targets.append(self._hidden(teacher, batch)[0][mask.to(_device(teacher))].double().cpu())
-        finally:
-            for model, training in modes:
-                model.train(training)
-        x, y = torch.cat(inputs), torch.cat(targets)
+        x = torch.cat([hidden[mask].double().cpu() for hidden, mask in self._eval_hidden(student, batches)])
+        key, targets = self._teacher_targets
+        if key != (id(teacher), id(batches)):  # every candidate of a search is fitted on the same batches
+            targets = torch.cat([hidden[mask].double().cpu() for hidden, mask in self._eval_hidden(teacher, batches)])
+            self._teacher_targets = ((id(teacher), id(batches)), targets)
         x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # the bias
         gram = x.T @ x
         gram += self.RIDGE * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
-        solution = torch.linalg.solve(gram, x.T @ y)
+        solution = torch.linalg.solve(gram, x.T @ targets)
         projection = torch.nn.Linear(*widths, device=_device(student))
         projection.weight.copy_(solution[:-1].T)
         projection.bias.copy_(solution[-1])
         self.projections[student] = projection
+
+    def _eval_hidden(self, model, batches):
+        """``[(last hidden states, mask)]`` of ``model`` in eval mode (no dropout: a function of the weights alone),
+        its mode given back after."""
+        training = model.training
+        model.eval()
+        try:
+            return [self._hidden(model, batch) for batch in batches]
+        finally:
+            model.train(training)
 
     def bind(self, dual, student):
         """Train the student's projection in place of the adaptor the wrapper made."""
@@ -153,13 +156,13 @@ class EmbeddingObjective(_Objective):
         if projection is not None:
             dual.adaptors[dual.output_matches[0].adaptor_key] = projection
 
-    def _pooled(self, model, batch, teacher=None):
-        """Mean-pooled, L2-normalised embeddings; a student narrower than ``teacher`` through its projection."""
+    def _pooled(self, model, batch):
+        """Mean-pooled, L2-normalised embeddings; a student narrower than its teacher through its projection."""
         hidden, mask = self._hidden(model, batch)
         mask = mask.unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         projection = self.projections.get(model)
-        if teacher is not None and projection is not None:
+        if projection is not None:
             pooled = projection(pooled)  # linear: projecting the mean is the mean of the projections
         return F.normalize(pooled, dim=-1)
 
@@ -168,8 +171,7 @@ class EmbeddingObjective(_Objective):
         total = 0.0
         for start in range(0, len(rows), batch_size):
             batch = rows.select(range(start, min(start + batch_size, len(rows))))
-            total += (self._pooled(teacher, batch)
-                      * self._pooled(student, batch, teacher).to(_device(teacher))).sum().item()
+            total += (self._pooled(teacher, batch) * self._pooled(student, batch).to(_device(teacher))).sum().item()
         return total / len(rows)
 
     def proxy(self, teacher, student, rows):
@@ -241,12 +243,11 @@ def add_hidden_state_losses(config, teacher, student, layer_map, weight):
     """Add to the distillation ``config`` one HiddenCosine soft label per student layer: its output against the
     output of the teacher layer ``layer_map`` says it was filled from, ``weight`` shared out over the layers, through
     an adaptor when the hidden sizes differ. Returns ``config``."""
-    from msmodelslim.pytorch.prune.structure import detect_family
+    from msmodelslim.pytorch.prune.structure import layer_stem
 
     if not layer_map:
         return config
-    prefix = next(iter(detect_family(teacher)[1]))  # e.g. "model.layers.0."
-    stem = prefix[:prefix.rstrip(".").rfind(".") + 1]
+    stem = layer_stem(teacher)  # e.g. "model.layers."
     widths = [student.config.hidden_size, teacher.config.hidden_size]
     for student_layer, teacher_layer in sorted(layer_map.items()):
         match = {"t_module": f"{stem}{teacher_layer}", "s_module": f"{stem}{student_layer}", "t_output_idx": 0,
