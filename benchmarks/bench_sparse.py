@@ -134,7 +134,10 @@ print(json.dumps({"ppl": math.exp(nll / count), "seconds": seconds, "versions": 
 
 COMPARED = (("50% unstructured", {}, "0:0"), ("2:4", {"pattern": "2:4"}, "2:4"))
 PAIRS = (("hessian", "SparseGPT"), ("magnitude", "Wanda"))
-OURS_ONLY = (("hessian, true_sequential", "hessian", {"true_sequential": True}),)
+# plain SparseGPT (no least-squares reconstruction: the mask and update llm-compressor's SparseGPT computes), and
+# Wanda's mask with the reconstruction
+OURS_ONLY = (("hessian, reconstruct=False", "hessian", {"reconstruct": False}),
+             ("magnitude, reconstruct=True", "magnitude", {"reconstruct": True}))
 
 
 def _llmc_runner(args, folder):
@@ -227,6 +230,8 @@ def comparison_section(args):
             for key, runs in results.items()]
     times = {key: statistics.median(run["seconds"] for run in runs)
              for key, runs in results.items() if all(run.get("seconds") for run in runs)}
+    perplexity = {key: statistics.median(run["ppl"] for run in runs)
+                  for key, runs in results.items() if all("ppl" in run for run in runs)}
     table = format_table(["setting", "tool", "method", "perplexity", "seconds", "forward s", "statistics s",
                           "solve s", "peak RSS MiB", *(f"mask agreement {name}" for name in MASK_LAYERS)], rows)
     ratios = []
@@ -238,6 +243,11 @@ def comparison_section(args):
             ratios.append(f"{setting}: hessian / magnitude time {ours_h / ours_m:.2f}")
         if ours_h and their_h:
             ratios.append(f"{setting}: hessian / llm-compressor SparseGPT time {ours_h / their_h:.2f}")
+        their_ppl = perplexity.get((setting, "llm-compressor", "SparseGPT"))
+        for label in ("hessian", "hessian, reconstruct=False"):
+            ours_ppl = perplexity.get((setting, "msmodelslim", label))
+            if ours_ppl and their_ppl:
+                ratios.append(f"{setting}: {label} / llm-compressor SparseGPT perplexity {ours_ppl / their_ppl:.2f}")
     versions = llmc_dense.get("versions", {})
     their_versions = ", ".join(f"{k} {v}" for k, v in versions.items())
     return (table + "\n\n" + "; ".join(ratios) + ".\n\n"
@@ -282,7 +292,9 @@ def methods_section(args):
     table = format_table(["setting", "method", "perplexity", "seconds", "peak RSS MiB", "export / dense file"], rows)
     return (table + "\n\n" + f"SmolLM2-135M (fp32, dequantised Q4_1 weights), {args.samples} calibration sequences x "
             f"{args.seq_len} tokens (Wikipedia train split), perplexity on {args.eval_chunks} x {args.seq_len} test "
-            "tokens. Every Linear layer but lm_head is sparsified (210 layers). 'seconds' is compress() alone, the "
+            "tokens. Every Linear layer but lm_head is sparsified (210 layers); `hessian` is SparseGPT followed "
+            "by its default least-squares reconstruction of the kept weights (`reconstruct`). 'seconds' is "
+            "compress() alone, the "
             f"median (min-max) of {METHODS_ROUNDS} rounds (each round runs every row once, one process per run); "
             "peak RSS is the whole process (model, data, evaluation), the largest of the rounds. The export is the "
             "compact bitmask file (Compressor.export) against the dense safetensors file. Total time "

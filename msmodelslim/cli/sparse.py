@@ -1,4 +1,5 @@
 """``msmodelslim sparse MODEL``: sparsify a causal language model, measure it, save it."""
+import argparse
 import os
 
 from msmodelslim.cli.common import (UsageError, add_output_arguments, calibration_texts, check_causal_lm_config,
@@ -20,6 +21,9 @@ def add_parser(subparsers):
     parser.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")
     parser.add_argument("--owl", action="store_true", help="non-uniform per-layer ratios (OWL, uniform=False)")
     parser.add_argument("--progressive", action="store_true", help="sparsify in stages (MLP, attention out, q/k/v)")
+    parser.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
+                        help="re-solve the kept weights by least squares after each mask (default: on for hessian "
+                             "and sparsegpt only; --no-reconstruct gives plain SparseGPT)")
     parser.add_argument("--calib", default="wiki", help="'wiki', a .txt file or a .jsonl file (default wiki)")
     parser.add_argument("--samples", type=int, default=16, help="calibration sequences (default 16)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
@@ -39,7 +43,8 @@ def run(args):
 
     try:
         config = SparseConfig(method=args.method, sparse_ratio=args.ratio, pattern=args.pattern,
-                              uniform=not args.owl, progressive=args.progressive)
+                              uniform=not args.owl, progressive=args.progressive,
+                              reconstruct=args.reconstruct)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     calib_file = None if args.calib == "wiki" else args.calib

@@ -28,7 +28,10 @@ class SparseConfig:
     ``owl_lambda`` and ``owl_m`` (OWL's λ and M), ``blocksize`` and ``percdamp`` (SparseGPT),
     ``max_swaps`` and ``swap_threshold`` (prune-and-regrow; None: the method's own), ``true_sequential``
     (inside a block, each group of layers that read one input is calibrated on the outputs of the layers before
-    it, already sparsified - e.g. o_proj after q/k/v - at the cost of one more pass over the block per group).
+    it, already sparsified - e.g. o_proj after q/k/v - at the cost of one more pass over the block per group),
+    ``reconstruct`` (once a layer's mask is chosen, its kept weights are re-solved by least squares to reproduce
+    the dense layer's outputs on the calibration inputs; None, the default, means on for ``hessian`` and off for
+    the others; ``hessian`` with ``reconstruct=False`` is plain SparseGPT, as the original).
 
     Every field is checked here, at construction, never later in ``compress``.
 
@@ -55,6 +58,7 @@ class SparseConfig:
     max_swaps: int = field(default=None, repr=False)
     swap_threshold: float = field(default=None, repr=False)
     true_sequential: bool = field(default=False, repr=False)
+    reconstruct: bool = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.mode != "sparse":
@@ -94,6 +98,9 @@ class SparseConfig:
         if not isinstance(self.true_sequential, bool):
             raise TypeError(f"true_sequential must be a bool, got {self.true_sequential!r} "
                             f"({type(self.true_sequential).__name__}).")
+        if self.reconstruct is not None and not isinstance(self.reconstruct, bool):
+            raise TypeError(f"reconstruct must be True, False or None (on for hessian only), got {self.reconstruct!r} "
+                            f"({type(self.reconstruct).__name__}).")
         if self.max_swaps is not None:
             _check_int("max_swaps", self.max_swaps, "a non-negative int or None", lambda v: v >= 0)
         if self.swap_threshold is not None:
@@ -104,6 +111,12 @@ class SparseConfig:
     def algorithm(self):
         """The method name with aliases resolved: magnitude, hessian, par, par_v2 or weight_magnitude."""
         return ALIASES.get(self.method, self.method)
+
+    @property
+    def reconstructs(self):
+        """Whether the kept weights are re-solved by least squares after each mask: ``reconstruct``, or when it is
+        None, True for ``hessian`` only."""
+        return self.algorithm == "hessian" if self.reconstruct is None else self.reconstruct
 
     @property
     def n_m(self):

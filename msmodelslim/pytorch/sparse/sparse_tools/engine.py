@@ -19,6 +19,7 @@ from torch import nn
 from msmodelslim.errors import ModelslimError
 from msmodelslim.pytorch.sparse.sparse_tools import allocation, stages
 from msmodelslim.pytorch.sparse.sparse_tools.methods import GROUP_PRUNERS, NEEDS, PRUNERS, UPDATES_WEIGHTS, wanda
+from msmodelslim.pytorch.sparse.sparse_tools.methods.reconstruct import damped_hessian, reconstruct
 from msmodelslim.pytorch.sparse.sparse_tools.stats import LayerStats, SharedInputStats, Ungroupable
 from msmodelslim.pytorch.utils.calibration import as_call_params, eval_mode, first_tensor, hooks, model_device
 from msmodelslim.utils.logging import logger
@@ -308,7 +309,8 @@ class Sparsifier:
         for members in self._solve_groups(stats):
             weights = [weight_matrix(self.layers[name]) for name in members]
             for name, weight, (new, mask) in zip(members, weights, self._solve(members, weights, stats)):
-                self._apply(self.layers[name], new, mask, self.config.algorithm in UPDATES_WEIGHTS)
+                self._apply(self.layers[name], new, mask,
+                            self.config.algorithm in UPDATES_WEIGHTS or self.config.reconstructs)
                 self.results.append(LayerResult(name, tuple(weight.shape), stage, self._ratios[name],
                                                 float(mask.float().mean()),
                                                 _relative_error(weight, new, stats[name])))
@@ -335,10 +337,15 @@ class Sparsifier:
         ratios = [self._ratios[name] for name in members]
         try:
             if len(members) > 1:
-                return GROUP_PRUNERS[algorithm](weights, stats[members[0]], ratios, self.config.n_m, options)
-            return [PRUNERS[algorithm](weights[0], stats[members[0]], ratios[0], self.config.n_m, options)]
+                results = GROUP_PRUNERS[algorithm](weights, stats[members[0]], ratios, self.config.n_m, options)
+            else:
+                results = [PRUNERS[algorithm](weights[0], stats[members[0]], ratios[0], self.config.n_m, options)]
         except ValueError as exc:
             raise ValueError(f"Layer '{', '.join(members)}': {exc}") from exc
+        if not self.config.reconstructs:
+            return results
+        hessian, live = damped_hessian(stats[members[0]], self.config.percdamp)
+        return [(reconstruct(weight, new, mask, hessian, live), mask) for weight, (new, mask) in zip(weights, results)]
 
     def _apply(self, module, new, mask, updates_weights):
         """Write the result into the layer, after recording what it overwrites."""
@@ -396,7 +403,7 @@ class Sparsifier:
         self._check_pattern_width()
         check_dataset(self.dataset)
         plan = self._stages()
-        needs = NEEDS[self.config.algorithm] | {"sq"}
+        needs = NEEDS[self.config.algorithm] | {"sq"} | ({"hessian"} if self.config.reconstructs else set())
         started = time.perf_counter()
         try:
             with eval_mode(self.model):
