@@ -10,13 +10,11 @@ from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
 from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
 
 
-def _side(groups, name, role):
-    """``(index, member)`` of the group holding ``role`` of layer ``name``, or ``(None, None)``."""
-    for index, group in enumerate(groups):
-        for member in group.members:
-            if member.target == name and member.role == role and member.axis is None:
-                return index, member
-    return None, None
+def _sides(groups, name, role):
+    """``[(index, member)]`` of the groups holding ``role`` of layer ``name`` (several when the channels are a
+    concatenation of tensors from different groups)."""
+    return [(index, member) for index, group in enumerate(groups) for member in group.members
+            if member.target == name and member.role == role and member.axis is None]
 
 
 def _conv_group_of_unit(member, width, size):
@@ -46,10 +44,16 @@ def couple_grouped_convs(model, groups):
         if spec is None or spec.kind != "grouped_conv":
             continue
         out_width, in_width = spec.group_widths()
-        a, in_member = _side(groups, name, INPUT)
-        b, out_member = _side(groups, name, OUTPUT)
-        if a is None or b is None:
+        inputs, outputs = _sides(groups, name, INPUT), _sides(groups, name, OUTPUT)
+        if len({index for index, _ in inputs + outputs}) > 2 or len(inputs) > 1 or len(outputs) > 1:
+            # e.g. a concatenation of three layers' outputs feeding it: its conv groups straddle channel groups
+            for index in {index for index, _ in inputs + outputs}:
+                groups[index].protected = groups[index].protected or (
+                    f"grouped convolution {name}: its channels come from several channel groups")
             continue
+        if not inputs or not outputs:
+            continue
+        (a, in_member), (b, out_member) = inputs[0], outputs[0]
         reason = None
         if a == b:
             reason = f"{name}: its input and output channels are coupled with each other"

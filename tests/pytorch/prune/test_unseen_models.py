@@ -141,6 +141,34 @@ def test_a_desc_cutting_a_conv_group_in_half_is_refused_and_the_model_unchanged(
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+class _ConcatIntoGroupedConv(torch.nn.Module):
+    """Three convolutions of 16, 48 and 32 channels concatenated into a grouped convolution of 2 groups of 48 input
+    channels: its conv groups straddle the three producers' channel groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Conv2d(3, width, 3, padding=1) for width in (16, 48, 32))
+        self.grouped = torch.nn.Conv2d(96, 24, 3, padding=1, groups=2)
+        self.tail = torch.nn.Conv2d(24, 64, 1)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.cat([self.a(x).relu(), self.b(x).relu(), self.c(x).relu()], 1)
+        return self.head(self.tail(self.grouped(x).relu()).relu().mean((2, 3)))
+
+
+def test_a_grouped_convolution_reading_a_concatenation_is_protected_before_planning(caplog):
+    """Its conv groups cannot be removed whole from three producers: protected up front (named), not found by a
+    broken trial run, and the budget is spent elsewhere."""
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        model, _, kept = _pruned_and_replayed(lambda: (_ConcatIntoGroupedConv().eval(), torch.randn(2, 3, 8, 8)),
+                                              ratio=0.8)
+    assert "grouped convolution grouped: its channels come from several channel groups" in caplog.text
+    assert "breaks the model" not in caplog.text
+    assert (model.grouped.in_channels, model.grouped.groups) == (96, 2) and model.tail.out_channels < 64
+    assert kept < 0.95
+
+
 def test_a_plan_that_breaks_the_model_is_repaired_by_protecting_the_group_responsible(caplog):
     with caplog.at_level(logging.INFO, logger="msmodelslim"):
         model, x, kept = _pruned_and_replayed(unseen.hard_coded_width)
