@@ -121,7 +121,7 @@ def torch_pruning_groups(model, call):
             model, example_inputs=call, forward_fn=_forward_with_dead_ends, verbose=False)
     unsafe, chunks = graph_axes.correct(graph)
     root_types = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
-    groups = []
+    groups, partials = [], []
     for tp_group in graph.get_all_groups(root_module_types=root_types):
         members, unsupported = [], []
         for item in tp_group:
@@ -137,15 +137,58 @@ def torch_pruning_groups(model, call):
             continue
         unit_of_root, reason = graph_axes.chunk_units(tp_group, chunks)
         if reason:
+            partials.append(graph_axes.partial_chunks(tp_group, chunks) if not unsupported else {})
             unsupported.append(reason)
-        elif unit_of_root:
-            members = _renumber_units(members, unit_of_root)
+        else:
+            partials.append({})
+            if unit_of_root:
+                members = _renumber_units(members, unit_of_root)
         size = len({r for member in members for r in member.roots})
         group = ChannelGroup(name=members[0].target, size=size, members=_merge(members))
         if unsupported:
             group.protected = "contains layers that cannot be pruned safely: " + ", ".join(sorted(set(unsupported)))
         groups.append(group)
-    return groups
+    return _join_at_chunks(groups, partials, chunks)
+
+
+def _join_at_chunks(groups, partials, chunks):
+    """Groups that each reach one chunk with only some of its channels, and together hold all of them, become one
+    group in which channel ``i`` of every part is one unit, so the parts keep equal sizes (e.g. two layers
+    concatenated and then cut in two by ``chunk``). Any other partial holder stays protected."""
+    holders = {}
+    for index, partial in enumerate(partials):
+        if len(partial) == 1:
+            (node, pairs), = partial.items()
+            holders.setdefault(node, []).append((index, pairs))
+    used, merged_away = set(), set()
+    for node, found in holders.items():
+        part, total = chunks[node]
+        channels = [idx for _, pairs in found for idx in {i for i, _ in pairs}]
+        indices = {index for index, _ in found}
+        if len(found) < 2 or sorted(channels) != list(range(total)) or used & indices:
+            continue
+        parent = {}
+
+        def find(key):
+            while parent.setdefault(key, key) != key:
+                key = parent[key]
+            return key
+
+        first = {}
+        for holder, (_, pairs) in enumerate(found):
+            for idx, root in pairs:
+                other = first.setdefault(idx % part, (holder, root))
+                parent[find((holder, root))] = find(other)
+        members = []
+        for holder, (index, _) in enumerate(found):
+            members += [Member(m.target, m.role, list(m.idxs), [find((holder, r)) for r in m.roots], m.axis)
+                        for m in groups[index].members]
+        number = {unit: n for n, unit in enumerate(sorted({r for m in members for r in m.roots}))}
+        members = [Member(m.target, m.role, m.idxs, [number[r] for r in m.roots], m.axis) for m in members]
+        groups[found[0][0]] = ChannelGroup(name=groups[found[0][0]].name, size=len(number), members=_merge(members))
+        used |= indices
+        merged_away |= indices - {found[0][0]}
+    return [group for index, group in enumerate(groups) if index not in merged_away]
 
 
 def _suspects(model):

@@ -256,6 +256,19 @@ def correct(graph):
     return unsafe, chunks
 
 
+def partial_chunks(items, chunks):
+    """``{chunk node: [(channel, root)]}`` for the chunks a torch-pruning group reaches with only some of their
+    channels (e.g. one of two layers concatenated and then chunked): another group may hold the rest."""
+    found = {}
+    for item in items:
+        node = item.dep.target
+        if node not in chunks or item.dep.source is node:
+            continue
+        if set(int(i) for i in item.idxs) != set(range(chunks[node][1])):
+            found.setdefault(node, set()).update(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs)))
+    return {node: sorted(pairs) for node, pairs in found.items()}
+
+
 def chunk_units(items, chunks):
     """Units of a torch-pruning group that must go together because a ``chunk`` cuts their channels into equal
     parts: channel ``i`` of every part is one unit (as heads are). ``items`` are the group's items.

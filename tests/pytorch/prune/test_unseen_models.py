@@ -169,6 +169,32 @@ def test_a_grouped_convolution_reading_a_concatenation_is_protected_before_plann
     assert kept < 0.95
 
 
+class _ConcatThenChunk(torch.nn.Module):
+    """Two layers concatenated, then cut in two equal parts by ``chunk`` read by different layers: each part is one
+    layer's output, so the two layers must lose the same number of channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Linear(12, 32)
+        self.a, self.b = torch.nn.Linear(32, 48), torch.nn.Linear(32, 48)
+        self.p, self.q = torch.nn.Linear(48, 40), torch.nn.Linear(48, 40)
+        self.head = torch.nn.Linear(40, 5)
+
+    def forward(self, x):
+        x = self.stem(x).relu()
+        first, second = torch.cat([self.a(x), self.b(x)], -1).relu().chunk(2, dim=-1)
+        return self.head(self.p(first).relu() * self.q(second).sigmoid())
+
+
+def test_layers_concatenated_then_chunked_are_pruned_together(caplog):
+    """The chunk's parts come from two channel groups: joined into one whose unit is channel i of every part."""
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        model, _, kept = _pruned_and_replayed(lambda: (_ConcatThenChunk().eval(), torch.randn(4, 12)))
+    assert "a chunk cuts the channels" not in caplog.text
+    assert model.a.out_features == model.b.out_features == model.p.in_features == model.q.in_features < 48
+    assert abs(kept - 0.5) <= 0.02
+
+
 def test_a_plan_that_breaks_the_model_is_repaired_by_protecting_the_group_responsible(caplog):
     with caplog.at_level(logging.INFO, logger="msmodelslim"):
         model, x, kept = _pruned_and_replayed(unseen.hard_coded_width)
