@@ -77,6 +77,18 @@ class Ratio:
         return self.form.format(float(self.numerator.value()) / float(self.denominator.value().split(" / ")[0]))
 
 
+@dataclass(frozen=True)
+class Derived:
+    """``combine`` of the values of ``cells`` (the first of "a / b" pairs), written with ``form``: a difference or a
+    reduction the README quotes."""
+    cells: tuple
+    combine: object
+    form: str = "{:.0f}"
+
+    def value(self):
+        return self.form.format(self.combine(*(float(cell.value().split(" / ")[0]) for cell in self.cells)))
+
+
 def row(**columns):
     return tuple((key.replace("_", " "), value) for key, value in columns.items())
 
@@ -126,11 +138,13 @@ def depth(model, layer_map, column, form="{}"):
 EFF, RESNET, MINI = ("EfficientNet-Lite0 (ImageNet weights)", "ResNet-50 (random weights)",
                      "all-MiniLM-L6 (sentence embeddings)")
 SMOL20, MINI3 = "SmolLM2-135M -> 20 layers", "MiniLM-L6 -> 3 layers"
+PLAIN, WANDA_LS = "hessian, reconstruct=False", "magnitude, reconstruct=True"
 
 FIGURES = [
     # sparse tool, SmolLM2-135M
     (r"dense perplexity (\S+)\): at", [sp("dense", "-")]),
-    (r"perplexity (\S+) with `hessian` \(SparseGPT\), (\S+) with `magnitude` \(Wanda\), (\S+)-(\S+) with",
+    (r"perplexity (\S+) with `hessian` \(SparseGPT \+ reconstruction\), (\S+) with `magnitude` \(Wanda\),"
+     r"\s+(\S+)-(\S+) with",
      [sp("50% unstructured", "hessian"), sp("50% unstructured", "magnitude"),
       sp("50% unstructured", "par_v2", form="{:.1f}"), sp("50% unstructured", "par", form="{:.1f}")]),
     (r"`par`/`par_v2` and (\S+) with `weight_magnitude`; at 2:4, (\S+) / (\S+) / (\S+)-(\S+) / (\S+)\.",
@@ -141,25 +155,40 @@ FIGURES = [
     (r"layers compared, (\S+) against (\S+ / \S+) at 50 % and\s+(\S+) against (\S+) at 2:4",
      [cmp("50% unstructured", "msmodelslim", "magnitude"), cmp("50% unstructured", "llm-compressor", "Wanda"),
       cmp("2:4", "msmodelslim", "magnitude"), cmp("2:4", "llm-compressor", "Wanda")]),
-    (r"rounding\): (\S+) against llm-compressor's (\S+ / \S+) at 50 % and (\S+) against (\S+ / \S+)\s+at 2:4",
-     [cmp("50% unstructured", "msmodelslim", "hessian"), cmp("50% unstructured", "llm-compressor", "SparseGPT"),
-      cmp("2:4", "msmodelslim", "hessian"), cmp("2:4", "llm-compressor", "SparseGPT")]),
-    (r"ahead at 2:4 by a little \((\S+)x;", [Ratio(cmp("2:4", "msmodelslim", "hessian"),
-                                                  cmp("2:4", "llm-compressor", "SparseGPT"))]),
-    (r"the first block's masks agree on (\S+) % of the weights",
+    (r"rounding\): (\S+) against llm-compressor's (\S+ / \S+) at 50 % and (\S+)\s+against (\S+ / \S+) at 2:4",
+     [cmp("50% unstructured", "msmodelslim", PLAIN), cmp("50% unstructured", "llm-compressor", "SparseGPT"),
+      cmp("2:4", "msmodelslim", PLAIN), cmp("2:4", "llm-compressor", "SparseGPT")]),
+    (r"parity \((\S+)x and (\S+)x\)",
+     [Text("sparse.md", r"50% unstructured: hessian, reconstruct=False / llm-compressor SparseGPT perplexity (\S+);"),
+      Text("sparse.md", r"2:4: hessian, reconstruct=False / llm-compressor SparseGPT perplexity (\S+)\.")]),
+    (r"\*\*(\S+) at 50 % \((\S+)x llm-compressor's SparseGPT\) and (\S+) at 2:4 \((\S+)x\)\*\*",
+     [cmp("50% unstructured", "msmodelslim", "hessian"),
+      Text("sparse.md", r"50% unstructured: hessian / llm-compressor SparseGPT perplexity (\S+);"),
+      cmp("2:4", "msmodelslim", "hessian"),
+      Text("sparse.md", r"2:4: hessian / llm-compressor SparseGPT perplexity (\S+);")]),
+    (r"`reconstruct=True`\) gives (\S+) and (\S+)\.",
+     [cmp("50% unstructured", "msmodelslim", WANDA_LS), cmp("2:4", "msmodelslim", WANDA_LS)]),
+    (r"its two rounds differ \((\S+) and (\S+) at 2:4\)",
+     [Text("sparse.md", r"\| 2:4 +\| llm-compressor \| SparseGPT +\| +(\S+) / \S+ \|"),
+      Text("sparse.md", r"\| 2:4 +\| llm-compressor \| SparseGPT +\| +\S+ / (\S+) \|")]),
+    (r"the first block's masks agree on (\S+) % of the\s+weights",
      [cmp("50% unstructured", "llm-compressor", "SparseGPT", "mask agreement model.layers.0.self_attn.q_proj",
           "{:.0f}")]),
     (r"statistics \(the X\^T X products\) takes (\S+) s\s+against (\S+) s for `magnitude`, whose whole run takes "
-     r"(\S+) s",
+     r"(\S+) s, and the\s+reconstruction adds about (\S+) s",
      [cmp("50% unstructured", "msmodelslim", "hessian", "statistics s"),
       cmp("50% unstructured", "msmodelslim", "magnitude", "statistics s"),
-      cmp("50% unstructured", "msmodelslim", "magnitude", "seconds")]),
-    (r"gives (\S+) and (\S+) at about twice the time",
-     [cmp("50% unstructured", "msmodelslim", "hessian, true_sequential"),
-      cmp("2:4", "msmodelslim", "hessian, true_sequential")]),
+      cmp("50% unstructured", "msmodelslim", "magnitude", "seconds"),
+      Derived((cmp("50% unstructured", "msmodelslim", "hessian", "solve s"),
+               cmp("50% unstructured", "msmodelslim", PLAIN, "solve s")), lambda a, b: a - b)]),
+    (r"the reconstruction buys (\S+)-(\S+) % lower perplexity",
+     [Derived((cmp("50% unstructured", "msmodelslim", "hessian"), cmp("50% unstructured", "msmodelslim", PLAIN)),
+              lambda a, b: 100 * (1 - a / b)),
+      Derived((cmp("2:4", "msmodelslim", "hessian"), cmp("2:4", "msmodelslim", PLAIN)),
+              lambda a, b: 100 * (1 - a / b))]),
     (r"`hessian` takes (\S+)x \(50 %\) and (\S+)x \(2:4\)\s+llm-compressor's time and (\S+)x `magnitude`'s",
      [Text("sparse.md", r"50% unstructured: hessian / llm-compressor SparseGPT time (\S+);"),
-      Text("sparse.md", r"2:4: hessian / llm-compressor SparseGPT time (\S+)\."),
+      Text("sparse.md", r"2:4: hessian / llm-compressor SparseGPT time (\S+);"),
       Text("sparse.md", r"50% unstructured: hessian / magnitude time (\S+);")]),
     (r"model's file is about (\d+) % of the dense one",
      [Cell("sparse.md", SPARSE, row(setting="50% unstructured", method="hessian"), "export / dense file", "{:.0f}")]),

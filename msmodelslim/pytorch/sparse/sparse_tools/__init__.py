@@ -7,8 +7,9 @@ Usage (as documented by msModelSlim)::
     prune_compressor = Compressor(model, sparse_config)
     prune_compressor.compress(dataset=[torch.randn(64, 100)])
 
-``magnitude`` is Wanda (|W|·‖X‖), ``hessian`` SparseGPT, ``par``/``par_v2`` a Wanda mask refined by DSnoT-style
-prune-and-regrow. Every calibration batch is used; decoders and encoders are processed block by block.
+``magnitude`` is Wanda (|W|·‖X‖), ``hessian`` SparseGPT followed by a least-squares reconstruction of the kept
+weights (``reconstruct``), ``par``/``par_v2`` a Wanda mask refined by DSnoT-style prune-and-regrow. Every
+calibration batch is used; decoders and encoders are processed block by block.
 """
 from torch import nn
 

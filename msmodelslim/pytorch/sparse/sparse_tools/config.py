@@ -16,9 +16,9 @@ class SparseConfig:
     The first five fields are the original's, with its defaults and errors:
 
     * ``mode``: ``"sparse"`` only;
-    * ``method``: ``"magnitude"`` (Wanda: |W|·‖X‖), ``"hessian"`` (SparseGPT), ``"par"`` and ``"par_v2"`` (Wanda mask
-      refined by DSnoT-style prune-and-regrow); aliases ``"wanda"``, ``"sparsegpt"``, ``"dsnot"`` (= ``"par_v2"``),
-      and ``"weight_magnitude"`` (plain |W|, data-free);
+    * ``method``: ``"magnitude"`` (Wanda: |W|·‖X‖), ``"hessian"`` (SparseGPT, then ``reconstruct``), ``"par"`` and
+      ``"par_v2"`` (Wanda mask refined by DSnoT-style prune-and-regrow); aliases ``"wanda"``, ``"sparsegpt"``,
+      ``"dsnot"`` (= ``"par_v2"``), and ``"weight_magnitude"`` (plain |W|, data-free);
     * ``sparse_ratio``: a float in (0, 1), the fraction of weights set to zero;
     * ``progressive``: sparsify in stages (MLP projections, then attention output, then q/k/v, then the rest);
     * ``uniform``: ``False`` gives non-uniform per-layer ratios with the same overall ratio (OWL).
