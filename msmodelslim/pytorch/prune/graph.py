@@ -135,14 +135,12 @@ def torch_pruning_groups(model, call):
                 members.append(member)
         if not members:
             continue
-        unit_of_root, reason = graph_axes.chunk_units(tp_group, chunks)
-        if reason:
-            partials.append(graph_axes.partial_chunks(tp_group, chunks) if not unsupported else {})
-            unsupported.append(reason)
-        else:
-            partials.append({})
-            if unit_of_root:
-                members = _renumber_units(members, unit_of_root)
+        unit_of_root, partial = graph_axes.chunk_units(tp_group, chunks)
+        partials.append(partial if not unsupported else {})
+        if partial:
+            unsupported.append(graph_axes.PARTIAL_CHUNK)
+        elif unit_of_root:
+            members = _renumber_units(members, unit_of_root)
         size = len({r for member in members for r in member.roots})
         group = ChannelGroup(name=members[0].target, size=size, members=_merge(members))
         if unsupported:
@@ -167,21 +165,13 @@ def _join_at_chunks(groups, partials, chunks):
         indices = {index for index, _ in found}
         if len(found) < 2 or sorted(channels) != list(range(total)) or used & indices:
             continue
-        parent = {}
-
-        def find(key):
-            while parent.setdefault(key, key) != key:
-                key = parent[key]
-            return key
-
-        first = {}
+        units, first = graph_axes.Partition(), {}
         for holder, (_, pairs) in enumerate(found):
             for idx, root in pairs:
-                other = first.setdefault(idx % part, (holder, root))
-                parent[find((holder, root))] = find(other)
+                units.join((holder, root), first.setdefault(idx % part, (holder, root)))
         members = []
         for holder, (index, _) in enumerate(found):
-            members += [Member(m.target, m.role, list(m.idxs), [find((holder, r)) for r in m.roots], m.axis)
+            members += [Member(m.target, m.role, list(m.idxs), [units.find((holder, r)) for r in m.roots], m.axis)
                         for m in groups[index].members]
         number = {unit: n for n, unit in enumerate(sorted({r for m in members for r in m.roots}))}
         members = [Member(m.target, m.role, m.idxs, [number[r] for r in m.roots], m.axis) for m in members]

@@ -256,46 +256,44 @@ def correct(graph):
     return unsafe, chunks
 
 
-def partial_chunks(items, chunks):
-    """``{chunk node: [(channel, root)]}`` for the chunks a torch-pruning group reaches with only some of their
-    channels (e.g. one of two layers concatenated and then chunked): another group may hold the rest."""
-    found = {}
-    for item in items:
-        node = item.dep.target
-        if node not in chunks or item.dep.source is node:
-            continue
-        if set(int(i) for i in item.idxs) != set(range(chunks[node][1])):
-            found.setdefault(node, set()).update(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs)))
-    return {node: sorted(pairs) for node, pairs in found.items()}
+class Partition:
+    """Keys joined into classes (union-find); :meth:`find` names a key's class by one of its members."""
+
+    def __init__(self):
+        self.parent = {}
+
+    def find(self, key):
+        while self.parent.setdefault(key, key) != key:
+            key = self.parent[key]
+        return key
+
+    def join(self, a, b):
+        self.parent[self.find(a)] = self.find(b)
+
+
+PARTIAL_CHUNK = "a chunk cuts the channels into equal parts and the group holds only some of them"
 
 
 def chunk_units(items, chunks):
     """Units of a torch-pruning group that must go together because a ``chunk`` cuts their channels into equal
     parts: channel ``i`` of every part is one unit (as heads are). ``items`` are the group's items.
 
-    Returns ``(unit_of_root, None)`` (a dict; empty when no chunk is reached) or ``(None, reason)`` when the group
-    reaches a chunk with only some of its channels (its parts could not stay equal).
+    Returns ``(unit_of_root, partial)``: a dict (empty when no chunk is reached wholly), and ``{chunk node:
+    [(channel, root)]}`` for the chunks the group reaches with only some of their channels (e.g. one of two layers
+    concatenated and then chunked: its parts could not stay equal alone; another group may hold the rest).
     """
-    parent = {}
-
-    def find(root):
-        while parent.setdefault(root, root) != root:
-            root = parent[root]
-        return root
-
+    units, partial = Partition(), {}
     for item in items:
         node = item.dep.target
         if node not in chunks or item.dep.source is node:
             continue
         part, total = chunks[node]
-        whole = set(int(i) for i in item.idxs)
-        if whole != set(range(total)):
-            return None, "a chunk cuts the channels into equal parts and the group holds only some of them"
+        pairs = list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs)))
+        if {idx for idx, _ in pairs} != set(range(total)):
+            partial.setdefault(node, set()).update(pairs)
+            continue
         first_root = {}
-        for idx, root in zip(item.idxs, item.root_idxs):
-            position = int(idx) % part
-            if position in first_root:
-                parent[find(int(root))] = find(first_root[position])
-            else:
-                first_root[position] = int(root)
-    return {root: find(root) for root in parent}, None
+        for idx, root in pairs:
+            units.join(root, first_root.setdefault(idx % part, root))
+    return ({root: units.find(root) for root in units.parent},
+            {node: sorted(pairs) for node, pairs in partial.items()})

@@ -45,7 +45,7 @@ def couple_grouped_convs(model, groups):
             continue
         out_width, in_width = spec.group_widths()
         inputs, outputs = _sides(groups, name, INPUT), _sides(groups, name, OUTPUT)
-        if len({index for index, _ in inputs + outputs}) > 2 or len(inputs) > 1 or len(outputs) > 1:
+        if len(inputs) > 1 or len(outputs) > 1:
             # e.g. a concatenation of three layers' outputs feeding it: its conv groups straddle channel groups
             for index in {index for index, _ in inputs + outputs}:
                 groups[index].protected = groups[index].protected or (

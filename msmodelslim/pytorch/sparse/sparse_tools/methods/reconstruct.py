@@ -9,6 +9,8 @@ stay zeros.
 """
 import torch
 
+from msmodelslim.pytorch.sparse.sparse_tools.methods.sparsegpt import damping
+
 STEPS = 10  # conjugate-gradient steps: SmolLM2's perplexity after 10 equals that after 30 to 0.1 %
 
 
@@ -19,7 +21,7 @@ def damped_hessian(stats, percdamp):
     if key not in stats.derived:
         hessian = stats.symmetric_hessian().float()
         live = torch.diagonal(hessian) > 0
-        hessian.diagonal().add_(percdamp * torch.diagonal(hessian).mean().clamp(min=1e-8))
+        hessian.diagonal().add_(damping(hessian, percdamp))
         stats.derived[key] = hessian, live
     return stats.derived[key]
 

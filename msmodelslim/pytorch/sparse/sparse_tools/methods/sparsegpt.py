@@ -23,10 +23,14 @@ USE_CUDA_GRAPHS = True
 GRAPHS_KEPT = 8  # shapes whose captured loop is kept (a model has a handful: q/k/v, o, gate/up, down)
 
 
+def damping(hessian, percdamp):
+    """The damping added to H's diagonal: ``percdamp`` times the mean of that diagonal."""
+    return percdamp * torch.diagonal(hessian).mean().clamp(min=1e-8)
+
+
 def inverse_hessian_factor(hessian, percdamp):
     """Upper Cholesky factor of (H + damping)^-1; the damping grows tenfold until H is positive definite."""
-    diagonal = torch.diagonal(hessian)
-    damp = percdamp * diagonal.mean().clamp(min=1e-8)
+    damp = damping(hessian, percdamp)
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     for _ in range(MAX_DAMPING_RETRIES):
         factor, info = torch.linalg.cholesky_ex(hessian + damp * eye)
