@@ -113,14 +113,22 @@ def first_tensor(value):
 
 
 @contextlib.contextmanager
-def hooks(modules, on_forward, with_inputs=True):
-    """Register ``on_forward(name, module, inputs, output)`` as a forward hook on each ``(name, module)``.
+def hooks(modules, on_forward, with_inputs=True, before=False):
+    """Register ``on_forward(name, module, inputs, output)`` as a forward hook on each ``(name, module)``; with
+    ``before``, as a forward pre-hook instead: called before the module runs, with ``output`` None.
 
     The hooks are removed when the block exits, also on error.
     """
     handles = []
     try:
         for name, module in modules:
+            if before:
+                def pre_hook(mod, inputs, _name=name):
+                    on_forward(_name, mod, inputs if with_inputs else None, None)
+
+                handles.append(module.register_forward_pre_hook(pre_hook))
+                continue
+
             def hook(mod, inputs, output, _name=name):
                 on_forward(_name, mod, inputs if with_inputs else None, output)
 

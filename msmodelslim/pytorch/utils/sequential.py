@@ -21,6 +21,39 @@ class _Captured(Exception):
     """Raised from the first block's pre-hook to stop the forward pass once its inputs are captured."""
 
 
+class BlockDone(Exception):
+    """Raised by a hook during :meth:`BlockStep.run` with a ``stopper``: everything wanted from the current batch has
+    been seen, so the rest of the block's forward on it is skipped."""
+
+
+class StopAfterFirstBatchCalls:
+    """A ``stopper`` for :meth:`BlockStep.run` that ends each batch's forward once the watched layers have been called
+    exactly as on the first batch - the same layers, in the same order - if that batch called every one of them.
+    Only the rest of the block is skipped (e.g. its last layer's own product): the watched layers have seen all
+    they would see, unless a later batch would call one of them more often than the first did. The first batch
+    always runs to the end. Hooks report each call with :meth:`called`."""
+
+    def __init__(self, watched):
+        self.watched = set(watched)
+        self.reference = None  # the first batch's calls; () when it did not call every watched layer
+        self.calls = []
+
+    def start(self):
+        if self.reference is None and self.calls:
+            self.reference = tuple(self.calls) if self.watched <= set(self.calls) else ()
+        self.calls = []
+
+    def called(self, name):
+        """Record a call of layer ``name``.
+
+        Raises:
+            BlockDone: the calls of this batch now equal the first batch's.
+        """
+        self.calls.append(name)
+        if self.reference and len(self.calls) == len(self.reference) and tuple(self.calls) == self.reference:
+            raise BlockDone()
+
+
 def find_blocks(model):
     """The repeated blocks of ``model`` as ``[(name, module)]``, or ``[]`` when it has none.
 
@@ -109,12 +142,15 @@ def _with_hidden(args, kwargs, hidden):
 
 def blocks_chain(model, blocks, batch):
     """Whether each block's output is exactly the next block's input on ``batch`` (nothing runs between them),
-    so that running the blocks one after another reproduces the model."""
+    so that running the blocks one after another reproduces the model. The forward stops at the last block's
+    input: what follows (that block, the head) cannot change the answer."""
     seen_in, seen_out = {}, {}
     handles = []
     for index, (_, block) in enumerate(blocks):
         def pre(module, args, kwargs, _i=index):
             seen_in.setdefault(_i, block_hidden(args, kwargs))
+            if _i == len(blocks) - 1:
+                raise _Captured()
 
         def post(module, args, output, _i=index):
             seen_out.setdefault(_i, first_tensor(output))
@@ -124,6 +160,8 @@ def blocks_chain(model, blocks, batch):
     try:
         with torch.no_grad():
             as_call_params(batch).to(model_device(model))(model)
+    except _Captured:
+        pass
     except Exception:  # a failing batch is reported by the calibration itself, with its index
         return True
     finally:
@@ -148,8 +186,11 @@ class BlockStep:
         self.outputs = None
         self.returns_tuple = False  # whether the block returned a tuple (hidden states first), once run
 
-    def run(self, keep=True):
+    def run(self, keep=True, stopper=None):
         """Run the block on every input (no grad); keep the outputs for the next block when ``keep``.
+
+        ``stopper``: its ``start()`` is called before each batch, and hooks may then raise :class:`BlockDone` to end
+        that batch's forward early; such a run only serves its hooks and returns None.
 
         Raises:
             RuntimeError: the block fails on a batch (named by its index).
@@ -157,15 +198,22 @@ class BlockStep:
         outputs = []
         with torch.no_grad():
             for index, (args, kwargs) in enumerate(self.inputs):
+                if stopper is not None:
+                    stopper.start()
                 try:
                     output = self.module(*args, **kwargs)
                     self.returns_tuple = isinstance(output, tuple)
                     outputs.append(first_tensor(output))
+                except BlockDone:
+                    if stopper is None:
+                        raise
                 except ModelslimError:
                     raise
                 except Exception as exc:
                     raise RuntimeError(f"{self.where}[{index}]: block '{self.name}' failed on this batch "
                                        f"({type(exc).__name__}: {exc})") from exc
+        if stopper is not None:
+            return None
         if keep:
             self.outputs = outputs
         return outputs

@@ -39,7 +39,7 @@ def test_projections_of_one_input_share_one_statistics_object():
     model, batch = hf.llama()
     sparsifier = Sparsifier(model, SparseConfig(method="hessian"), [batch])
     names = list(sparsifier.layers)
-    stats = sparsifier._collect(names, lambda: run_dataset(model, [batch]), {"hessian"})
+    stats = sparsifier._collect(names, lambda _stopper: run_dataset(model, [batch]), {"hessian"})
     prefix = "model.layers.0."
     q, k, v, o = (stats[prefix + f"self_attn.{p}_proj"] for p in "qkvo")
     gate, up, down = (stats[prefix + f"mlp.{p}_proj"] for p in ("gate", "up", "down"))
@@ -82,7 +82,7 @@ def test_inconsistent_sharing_falls_back_to_per_layer_statistics(method, model_c
         assert torch.equal(getattr(shared, name).weight, getattr(alone, name).weight), name
     # and the per-layer statistics really are per layer: b's Hessian counts its two calls
     sparsifier = Sparsifier(model, SparseConfig(method=method), data)
-    stats = sparsifier._collect(["a", "b"], lambda: run_dataset(model, data), {"hessian"})
+    stats = sparsifier._collect(["a", "b"], lambda _stopper: run_dataset(model, data), {"hessian"})
     assert stats["a"] is not stats["b"]
 
 

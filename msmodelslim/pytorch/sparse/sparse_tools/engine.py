@@ -23,7 +23,7 @@ from msmodelslim.pytorch.sparse.sparse_tools.methods.reconstruct import damped_h
 from msmodelslim.pytorch.sparse.sparse_tools.stats import LayerStats, SharedInputStats, Ungroupable
 from msmodelslim.pytorch.utils.calibration import as_call_params, eval_mode, first_tensor, hooks, model_device
 from msmodelslim.utils.logging import logger
-from msmodelslim.pytorch.utils.sequential import blocks_chain, find_blocks, iterate_blocks
+from msmodelslim.pytorch.utils.sequential import StopAfterFirstBatchCalls, blocks_chain, find_blocks, iterate_blocks
 
 
 def _is_conv1d(module):
@@ -201,10 +201,12 @@ class Sparsifier:
         return stats
 
     def _run_hooked(self, names, runner, record):
-        """``runner()`` with ``record(name, input)`` hooked on the layers; the time spent goes to the timings, the
-        order in which the layers were first called to ``_call_order``."""
+        """``runner(stopper)`` with ``record(name, input)`` hooked before each call of the layers; the time spent goes
+        to the timings, the order in which the layers were first called to ``_call_order``. ``stopper`` (see
+        :class:`StopAfterFirstBatchCalls`) lets a block's forward end once every layer has been called."""
         spent = [0.0]
         self._call_order = []
+        stopper = StopAfterFirstBatchCalls(names)
 
         def hook(name, module, inputs, output):
             start = time.perf_counter()
@@ -212,9 +214,10 @@ class Sparsifier:
                 self._call_order.append(name)
             record(name, first_tensor(inputs))
             spent[0] += time.perf_counter() - start
+            stopper.called(name)
 
-        with hooks([(n, self.layers[n]) for n in names], hook):
-            runner()
+        with hooks([(n, self.layers[n]) for n in names], hook, before=True):
+            runner(stopper)
         self.timings["statistics"] += spent[0]
 
     def _blocks(self):
@@ -240,12 +243,16 @@ class Sparsifier:
             for step in iterate_blocks(self.model, blocks, self.dataset, progress=progress, around=self._around_block,
                                        device=self._device):
                 members = inside.get(step.name)
+
+                def runner(stopper, _step=step):
+                    _step.run(keep=False, stopper=stopper)
+
                 if members and sequential:
-                    self._visit_in_order(members, lambda: step.run(keep=False), needs, visit)
+                    self._visit_in_order(members, runner, needs, visit)
                 elif members:
-                    visit(self._collect(members, lambda: step.run(keep=False), needs))
+                    visit(self._collect(members, runner, needs))
         for name in self._execution_order([n for n in names if n not in in_blocks]):
-            visit(self._collect([name], lambda: run_dataset(self.model, self.dataset), needs))
+            visit(self._collect([name], lambda _stopper: run_dataset(self.model, self.dataset), needs))
 
     def _visit_in_order(self, members, runner, needs, visit):
         """``visit`` each group of ``members`` that share an input, in execution order, the statistics of each

@@ -48,11 +48,14 @@ class LayerStats:
             NonFiniteActivation: the batch holds NaN or inf values.
         """
         rows = inputs.detach().reshape(-1, self.columns).float()
-        if not bool(torch.isfinite(rows).all()):
-            raise NonFiniteActivation(f"The inputs of layer '{self.name}' contain NaN or inf values; calibration "
-                                      f"needs finite activations.")
+        squares = rows.square().sum(0)
+        # a NaN or inf anywhere makes its column's sum non-finite: one check of `columns` values, not of every entry
+        if not bool(torch.isfinite(squares).all()):
+            problem = "NaN or inf values" if not bool(torch.isfinite(rows).all()) else "values too large for float32 statistics"
+            raise NonFiniteActivation(f"The inputs of layer '{self.name}' contain {problem}; calibration needs finite "
+                                      f"activations.")
         self.tokens += rows.shape[0]
-        self.input_sq_sum += rows.square().sum(0)
+        self.input_sq_sum += squares
         if self.input_sum is not None:
             self.input_sum += rows.sum(0)
         if self.hessian is not None:

@@ -29,16 +29,18 @@ def damping(hessian, percdamp):
 
 
 def inverse_hessian_factor(hessian, percdamp):
-    """Upper Cholesky factor of (H + damping)^-1; the damping grows tenfold until H is positive definite."""
+    """Upper Cholesky factor U of (H + damping)^-1 (U^T U = (H + damping)^-1); the damping grows tenfold until H is
+    positive definite.
+
+    With J the reversal of rows and columns and J H J = M M^T (M lower), H = R R^T for the upper R = J M J, so
+    H^-1 = (R^-1)^T R^-1 and U = R^-1 = J M^-1 J: one factorisation and one triangular inverse, instead of
+    factorising H, inverting it and factorising the inverse."""
     damp = damping(hessian, percdamp)
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     for _ in range(MAX_DAMPING_RETRIES):
-        factor, info = torch.linalg.cholesky_ex(hessian + damp * eye)
+        factor, info = torch.linalg.cholesky_ex((hessian + damp * eye).flip(0, 1))
         if int(info) == 0:
-            inverse = torch.cholesky_inverse(factor)
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            if int(info) == 0:
-                return upper
+            return torch.linalg.solve_triangular(factor, eye, upper=False).flip(0, 1)
         damp = damp * 10
     raise ValueError("the input Hessian is not positive definite even with strong damping")
 
