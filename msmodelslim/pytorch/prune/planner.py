@@ -214,17 +214,24 @@ def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, 
         removed = _greedy(counter, groups, order, allowed, target, slack, close_on_overshoot=close)
         if counter.current < target - slack:
             removed = _restore(counter, groups, order, allowed, removed, target, slack)
-        walks.append((removed, counter.current))
+        walks.append((removed, counter.current, counter))
         if abs(counter.current - target) <= slack:
             break
     # the closest walk, but stopping short is better than removing more than 2 points beyond what was asked
-    removed, kept = min(walks, key=lambda walk: (walk[1] < target - total * REPORTED_MISS, abs(walk[1] - target)))
+    removed, kept, counter = min(walks, key=lambda walk: (walk[1] < target - total * REPORTED_MISS,
+                                                          abs(walk[1] - target)))
     notes = []
     if kept > target + total * REPORTED_MISS:
-        notes.append(
-            f"kept {kept / total:.1%} of the {what} instead of {reserved_ratio:.1%}: the alignment "
-            f"to {align} channels, node_reserved_ratio={max_group_ratio} and the protected layers allow no more"
-            + _protected_named(groups))
+        step = _smallest_further_step(counter, groups, order, allowed, removed)
+        if step is None:
+            limit = (f"the alignment to {align} channels, node_reserved_ratio={max_group_ratio} and the protected "
+                     f"layers allow no more")
+        else:
+            count, group, channels_now, channels_next = step
+            limit = (f"every further step the alignment to {align} channels allows removes too much (the smallest, "
+                     f"{group.name} from {channels_now} to {channels_next} channels, would keep {count / total:.1%})")
+        notes.append(f"kept {kept / total:.1%} of the {what} instead of {reserved_ratio:.1%}: {limit}"
+                     + _protected_named(groups))
     elif kept < target - total * REPORTED_MISS:
         notes.append(
             f"kept {kept / total:.1%} of the {what} instead of {reserved_ratio:.1%}: with the alignment to {align} "
@@ -235,6 +242,28 @@ def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, 
             params.commit(g, units)
     return Plan(removed={g: u for g, u in removed.items() if u}, params_before=params.base_total,
                 params_after=params.current, target=target, notes=notes)
+
+
+def _smallest_further_step(counter, groups, order, allowed, removed):
+    """``(count after it, group, channels before, channels after)`` of the one-group step - down to the group's next
+    allowed size, its least important remaining units first - that removes the least, or None when no group can
+    shrink further."""
+    gone = {g: set(units) for g, units in removed.items()}
+    remaining = {g: [] for g in range(len(groups))}
+    for _, g, u in order:
+        if u not in gone.get(g, ()):
+            remaining[g].append(u)
+    best = None
+    for g, units in remaining.items():
+        kept = groups[g].size - len(removed.get(g, ()))
+        smaller = [k for k in allowed[g] if k < kept]
+        if not smaller or len(units) < kept - max(smaller):
+            continue
+        count = counter.evaluate(g, units[:kept - max(smaller)])
+        if best is None or count > best[0]:
+            unit = groups[g].unit_channels
+            best = (count, groups[g], kept * unit, max(smaller) * unit)
+    return best
 
 
 def _protected_named(groups, shown=3):

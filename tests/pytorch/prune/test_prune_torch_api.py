@@ -169,6 +169,36 @@ def test_a_layer_never_drops_below_one_alignment_unit():
     assert model.conv2.out_channels == 64
 
 
+class WideMiddle(nn.Module):
+    """A 48-channel hidden layer: with an alignment of 16 it can only drop to 32 (fc2 keeps its outputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(64, 48), nn.Linear(48, 64)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_a_budget_between_two_aligned_steps_is_reported_with_the_step_that_overshoots(caplog):
+    """A third of the hidden layer is the smallest step: 80 % is out of reach, and the INFO line says which step
+    would remove too much and what it would keep - the figure the user sees after asking for it."""
+    model = WideMiddle().eval()
+    log = logging.getLogger("msmodelslim")
+    log.addHandler(caplog.handler)
+    try:
+        PruneTorch(model, torch.randn(2, 64), align=16).analysis(0.8, un_prune_list=["fc2"])
+    finally:
+        log.removeHandler(caplog.handler)
+    line = next(line for line in caplog.text.splitlines() if "Pruning stopped early" in line)
+    step = PruneTorch(WideMiddle().eval(), torch.randn(2, 64), align=16)
+    before = sum(p.numel() for p in step._network.parameters())
+    step.prune(0.6, un_prune_list=["fc2"])
+    after = sum(p.numel() for p in step._network.parameters())
+    assert "kept 100.0% of the parameters instead of 80.0%" in line
+    assert f"from 48 to 32 channels, would keep {after / before:.1%}" in line
+
+
 def test_custom_importance_callable_gets_original_slices():
     model = Chain().eval()
     seen = []
