@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from msmodelslim.errors import ModelslimError
-from msmodelslim.pytorch.utils.calibration import as_call_params, first_tensor, model_device
+from msmodelslim.pytorch.utils.calibration import CallParams, as_call_params, first_tensor, model_device
 from msmodelslim.utils.logging import logger
 
 
@@ -142,8 +142,37 @@ def _with_hidden(args, kwargs, hidden):
 
 def blocks_chain(model, blocks, batch):
     """Whether each block's output is exactly the next block's input on ``batch`` (nothing runs between them),
-    so that running the blocks one after another reproduces the model. The forward stops at the last block's
-    input: what follows (that block, the head) cannot change the answer."""
+    so that running the blocks one after another reproduces the model. Checked on the batch's first sample when its
+    tensors can be cut to one (the whole batch if the model fails on that), and only up to the last block's input:
+    what follows (that block, the head) cannot change the answer. A batch the model fails on counts as chaining
+    (the calibration itself reports the failure, naming the batch)."""
+    call = as_call_params(batch)
+    sample = _first_sample(call)
+    verdict = _chain_verdict(model, blocks, sample) if sample is not None else None
+    if verdict is None:
+        verdict = _chain_verdict(model, blocks, call)
+    return True if verdict is None else verdict
+
+
+def _first_sample(call):
+    """``call`` cut to its first sample, when its arguments are tensors sharing one leading size above 1 (and other
+    values holding no tensor); else None."""
+    values = list(call.args) + list(call.kwargs.values())
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors or any(first_tensor(v) is not None for v in values if not isinstance(v, torch.Tensor)):
+        return None
+    sizes = {t.shape[0] if t.dim() else 0 for t in tensors}
+    if len(sizes) != 1 or sizes.pop() < 2:
+        return None
+
+    def cut(value):
+        return value[:1] if isinstance(value, torch.Tensor) else value
+
+    return CallParams(*[cut(a) for a in call.args], **{k: cut(v) for k, v in call.kwargs.items()})
+
+
+def _chain_verdict(model, blocks, call):
+    """:func:`blocks_chain` on one call; None when the model fails on it."""
     seen_in, seen_out = {}, {}
     handles = []
     for index, (_, block) in enumerate(blocks):
@@ -159,11 +188,11 @@ def blocks_chain(model, blocks, batch):
         handles.append(block.register_forward_hook(post))
     try:
         with torch.no_grad():
-            as_call_params(batch).to(model_device(model))(model)
+            call.to(model_device(model))(model)
     except _Captured:
         pass
-    except Exception:  # a failing batch is reported by the calibration itself, with its index
-        return True
+    except Exception:  # the model fails on this call
+        return None
     finally:
         for handle in handles:
             handle.remove()

@@ -134,6 +134,28 @@ def test_blocks_chain_sees_code_between_any_two_blocks(between, chained):
     assert blocks_chain(model, find_blocks(model), batches(1)[0]) is chained
 
 
+class NeedsFullBatch(Stack):
+    """Fails on fewer than 6 samples; doubles the hidden states between blocks 0 and 1."""
+
+    def forward(self, x):
+        if x.shape[0] < 6:
+            raise ValueError("this model needs 6 samples")
+        return super().forward(x)
+
+
+def test_blocks_chain_runs_one_sample_and_falls_back_to_the_batch():
+    model = Stack(between=1)
+    sizes = []
+    model.blocks[0].register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    assert blocks_chain(model, find_blocks(model), batches(1)[0]) is False
+    assert sizes == [1]
+    strict = NeedsFullBatch(between=0)
+    assert blocks_chain(strict, find_blocks(strict), batches(1)[0]) is False  # found on the whole batch
+    chained = NeedsFullBatch()
+    assert blocks_chain(chained, find_blocks(chained), batches(1)[0]) is True
+    assert blocks_chain(strict, find_blocks(strict), batches(1)[0][:2]) is True  # fails either way: calibration says
+
+
 def test_code_between_blocks_gives_whole_passes_with_the_same_statistics():
     torch.manual_seed(2)
     model = Stack(between=1)

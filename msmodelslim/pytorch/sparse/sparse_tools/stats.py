@@ -51,7 +51,8 @@ class LayerStats:
         squares = rows.square().sum(0)
         # a NaN or inf anywhere makes its column's sum non-finite: one check of `columns` values, not of every entry
         if not bool(torch.isfinite(squares).all()):
-            problem = "NaN or inf values" if not bool(torch.isfinite(rows).all()) else "values too large for float32 statistics"
+            finite = bool(torch.isfinite(rows).all())
+            problem = "values too large for float32 statistics" if finite else "NaN or inf values"
             raise NonFiniteActivation(f"The inputs of layer '{self.name}' contain {problem}; calibration needs finite "
                                       f"activations.")
         self.tokens += rows.shape[0]
