@@ -4,17 +4,20 @@ The dependency graph gives a grouped convolution two channel groups: the one its
 the layers producing them) and the one its output channels belong to (with the layers reading them). Removing
 conv group ``j`` removes input channels ``[j * in_width, (j + 1) * in_width)`` and output channels
 ``[j * out_width, (j + 1) * out_width)`` together, so the two groups are merged into one whose units are the conv
-groups: each unit of either side is re-labelled with the conv group its channel falls in.
+groups: each unit of either side is re-labelled with the conv group its channel falls in. When the input is a
+concatenation of several channel groups, all of them join, as long as each unit falls in one conv group and some
+conv group holds no part whole. A side that is already the conv groups of another grouped convolution (two in a
+row) joins the same way: each of its units - a conv group of the other - must fall in one conv group of this one.
 """
 from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
 from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
 
 
-def _sides(groups, name, role):
+def _sides(groups, name, role, merged_away):
     """``[(index, member)]`` of the groups holding ``role`` of layer ``name`` (several when the channels are a
     concatenation of tensors from different groups)."""
-    return [(index, member) for index, group in enumerate(groups) for member in group.members
-            if member.target == name and member.role == role and member.axis is None]
+    return [(index, member) for index, group in enumerate(groups) if index not in merged_away
+            for member in group.members if member.target == name and member.role == role and member.axis is None]
 
 
 def _conv_group_of_unit(member, width, size):
@@ -26,6 +29,13 @@ def _conv_group_of_unit(member, width, size):
         if mapping.setdefault(unit, group) != group:
             return None
     return mapping if len(mapping) == size else None
+
+
+def _removable(input_maps, conv_groups):
+    """Whether some conv group can go: one that holds no input part whole (removing it would leave that part's
+    layer without channels)."""
+    whole = {next(iter(set(mapping.values()))) for mapping in input_maps if len(set(mapping.values())) == 1}
+    return len(whole) < conv_groups
 
 
 def _relabel(group, mapping):
@@ -44,33 +54,32 @@ def couple_grouped_convs(model, groups):
         if spec is None or spec.kind != "grouped_conv":
             continue
         out_width, in_width = spec.group_widths()
-        inputs, outputs = _sides(groups, name, INPUT), _sides(groups, name, OUTPUT)
-        if len(inputs) > 1 or len(outputs) > 1:
-            # e.g. a concatenation of three layers' outputs feeding it: its conv groups straddle channel groups
-            for index in {index for index, _ in inputs + outputs}:
-                groups[index].protected = groups[index].protected or (
-                    f"grouped convolution {name}: its channels come from several channel groups")
-            continue
+        inputs, outputs = _sides(groups, name, INPUT, merged_away), _sides(groups, name, OUTPUT, merged_away)
         if not inputs or not outputs:
             continue
-        (a, in_member), (b, out_member) = inputs[0], outputs[0]
+        sides = [index for index, _ in inputs + outputs]
         reason = None
-        if a == b:
+        if len(outputs) > 1:
+            reason = f"{name}: its output channels belong to several channel groups"
+        elif len(set(sides)) < len(sides):
             reason = f"{name}: its input and output channels are coupled with each other"
-        elif a in merged_away or b in merged_away or groups[a].kind == "conv_groups" or groups[b].kind == "conv_groups":
-            reason = f"{name}: its channels are shared with another grouped convolution"
-        in_map = _conv_group_of_unit(in_member, in_width, groups[a].size) if reason is None else None
-        out_map = _conv_group_of_unit(out_member, out_width, groups[b].size) if reason is None else None
-        if reason is None and (in_map is None or out_map is None):
-            reason = f"{name}: its channel groups do not map to whole convolution groups"
+        # an input made of several channel groups (a concatenation) works when each conv group lies in one of them
+        maps = [_conv_group_of_unit(member, width, groups[index].size)
+                for (index, member), width in zip(inputs + outputs, [in_width] * len(inputs) + [out_width])
+                ] if reason is None else []
+        if reason is None and any(mapping is None for mapping in maps):
+            reason = (f"{name}: its channels come from several channel groups" if len(inputs) > 1 else
+                      f"{name}: its channel groups do not map to whole convolution groups")
+        elif reason is None and len(inputs) > 1 and not _removable(maps[:len(inputs)], module.groups):
+            reason = f"{name}: its channels come from several channel groups"
         if reason:
-            for index in (a, b):
+            for index in set(sides):
                 groups[index].protected = groups[index].protected or f"grouped convolution {reason}"
             continue
-        protected = groups[a].protected or groups[b].protected
-        groups[a] = ChannelGroup(name=f"{name} (conv groups)", size=module.groups,
-                                 members=_relabel(groups[a], in_map) + _relabel(groups[b], out_map),
-                                 kind="conv_groups", unit_channels=out_width, protected=protected,
-                                 divisors=sorted(set(groups[a].divisors) | set(groups[b].divisors)))
-        merged_away.add(b)
+        members = [m for index, mapping in zip(sides, maps) for m in _relabel(groups[index], mapping)]
+        groups[sides[0]] = ChannelGroup(
+            name=f"{name} (conv groups)", size=module.groups, members=members, kind="conv_groups",
+            unit_channels=out_width, protected=next((groups[i].protected for i in sides if groups[i].protected), None),
+            divisors=sorted({d for i in sides for d in groups[i].divisors}))
+        merged_away.update(sides[1:])
     return [group for index, group in enumerate(groups) if index not in merged_away]
