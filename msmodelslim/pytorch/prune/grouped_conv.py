@@ -63,7 +63,7 @@ def couple_grouped_convs(model, groups):
             reason = f"{name}: its output channels belong to several channel groups"
         elif len(set(sides)) < len(sides):
             reason = f"{name}: its input and output channels are coupled with each other"
-        # an input made of several channel groups (a concatenation) works when each conv group lies in one of them
+        # per side, {unit: conv group}: None where a unit spans two conv groups (then the sides cannot join)
         maps = [_conv_group_of_unit(member, width, groups[index].size)
                 for (index, member), width in zip(inputs + outputs, [in_width] * len(inputs) + [out_width])
                 ] if reason is None else []

@@ -203,7 +203,7 @@ class Sparsifier:
     def _run_hooked(self, names, runner, record):
         """``runner(stopper)`` with ``record(name, input)`` hooked before each call of the layers; the time spent goes
         to the timings, the order in which the layers were first called to ``_call_order``. ``stopper`` (see
-        :class:`StopAfterFirstBatchCalls`) lets a block's forward end once every layer has been called."""
+        :class:`StopAfterFirstBatchCalls`) ends a batch's forward once it has made the first batch's calls."""
         spent = [0.0]
         self._call_order = []
         stopper = StopAfterFirstBatchCalls(names)
