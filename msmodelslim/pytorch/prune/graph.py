@@ -169,13 +169,11 @@ def _join_at_chunks(groups, partials, chunks):
         for holder, (_, pairs) in enumerate(found):
             for idx, root in pairs:
                 units.join((holder, root), first.setdefault(idx % part, (holder, root)))
-        members = []
-        for holder, (index, _) in enumerate(found):
-            members += [Member(m.target, m.role, list(m.idxs), [units.find((holder, r)) for r in m.roots], m.axis)
-                        for m in groups[index].members]
-        number = {unit: n for n, unit in enumerate(sorted({r for m in members for r in m.roots}))}
-        members = [Member(m.target, m.role, m.idxs, [number[r] for r in m.roots], m.axis) for m in members]
-        groups[found[0][0]] = ChannelGroup(name=groups[found[0][0]].name, size=len(number), members=_merge(members))
+        tagged = [Member(m.target, m.role, list(m.idxs), [(holder, r) for r in m.roots], m.axis)
+                  for holder, (index, _) in enumerate(found) for m in groups[index].members]
+        members = _renumber_units(tagged, {key: units.find(key) for key in list(units.parent)})
+        size = len({r for m in members for r in m.roots})
+        groups[found[0][0]] = ChannelGroup(name=groups[found[0][0]].name, size=size, members=_merge(members))
         used |= indices
         merged_away |= indices - {found[0][0]}
     return [group for index, group in enumerate(groups) if index not in merged_away]

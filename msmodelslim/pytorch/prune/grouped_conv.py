@@ -34,8 +34,8 @@ def _conv_group_of_unit(member, width, size):
 def _removable(input_maps, conv_groups):
     """Whether some conv group can go: one that holds no input part whole (removing it would leave that part's
     layer without channels)."""
-    whole = {next(iter(set(mapping.values()))) for mapping in input_maps if len(set(mapping.values())) == 1}
-    return len(whole) < conv_groups
+    spans = [set(mapping.values()) for mapping in input_maps]
+    return len({conv_group for span in spans if len(span) == 1 for conv_group in span}) < conv_groups
 
 
 def _relabel(group, mapping):

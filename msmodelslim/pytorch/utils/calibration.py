@@ -122,17 +122,11 @@ def hooks(modules, on_forward, with_inputs=True, before=False):
     handles = []
     try:
         for name, module in modules:
-            if before:
-                def pre_hook(mod, inputs, _name=name):
-                    on_forward(_name, mod, inputs if with_inputs else None, None)
-
-                handles.append(module.register_forward_pre_hook(pre_hook))
-                continue
-
-            def hook(mod, inputs, output, _name=name):
+            def hook(mod, inputs, output=None, _name=name):  # a pre-hook is called without the output
                 on_forward(_name, mod, inputs if with_inputs else None, output)
 
-            handles.append(module.register_forward_hook(hook))
+            register = module.register_forward_pre_hook if before else module.register_forward_hook
+            handles.append(register(hook))
         yield
     finally:
         for handle in handles:
