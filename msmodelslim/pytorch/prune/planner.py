@@ -224,8 +224,8 @@ def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, 
     if kept > target + total * REPORTED_MISS:
         step = _smallest_further_step(counter, groups, order, allowed, removed)
         if step is None:
-            limit = (f"the alignment to {align} channels, node_reserved_ratio={max_group_ratio} and the protected "
-                     f"layers allow no more")
+            limit = (f"the alignment to {align} channels, node_reserved_ratio={max_group_ratio}, the protected "
+                     f"layers and the parts of concatenations or splits (each keeps some channels) allow no more")
         else:
             count, group, channels_now, channels_next = step
             limit = (f"every further step the alignment to {align} channels allows removes too much (the smallest, "
@@ -246,8 +246,8 @@ def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, 
 
 def _smallest_further_step(counter, groups, order, allowed, removed):
     """``(count after it, group, channels before, channels after)`` of the one-group step - down to the group's next
-    allowed size, its least important remaining units first - that removes the least, or None when no group can
-    shrink further."""
+    allowed size, its least important remaining units first, none that would empty one part of the group - that
+    removes the least, or None when no group can shrink further."""
     gone = {g: set(units) for g, units in removed.items()}
     remaining = {g: [] for g in range(len(groups))}
     for _, g, u in order:
@@ -257,9 +257,13 @@ def _smallest_further_step(counter, groups, order, allowed, removed):
     for g, units in remaining.items():
         kept = groups[g].size - len(removed.get(g, ()))
         smaller = [k for k in allowed[g] if k < kept]
-        if not smaller or len(units) < kept - max(smaller):
+        step, parts, taken = kept - max(smaller, default=kept), _partial_members(groups[g]), []
+        for u in units:  # as the walks do: never the last unit of one part of a concatenation or split
+            if len(taken) < step and not any(part <= gone.get(g, set()) | set(taken) | {u} for part in parts):
+                taken.append(u)
+        if not smaller or len(taken) < step:
             continue
-        count = counter.evaluate(g, units[:kept - max(smaller)])
+        count = counter.evaluate(g, taken)
         if best is None or count > best[0]:
             unit = groups[g].unit_channels
             best = (count, groups[g], kept * unit, max(smaller) * unit)

@@ -233,6 +233,33 @@ def test_grouped_convolutions_whose_groups_straddle_each_other_are_protected(cap
     assert (model.first.groups, model.second.groups) == (2, 4)
 
 
+class _ConcatIntoCoarseningConvs(torch.nn.Module):
+    """Two 16-channel convolutions concatenated into a grouped convolution of 4 groups, then one of 2: the units
+    become the second's groups, each of them one whole part of the concatenation."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.first = torch.nn.Conv2d(32, 32, 3, padding=1, groups=4)
+        self.second = torch.nn.Conv2d(32, 32, 3, padding=1, groups=2)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.first(torch.cat([self.a(x).relu(), self.b(x).relu()], 1)).relu()
+        return self.head(self.second(x).relu().mean((2, 3)))
+
+
+def test_a_step_that_would_empty_a_part_is_not_offered_as_the_next_one(caplog):
+    """Removing either unit would leave `a` or `b` without channels: the plan stops, and its INFO line says the
+    parts allow no more instead of naming a step no walk may take."""
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        model, _, kept = _pruned_and_replayed(
+            lambda: (_ConcatIntoCoarseningConvs().eval(), torch.randn(2, 3, 8, 8)), ratio=0.5, un_prune_list=["head"])
+    line = next(line for line in caplog.text.splitlines() if "Pruning stopped early" in line)
+    assert "parts of concatenations or splits" in line and "would keep" not in line
+    assert kept == 1.0
+
+
 class _ConcatThenChunk(torch.nn.Module):
     """Two layers concatenated, then cut in two equal parts by ``chunk`` read by different layers: each part is one
     layer's output, so the two layers must lose the same number of channels."""
