@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from msmodelslim.errors import ModelslimError
-from msmodelslim.pytorch.prune import graph_axes
+from msmodelslim.pytorch.prune import graph_axes, graph_faults
 from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
 from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
 from msmodelslim.pytorch.utils.calibration import output_tensors
@@ -39,6 +39,9 @@ def _member_of_item(model, graph, item, names):
     that cannot be pruned safely)."""
     target = item.dep.target.module
     is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
+    if any(i is None for i in item.idxs) or any(r is None for r in item.root_idxs):
+        name = graph._param_to_name.get(target) if isinstance(target, nn.Parameter) else names.get(target)
+        return None if name is None else f"{name} (channels the dependency graph cannot trace to their layer)"
     idxs, roots = [int(i) for i in item.idxs], [int(r) for r in item.root_idxs]
     if isinstance(target, nn.Parameter):
         name = graph._param_to_name.get(target)
@@ -115,14 +118,17 @@ def torch_pruning_groups(model, call):
     import torch_pruning as tp
 
     names = {module: name for name, module in model.named_modules()}
-    with warnings.catch_warnings():
+    unmapped = {}
+    with warnings.catch_warnings(), graph_faults.failing_soft(unmapped):
         warnings.simplefilter("ignore")
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=call, forward_fn=_forward_with_dead_ends, verbose=False)
-    unsafe, chunks = graph_axes.correct(graph)
-    root_types = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
+        unsafe, chunks = graph_axes.correct(graph)
+        unsafe = {**unmapped, **unsafe}
+        tp_groups = list(graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear,
+                                                                 nn.MultiheadAttention)))
     groups, partials = [], []
-    for tp_group in graph.get_all_groups(root_module_types=root_types):
+    for tp_group in tp_groups:
         members, unsupported = [], []
         for item in tp_group:
             for node in (item.dep.source, item.dep.target):

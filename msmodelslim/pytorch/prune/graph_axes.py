@@ -19,6 +19,8 @@ back on another axis) is caught by the post-prune check and recovery like any ot
 """
 from torch_pruning import ops
 
+from msmodelslim.pytorch.prune import graph_faults
+
 _MAX_WALK = 16
 _PASS_THROUGH = (ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.RESHAPE)
 _TRANSPOSES = ("TransposeBackward0", "TransposeBackward1", "PermuteBackward0")
@@ -87,6 +89,7 @@ class _PartMapping:
     def __init__(self, start, end, to_part):
         self.start, self.end, self.to_part = start, end, to_part
 
+    @graph_faults.soft_map  # an unknown index (from a map that failed) stays unknown
     def __call__(self, idxs):
         from torch_pruning import _helpers
 

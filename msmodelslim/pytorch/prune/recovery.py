@@ -39,6 +39,11 @@ def siblings_of(groups, index):
     return {i for i, group in enumerate(groups) if (_signature(group), group.size) == wanted}
 
 
+def _described(exc):
+    """``exc``'s message, or its type's name when it has none (a bare ``assert``)."""
+    return str(exc) or type(exc).__name__
+
+
 def prune_with_recovery(plan, apply, trial):
     """Apply ``plan(blamed)`` (a plan avoiding the group indices in ``blamed``); when the pruned model fails to run, find
     the group responsible with :func:`find_breaking_group` over ``trial(plan, subset)``, protect it and plan again.
@@ -66,7 +71,8 @@ def prune_with_recovery(plan, apply, trial):
                 raise
             siblings = siblings_of(planned.groups, culprit)
             logger.info("Pruning group %s breaks the model (%s); it is protected%s and the plan is made again.",
-                        planned.groups[culprit].name, exc.__cause__ or exc,
+                        planned.groups[culprit].name, _described(exc.__cause__ or exc),
                         f" with {len(siblings) - 1} group(s) of the same shape in other layers" if len(siblings) > 1
                         else "")
+            logger.debug("Where the pruned model fails:", exc_info=exc.__cause__ or exc)
             blamed.update(siblings)

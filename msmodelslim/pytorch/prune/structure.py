@@ -289,7 +289,9 @@ def _hidden_group(model, family, layers, hidden, moe=None, scan=True):
                 members.append(_member(name, INPUT, per_unit))
     if not scan:
         return ChannelGroup(name="hidden", size=hidden, members=members, kind="hidden")
-    layer_prefixes = tuple([*layers, *moe])
+    # every block of the layer lists, the family's or not (a hybrid model's linear-attention or state-space
+    # blocks): widths inside a block may equal the hidden size by chance
+    layer_prefixes = tuple({*layers, *moe, *(_parent(prefix) + "." for prefix in [*layers, *moe])})
     inside_attention = {f"{name}.{child}" for name, m in model.named_modules()
                         if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_children()}
     for name, module in model.named_modules():

@@ -1,0 +1,69 @@
+"""torch-pruning's channel index maps, made to fail soft while a dependency graph is built.
+
+Some of torch-pruning's index maps raise on shapes it did not plan for (a concatenation part whose channel count it
+cannot infer, a grouped-query repeat of zero, a split whose offsets it never recorded), and the whole graph is lost
+with them: the model is refused though only one operation is in doubt. While :func:`failing_soft` is active:
+
+- a map that raises passes on one unknown index (position and root ``None``; torch-pruning's own grouped-query map
+  also gives unknown roots), so every group it reaches is protected
+  (:func:`msmodelslim.pytorch.prune.graph._member_of_item`);
+- an index-map update that raises is recorded against its operation, and every group through that operation is
+  protected like one through an operation :mod:`graph_axes` marks unsafe.
+"""
+import contextlib
+import functools
+
+from torch_pruning import _helpers
+from torch_pruning.dependency import index_mapping
+
+UNMAPPED = "an operation whose channel map torch-pruning could not build"
+# what a failed map passes on: one index, neither position nor root known; every map it reaches fails on it and
+# passes it on unchanged, so the graph walk meets it again and stops (as with any index set it has seen)
+UNKNOWN = _helpers._HybridIndex(idx=None, root_idx=None)
+
+
+def soft_map(call):
+    """``call`` (an index map's ``__call__``) that gives ``[UNKNOWN]`` instead of raising."""
+    @functools.wraps(call)
+    def mapped(self, idxs):
+        try:
+            return call(self, idxs)
+        except Exception:  # noqa: BLE001 - any fault of the map: the group it reaches is protected
+            return [UNKNOWN]
+
+    return mapped
+
+
+def _soft_update(update, failed):
+    @functools.wraps(update)
+    def updated(graph, node):
+        try:
+            return update(graph, node)
+        except Exception:  # noqa: BLE001 - any fault of the update: the operation is marked, its groups protected
+            failed[node] = UNMAPPED
+            return None
+
+    return updated
+
+
+@contextlib.contextmanager
+def failing_soft(failed):
+    """Within the block, torch-pruning's index maps and index-map updates do not raise; ``failed`` (a dict) gets
+    ``{operation node: reason}`` for each update that would have. The library is restored on exit.
+
+    Not thread-safe: the maps are patched for the whole process while the block runs.
+    """
+    saved = []
+    for name in dir(index_mapping):
+        value = getattr(index_mapping, name)
+        if isinstance(value, type) and name.endswith("IndexMapping") and "__call__" in vars(value):
+            saved.append((value, "__call__", value.__call__))
+            value.__call__ = soft_map(value.__call__)
+        elif name.startswith("update_") and name.endswith("_index_mapping") and name != "update_index_mapping":
+            saved.append((index_mapping, name, value))
+            setattr(index_mapping, name, _soft_update(value, failed))
+    try:
+        yield failed
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
