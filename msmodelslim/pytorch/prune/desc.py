@@ -7,7 +7,7 @@ Format (version 1)::
       ...,
       "__meta__": {
         "format": "msmodelslim-prune-desc", "version": 1,
-        "engine": "torch-pruning" | "structure:<family>",
+        "engine": "torch-pruning" | "structure:<family>[,<family of another tower>...]",
         "fingerprint": "<sha256 of the base model's parameter and buffer names and shapes>",
         "parameters": {"before": int, "after": int},
         "patches": {"<module name>": {"<attribute>": int}},   # attributes forward() reads (num_heads ...)

@@ -31,7 +31,8 @@ from msmodelslim.pytorch.prune.measure import count_params, profile
 from msmodelslim.pytorch.prune.planner import plan_pruning
 from msmodelslim.pytorch.prune.recovery import prune_with_recovery
 from msmodelslim.pytorch.prune.soundness import protect_unsound
-from msmodelslim.pytorch.prune.structure import StructureEngine, detect_layers
+from msmodelslim.pytorch.prune.structure import (CompositeEngine, StructureEngine, detect_layers, detect_towers,
+                                                 is_composite, run_once, tower_groups)
 from msmodelslim.pytorch.utils.calibration import CallParams, as_call_params, eval_mode
 from msmodelslim.utils.logging import logger
 from msmodelslim.utils.report import format_table
@@ -163,8 +164,14 @@ class PruneTorch:
             raise ValueError(f"engine='structure' needs a recognised Hugging Face transformer family; "
                              f"{type(self._network).__name__} is not one.")
         if family is not None:
-            self._engine = StructureEngine(self._network, family, layers, prune_hidden=self._prune_hidden,
-                                           trace=self._traced_groups, moe=moe)
+            trace = run_once(self._traced_groups)
+            engines = [StructureEngine(self._network, family, layers, prune_hidden=self._prune_hidden, trace=trace,
+                                       moe=moe)]
+            engines += [StructureEngine(self._network, tower_family, tower_layers, prune_hidden=self._prune_hidden,
+                                        trace=trace) for tower_family, tower_layers in detect_towers(self._network,
+                                                                                                   [*layers, *moe])]
+            generic = self._tower_groups(engines, trace)
+            self._engine = engines[0] if len(engines) == 1 and not generic else CompositeEngine(engines, generic)
             groups = self._engine.groups
         else:
             groups = couple_grouped_convs(self._network, self._traced_groups())
@@ -175,6 +182,18 @@ class PruneTorch:
                 logger.info("Protected from pruning: %s - %s.", group.name, group.protected)
         self._groups = groups
         return groups
+
+    def _tower_groups(self, engines, trace):
+        """The dependency graph's groups of a composite model's towers that no family describes; none when the
+        model is not composite or its graph cannot be built."""
+        if not is_composite(self._network):
+            return []
+        try:
+            traced = trace()
+        except ModelslimError as exc:
+            logger.debug("No dependency graph for the towers no family describes: %s", exc)
+            return []
+        return couple_grouped_convs(self._network, tower_groups(self._network, engines, traced))
 
     def _traced_groups(self):
         """The channel groups of the dependency graph (raises :class:`GraphTraceError`)."""
@@ -306,8 +325,8 @@ class PruneTorch:
                       for i, g in enumerate(groups)]
         scores = self._scores(groups)
         with _library_errors_explained(self._network):
-            keys = [g.kind if self._engine is not None and self._engine.tied(g.kind, self._uniform_layers) else None
-                    for g in scoped]
+            keys = (self._engine.tie_keys(scoped, self._uniform_layers) if self._engine is not None
+                    else [None] * len(scoped))
             plan_groups, plan_scores, untie = tie_groups(scoped, scores, keys)
             counter = (lambda: MacCounter(self._network, plan_groups, self._macs)) if budget == "macs" else None
             plan = plan_pruning(self._network, plan_groups, plan_scores, min(max(reserved_ratio, 0.0), 1.0),

@@ -340,7 +340,14 @@ def complete_from_graph(model, group, traced):
         return frozenset((id(module.get_parameter(a.tensor)), a.axis) for a in spec.roles()[member.role])
 
     ours = {key(m) for m in group.members}
-    touching = [g for g in traced if ours & {key(m) for m in g.members}]
+    keys = [{key(m) for m in g.members} for g in traced]
+    reached, touching = set(ours), []
+    while True:  # a traced group that shares a tensor with one already reached (a tied weight) is reached too
+        more = [g for g, k in zip(traced, keys) if reached & k and not any(g is t for t in touching)]
+        if not more:
+            break
+        touching += more
+        reached.update(*(k for g, k in zip(traced, keys) if any(g is m for m in more)))
     if not touching or any(g.protected or g.size != group.size for g in touching):
         return group
     found = {key(m): m for g in touching for m in g.members}
@@ -351,7 +358,12 @@ def complete_from_graph(model, group, traced):
                                         "forward (sample inputs that exercise them let the graph confirm the rest)")
     if any(m.idxs != m.roots for m in found.values()):
         return group
-    extra = [m for k, m in found.items() if k not in ours]
+    named = {(m.target, m.role) for m in group.members}
+    extra = []
+    for member in (m for g in touching for m in g.members):  # every module of a tie (one key), not one for them all
+        if (member.target, member.role) not in named and (key(member) not in ours or member.axis is None):
+            named.add((member.target, member.role))
+            extra.append(member)
     logger.info("%s also reaches %s (from the dependency graph).",
                 "The residual stream" if group.kind == "hidden" else f"Group {group.name}",
                 ", ".join(sorted({m.target for m in extra})[:8]) or "nothing else")
@@ -373,7 +385,7 @@ def _unnamed_ffn_layers(model, group):
     return unnamed
 
 
-def _once(trace):
+def run_once(trace):
     """``trace`` run at most once: later calls get the same groups (or the same error)."""
     outcome = []
 
@@ -437,6 +449,50 @@ def _index(prefix):
     return int(prefix.rstrip(".").rpartition(".")[2])
 
 
+def _towers(model, layers):
+    """Name prefixes (``"vision_tower."``) of the sub-models of a composite model that hold none of ``layers``:
+    the outermost modules with a config of their own (a vision tower, an audio encoder) beside the one whose
+    layers the family rules found."""
+    own, towers = getattr(model, "config", None), []
+    for name, module in model.named_modules():
+        config = getattr(module, "config", None)
+        if name and config is not None and config is not own and hasattr(config, "to_dict") \
+                and not name.startswith(tuple(towers)):
+            towers.append(name + ".")
+    return tuple(t for t in towers if not any(prefix.startswith(t) for prefix in layers))
+
+
+def _composite_hidden(model, family, layers, hidden, moe, trace):
+    """The residual stream of a composite model's tower whose layers the family rules found: what the rules name in
+    those layers, completed by the dependency graph alone (another tower and its projections may share the width
+    by chance, so no layer is added for its width). Protected, naming them, while layers outside the other towers
+    that have the width did not run in the traced forward: their coupling is unknown."""
+    group = _hidden_group(model, family, layers, hidden, moe, scan=False)
+    group.protected = "a composite model: its residual stream is pruned only where the dependency graph confirms it"
+    if trace is None:
+        return group
+    from msmodelslim.errors import ModelslimError
+
+    try:
+        traced = trace()
+    except ModelslimError as exc:
+        logger.debug("No dependency graph to complete the residual stream: %s", exc)
+        return group
+    towers, reached = _towers(model, [*layers, *moe]), {m.target for g in traced for m in g.members}
+    untraced = [name for name, module in model.named_modules()
+                if name not in reached and not name.startswith(towers) and (spec := layer_spec(module)) is not None
+                and any(spec.size(role) == hidden for role in spec.roles())]
+    if untraced:
+        return replace(group, protected=f"{group.protected}; {', '.join(untraced[:4])} did not run in the traced "
+                                        "forward (sample inputs that exercise them let the graph confirm the rest)")
+    return complete_from_graph(model, group, traced)
+
+
+def is_composite(model):
+    """Whether ``model`` is made of several sub-models (multimodal, encoder-decoder), by its config."""
+    return _composite(getattr(model, "config", None))
+
+
 def _composite(config):
     """Whether a model config describes several sub-models (multimodal, encoder-decoder) instead of one stream."""
     return config is not None and not isinstance(getattr(config, "hidden_size", None), int)
@@ -463,7 +519,7 @@ class StructureEngine:
         self.layers = layers
         self.moe = moe or {}
         self.groups = []
-        trace = _once(trace) if trace is not None else None
+        trace = run_once(trace) if trace is not None else None
         self._heads = {}  # group index -> (layer prefix, heads, kv_heads, head_dim)
         index = {**layers, **{prefix: _index(prefix) for prefix in self.moe}}
         ordered = sorted(index, key=index.get)
@@ -490,11 +546,7 @@ class StructureEngine:
             if not prune_hidden:
                 group.protected = "hidden-size pruning is off"
             elif _composite(getattr(model, "config", None)):
-                # a composite model (multimodal, encoder-decoder): another tower may share the width by chance, so
-                # what the rules matched by size is pruned only where the dependency graph confirms it
-                group.protected = group.protected or ("a composite model: its residual stream is pruned only where "
-                                                      "the dependency graph confirms it")
-                group = _completed(model, group, trace) if trace is not None else group
+                group = _composite_hidden(model, family, layers, hidden, self.moe, trace)
             elif group.protected and trace is not None:
                 group = _completed(model, group, trace)
             self.groups.append(group)
@@ -502,6 +554,11 @@ class StructureEngine:
     @property
     def engine(self):
         return f"structure:{self.family.name}"
+
+    def tie_keys(self, groups, uniform_layers):
+        """For each of ``groups`` (this engine's, in order), the key of the groups it must keep equal unit counts
+        with (see :meth:`tied`), or None."""
+        return [g.kind if self.tied(g.kind, uniform_layers) else None for g in groups]
 
     def tied(self, kind, uniform_layers):
         """Whether the groups of ``kind`` keep equal unit counts in every layer: asked for (``uniform_layers``),
@@ -664,3 +721,63 @@ def implied_config(model):
     if family.explicit_head_dim:
         implied["head_dim"] = _uniform(columns["head_dim"], "head_dim", "channels per head")
     return implied
+
+
+def detect_towers(model, layers):
+    """``[(family, layers)]`` of the other towers of a composite model (a vision tower beside the language model,
+    an image encoder beside a text decoder) whose layers a family's rules find; ``layers`` are those found first."""
+    if not is_composite(model):
+        return []
+    names = [name for name, _ in model.named_modules()]
+    found = []
+    for tower in _towers(model, layers):
+        model_type = getattr(model.get_submodule(tower[:-1]).config, "model_type", None)
+        family, tower_layers = families.detect_family([n for n in names if n.startswith(tower)],
+                                                      model_type if isinstance(model_type, str) else None)
+        if family is not None:
+            found.append((family, tower_layers))
+    return found
+
+
+def tower_groups(model, engines, traced):
+    """The groups of dependency graph ``traced`` that lie in the towers of a composite model no family's rules
+    describe (a CLIP-like vision tower beside a BERT text model): those holding a layer of such a tower and no
+    layer of the ``engines``' groups."""
+    covered = {target for engine in engines for g in engine.groups for target in g.member_targets()}
+    towers = _towers(model, [prefix for engine in engines for prefix in [*engine.layers, *engine.moe]])
+    return [g for g in traced if not covered & set(g.member_targets())
+            and any(target.startswith(towers) for target in g.member_targets())]
+
+
+class CompositeEngine:
+    """The :class:`StructureEngine` of each tower of a composite model, side by side, and the dependency graph's
+    groups of towers no family describes (``generic``): the groups in that order, each tower's heads, neurons and
+    residual stream tied within that tower only."""
+
+    def __init__(self, engines, generic=()):
+        self.engines = engines
+        self.groups = [g for engine in engines for g in engine.groups] + list(generic)
+        self._spans = []
+        start = 0
+        for engine in engines:
+            self._spans.append((start, start + len(engine.groups)))
+            start += len(engine.groups)
+        self._generic = len(generic)
+
+    @property
+    def engine(self):
+        return "structure:" + ",".join(e.family.name for e in self.engines)
+
+    def tie_keys(self, groups, uniform_layers):
+        keys = []
+        for n, (engine, (start, end)) in enumerate(zip(self.engines, self._spans)):
+            keys += [None if key is None else (n, key) for key in engine.tie_keys(groups[start:end], uniform_layers)]
+        return keys + [None] * self._generic
+
+    def patches(self, removed):
+        patches, fields = {}, {}
+        for engine, (start, end) in zip(self.engines, self._spans):
+            found, config = engine.patches({g - start: units for g, units in removed.items() if start <= g < end})
+            patches.update(found)
+            fields.update(config)
+        return patches, fields

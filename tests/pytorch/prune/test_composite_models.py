@@ -1,0 +1,76 @@
+"""Composite Hugging Face models (encoder-decoder, vision + text): each tower keeps its own residual stream, heads
+and neurons; a tower whose layers a family describes gets that family's rules, one no family describes gets the
+dependency graph's groups; a stream whose coupling the sample inputs leave unknown is protected and named."""
+import copy
+import importlib.util
+import logging
+import pathlib
+import sys
+
+import torch
+
+from msmodelslim.pytorch.prune.prune_torch import CallParams, PruneTorch
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[3] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+_spec = importlib.util.spec_from_file_location("bench_prune_sweep", BENCHMARKS / "bench_prune_sweep.py")
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+
+def _build(model_type):
+    cls_name = sweep.model_types()[model_type][0]
+    model, inputs, _ = sweep.build(model_type, cls_name)
+    return model, inputs
+
+
+def _prune(model, inputs, ratio=0.6):
+    fresh = copy.deepcopy(model)
+    before = sum(p.numel() for p in model.parameters())
+    shape = sweep.main_output(sweep.run_model(model, inputs)).shape
+    desc = PruneTorch(model, CallParams(**inputs)).prune(ratio)
+    out = sweep.main_output(sweep.run_model(model, inputs))
+    assert out.shape == shape
+    PruneTorch(fresh, CallParams(**inputs)).prune_by_desc(desc)
+    torch.testing.assert_close(sweep.main_output(sweep.run_model(fresh, inputs)), out)
+    return desc, sum(p.numel() for p in model.parameters()) / before
+
+
+def test_each_tower_of_an_image_encoder_text_decoder_is_pruned_by_its_own_family():
+    model, inputs = _build("vision-encoder-decoder")  # ViT encoder, BERT decoder with cross-attention
+    widths = (model.encoder.config.intermediate_size, model.decoder.config.intermediate_size)
+    desc, kept = _prune(model, inputs)
+    assert abs(kept - 0.6) <= 0.02
+    assert desc["__meta__"]["engine"] == "structure:bert,vit"
+    assert model.encoder.layers[0].mlp.fc1.out_features < widths[0]
+    assert model.decoder.bert.encoder.layer[0].intermediate.dense.out_features < widths[1]
+
+
+def test_a_tower_no_family_describes_is_pruned_from_the_dependency_graph():
+    model, inputs = _build("chinese_clip")  # a BERT text tower and a CLIP-like vision tower
+    vision_mlp = model.vision_model.encoder.layers[0].mlp.fc1.out_features
+    desc, kept = _prune(model, inputs)
+    assert abs(kept - 0.6) <= 0.02
+    assert model.vision_model.encoder.layers[0].mlp.fc1.out_features < vision_mlp
+    # the two streams are cut independently: each projection reads its own tower's width
+    assert model.text_projection.in_features == model.text_model.embeddings.word_embeddings.embedding_dim
+    assert model.visual_projection.in_features == model.vision_model.post_layernorm.normalized_shape[0]
+
+
+def test_a_tied_decoder_embedding_stays_tied_in_an_encoder_decoder():
+    model, inputs = _build("encoder-decoder")  # BERT + BERT; the decoder's LM head shares the word embeddings
+    _, kept = _prune(model, inputs)
+    assert abs(kept - 0.6) <= 0.02
+    assert model.decoder.cls.predictions.decoder.weight is model.decoder.bert.embeddings.word_embeddings.weight
+
+
+def test_a_projector_the_text_only_sample_never_runs_keeps_the_stream_protected(caplog):
+    model, inputs = _build("llava_next")
+    assert "pixel_values" not in inputs
+    embedding = model.model.language_model.embed_tokens.embedding_dim
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        PruneTorch(model, CallParams(**inputs)).prune(0.6)
+    assert "multi_modal_projector.linear_2" in caplog.text and "did not run in the traced forward" in caplog.text
+    assert model.model.language_model.embed_tokens.embedding_dim == embedding
+    assert model.model.multi_modal_projector.linear_2.out_features == embedding
+    assert model.model.language_model.layers[0].mlp.up_proj.out_features < model.config.text_config.intermediate_size
