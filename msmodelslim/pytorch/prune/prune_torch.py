@@ -165,11 +165,9 @@ class PruneTorch:
                              f"{type(self._network).__name__} is not one.")
         if family is not None:
             trace = run_once(self._traced_groups)
-            engines = [StructureEngine(self._network, family, layers, prune_hidden=self._prune_hidden, trace=trace,
-                                       moe=moe)]
-            engines += [StructureEngine(self._network, tower_family, tower_layers, prune_hidden=self._prune_hidden,
-                                        trace=trace) for tower_family, tower_layers in detect_towers(self._network,
-                                                                                                   [*layers, *moe])]
+            engines = [StructureEngine(self._network, tower_family, tower_layers, prune_hidden=self._prune_hidden,
+                                       trace=trace, moe=tower_moe)
+                       for tower_family, tower_layers, tower_moe in detect_towers(self._network, family, layers, moe)]
             generic = self._tower_groups(engines, trace)
             self._engine = engines[0] if len(engines) == 1 and not generic else CompositeEngine(engines, generic)
             groups = self._engine.groups

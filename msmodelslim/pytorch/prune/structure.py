@@ -449,17 +449,21 @@ def _index(prefix):
     return int(prefix.rstrip(".").rpartition(".")[2])
 
 
-def _towers(model, layers):
-    """Name prefixes (``"vision_tower."``) of the sub-models of a composite model that hold none of ``layers``:
-    the outermost modules with a config of their own (a vision tower, an audio encoder) beside the one whose
-    layers the family rules found."""
+def _sub_models(model):
+    """Name prefixes (``"model.vision_tower."``) of the outermost modules with a config of their own: the towers of
+    a composite model (a vision tower, a language model, an audio encoder)."""
     own, towers = getattr(model, "config", None), []
     for name, module in model.named_modules():
         config = getattr(module, "config", None)
         if name and config is not None and config is not own and hasattr(config, "to_dict") \
                 and not name.startswith(tuple(towers)):
             towers.append(name + ".")
-    return tuple(t for t in towers if not any(prefix.startswith(t) for prefix in layers))
+    return towers
+
+
+def _towers(model, layers):
+    """The towers (see :func:`_sub_models`) that hold none of ``layers``."""
+    return tuple(t for t in _sub_models(model) if not any(prefix.startswith(t) for prefix in layers))
 
 
 def _composite_hidden(model, family, layers, hidden, moe, trace):
@@ -479,7 +483,10 @@ def _composite_hidden(model, family, layers, hidden, moe, trace):
         logger.debug("No dependency graph to complete the residual stream: %s", exc)
         return group
     towers, reached = _towers(model, [*layers, *moe]), {m.target for g in traced for m in g.members}
-    untraced = [name for name, module in model.named_modules()
+    modules = dict(model.named_modules())
+    reached |= {f"{name}.{child}" for name in reached if isinstance(modules.get(name), nn.MultiheadAttention)
+                for child in dict(modules[name].named_children())}  # traced as the attention module
+    untraced = [name for name, module in modules.items()
                 if name not in reached and not name.startswith(towers) and (spec := layer_spec(module)) is not None
                 and any(spec.size(role) == hidden for role in spec.roles())]
     if untraced:
@@ -723,19 +730,30 @@ def implied_config(model):
     return implied
 
 
-def detect_towers(model, layers):
-    """``[(family, layers)]`` of the other towers of a composite model (a vision tower beside the language model,
-    an image encoder beside a text decoder) whose layers a family's rules find; ``layers`` are those found first."""
+def detect_towers(model, family, layers, moe):
+    """``[(family, layers, moe)]``, one per tower of a composite model whose layers a family's rules find: the
+    ``layers`` and ``moe`` found first (:func:`detect_layers`) split by tower (an encoder and a decoder of one
+    family each keep their own residual stream), then the other towers' own families (a vision tower beside the
+    language model). A model that is not composite is one tower."""
     if not is_composite(model):
-        return []
+        return [(family, layers, moe)]
+    towers = _sub_models(model)
+    split = {}
+    for prefix in [*layers, *moe]:
+        tower = next((t for t in towers if prefix.startswith(t)), "")
+        found_layers, found_moe = split.setdefault(tower, ({}, {}))
+        if prefix in moe:
+            found_moe[prefix] = moe[prefix]
+        else:
+            found_layers[prefix] = layers[prefix]
+    found = [(family, found_layers, found_moe) for found_layers, found_moe in split.values()]
     names = [name for name, _ in model.named_modules()]
-    found = []
-    for tower in _towers(model, layers):
+    for tower in _towers(model, [*layers, *moe]):
         model_type = getattr(model.get_submodule(tower[:-1]).config, "model_type", None)
-        family, tower_layers = families.detect_family([n for n in names if n.startswith(tower)],
-                                                      model_type if isinstance(model_type, str) else None)
-        if family is not None:
-            found.append((family, tower_layers))
+        other, tower_layers = families.detect_family([n for n in names if n.startswith(tower)],
+                                                     model_type if isinstance(model_type, str) else None)
+        if other is not None:
+            found.append((other, tower_layers, {}))
     return found
 
 

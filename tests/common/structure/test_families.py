@@ -95,7 +95,13 @@ def _apertus():
     return T.ApertusForCausalLM(cfg), _ids()
 
 
-TINY_MODELS = {"apertus": _apertus, "bert": _bert, "vit": _vit, "vit_legacy": _yolos, "gpt2": _gpt2, "llama": _llama,
+def _clip():
+    cfg = T.CLIPVisionConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                             image_size=32, patch_size=16)
+    return T.CLIPVisionModel(cfg), _pixels()
+
+
+TINY_MODELS = {"apertus": _apertus, "clip": _clip, "bert": _bert, "vit": _vit, "vit_legacy": _yolos, "gpt2": _gpt2, "llama": _llama,
                "phi3": _phi3, "timm_vit": _timm_vit, "opt": _opt, "phi": _phi, "starcoder2": _starcoder2}
 FAMILY = {family.name: family for family in FAMILIES}
 REMOVED_HEAD_UNIT = 1  # not the first unit, so keeping "the first ones" would be caught
