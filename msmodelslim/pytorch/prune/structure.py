@@ -320,6 +320,13 @@ def _hidden_group(model, family, layers, hidden, moe=None, scan=True):
     return group
 
 
+def _untraced(names):
+    """Why layers missing from the dependency graph leave a group unconfirmed."""
+    return (f"{', '.join(names[:4])} are not in the traced dependency graph: they did not run on the sample inputs "
+            "(inputs that exercise them let the graph confirm the rest) or the graph does not follow their type "
+            "(transformers' Conv1D)")
+
+
 def complete_from_graph(model, group, traced):
     """``group`` (the residual stream found by name) with the members the dependency graph ``traced`` adds, when
     the graph agrees with it; otherwise ``group`` unchanged.
@@ -354,8 +361,7 @@ def complete_from_graph(model, group, traced):
     modules = {key(m): m.target for m in group.members if m.axis is None}  # an unused bare parameter is untraced
     untraced = sorted({target for k, target in modules.items() if k not in found})
     if untraced:
-        return replace(group, protected=f"{group.protected}; {', '.join(untraced[:4])} did not run in the traced "
-                                        "forward (sample inputs that exercise them let the graph confirm the rest)")
+        return replace(group, protected=f"{group.protected}; {_untraced(untraced)}")
     if any(m.idxs != m.roots for m in found.values()):
         return group
     named = {(m.target, m.role) for m in group.members}
@@ -470,7 +476,8 @@ def _composite_hidden(model, family, layers, hidden, moe, trace):
     """The residual stream of a composite model's tower whose layers the family rules found: what the rules name in
     those layers, completed by the dependency graph alone (another tower and its projections may share the width
     by chance, so no layer is added for its width). Protected, naming them, while layers outside the other towers
-    that have the width did not run in the traced forward: their coupling is unknown."""
+    that have the width are missing from the traced graph (not run, or of a type it does not follow): their coupling
+    is unknown."""
     group = _hidden_group(model, family, layers, hidden, moe, scan=False)
     group.protected = "a composite model: its residual stream is pruned only where the dependency graph confirms it"
     if trace is None:
@@ -490,8 +497,7 @@ def _composite_hidden(model, family, layers, hidden, moe, trace):
                 if name not in reached and not name.startswith(towers) and (spec := layer_spec(module)) is not None
                 and any(spec.size(role) == hidden for role in spec.roles())]
     if untraced:
-        return replace(group, protected=f"{group.protected}; {', '.join(untraced[:4])} did not run in the traced "
-                                        "forward (sample inputs that exercise them let the graph confirm the rest)")
+        return replace(group, protected=f"{group.protected}; {_untraced(untraced)}")
     return complete_from_graph(model, group, traced)
 
 
