@@ -461,8 +461,9 @@ def _sub_models(model):
     own, towers = getattr(model, "config", None), []
     for name, module in model.named_modules():
         config = getattr(module, "config", None)
+        # a pretrained sub-model (base_model_prefix), not a block that keeps a copy of the config
         if name and config is not None and config is not own and hasattr(config, "to_dict") \
-                and not name.startswith(tuple(towers)):
+                and hasattr(module, "base_model_prefix") and not name.startswith(tuple(towers)):
             towers.append(name + ".")
     return towers
 
@@ -502,8 +503,10 @@ def _composite_hidden(model, family, layers, hidden, moe, trace):
 
 
 def is_composite(model):
-    """Whether ``model`` is made of several sub-models (multimodal, encoder-decoder), by its config."""
-    return _composite(getattr(model, "config", None))
+    """Whether ``model`` is made of several sub-models (multimodal, encoder-decoder): by its config, or by a
+    pretrained sub-model inside it (GIT's image encoder beside its text layers, under one config with a hidden
+    size)."""
+    return _composite(getattr(model, "config", None)) or bool(_sub_models(model))
 
 
 def _composite(config):
@@ -558,7 +561,7 @@ class StructureEngine:
             group = _hidden_group(model, family, layers, hidden, self.moe)
             if not prune_hidden:
                 group.protected = "hidden-size pruning is off"
-            elif _composite(getattr(model, "config", None)):
+            elif is_composite(model):
                 group = _composite_hidden(model, family, layers, hidden, self.moe, trace)
             elif group.protected and trace is not None:
                 group = _completed(model, group, trace)

@@ -74,3 +74,17 @@ def test_a_projector_the_text_only_sample_never_runs_keeps_the_stream_protected(
     assert model.model.language_model.embed_tokens.embedding_dim == embedding
     assert model.model.multi_modal_projector.linear_2.out_features == embedding
     assert model.model.language_model.layers[0].mlp.up_proj.out_features < model.config.text_config.intermediate_size
+
+
+def test_an_image_encoder_under_one_config_is_a_tower_and_still_takes_images_after_a_text_only_sample():
+    """GIT keeps its CLIP-like image encoder as a pretrained sub-model under a config that has a hidden size: it is a
+    tower all the same, so its heads keep their width and the pruned model still reads images."""
+    model, inputs = _build("git")
+    assert "pixel_values" not in inputs
+    size = model.config.vision_config.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    desc, _ = _prune(model, inputs)
+    assert "clip" in desc["__meta__"]["engine"]
+    with torch.no_grad():
+        out = model(**{**inputs, "pixel_values": pixels})
+    assert out.logits.shape[-1] == model.config.vocab_size
