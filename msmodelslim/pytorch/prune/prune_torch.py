@@ -32,7 +32,7 @@ from msmodelslim.pytorch.prune.planner import plan_pruning
 from msmodelslim.pytorch.prune.recovery import prune_with_recovery
 from msmodelslim.pytorch.prune.soundness import protect_unsound
 from msmodelslim.pytorch.prune.structure import (CompositeEngine, StructureEngine, detect_layers, detect_towers,
-                                                 is_composite, run_once, tower_groups)
+                                                 is_composite, run_once, tower_groups, traced_or_none)
 from msmodelslim.pytorch.utils.calibration import CallParams, as_call_params, eval_mode
 from msmodelslim.utils.logging import logger
 from msmodelslim.utils.report import format_table
@@ -184,12 +184,8 @@ class PruneTorch:
     def _tower_groups(self, engines, trace):
         """The dependency graph's groups of a composite model's towers that no family describes; none when the
         model is not composite or its graph cannot be built."""
-        if not is_composite(self._network):
-            return []
-        try:
-            traced = trace()
-        except ModelslimError as exc:
-            logger.debug("No dependency graph for the towers no family describes: %s", exc)
+        traced = traced_or_none(trace, "for the towers no family describes") if is_composite(self._network) else None
+        if traced is None:
             return []
         return couple_grouped_convs(self._network, tower_groups(self._network, engines, traced))
 

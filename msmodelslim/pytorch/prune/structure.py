@@ -348,13 +348,14 @@ def complete_from_graph(model, group, traced):
 
     ours = {key(m) for m in group.members}
     keys = [{key(m) for m in g.members} for g in traced]
-    reached, touching = set(ours), []
+    reached, hit = set(ours), set()
     while True:  # a traced group that shares a tensor with one already reached (a tied weight) is reached too
-        more = [g for g, k in zip(traced, keys) if reached & k and not any(g is t for t in touching)]
+        more = {i for i, k in enumerate(keys) if i not in hit and reached & k}
         if not more:
             break
-        touching += more
-        reached.update(*(k for g, k in zip(traced, keys) if any(g is m for m in more)))
+        hit |= more
+        reached.update(*(keys[i] for i in more))
+    touching = [traced[i] for i in sorted(hit)]
     if not touching or any(g.protected or g.size != group.size for g in touching):
         return group
     found = {key(m): m for g in touching for m in g.members}
@@ -481,14 +482,8 @@ def _composite_hidden(model, family, layers, hidden, moe, trace):
     is unknown."""
     group = _hidden_group(model, family, layers, hidden, moe, scan=False)
     group.protected = "a composite model: its residual stream is pruned only where the dependency graph confirms it"
-    if trace is None:
-        return group
-    from msmodelslim.errors import ModelslimError
-
-    try:
-        traced = trace()
-    except ModelslimError as exc:
-        logger.debug("No dependency graph to complete the residual stream: %s", exc)
+    traced = None if trace is None else traced_or_none(trace, "to complete the residual stream")
+    if traced is None:
         return group
     towers, reached = _towers(model, [*layers, *moe]), {m.target for g in traced for m in g.members}
     modules = dict(model.named_modules())
@@ -514,16 +509,22 @@ def _composite(config):
     return config is not None and not isinstance(getattr(config, "hidden_size", None), int)
 
 
-def _completed(model, group, trace):
-    """:func:`complete_from_graph` with the groups of ``trace()``; ``group`` as it is when tracing fails."""
+def traced_or_none(trace, purpose):
+    """The groups of ``trace()``, or None (logged at DEBUG, naming ``purpose``) when the graph cannot be built: what
+    it would have confirmed stays protected, for the reason found."""
     from msmodelslim.errors import ModelslimError
 
     try:
-        traced = trace()
-    except ModelslimError as exc:  # a graph that cannot be built: the stream stays protected, for the reason found
-        logger.debug("No dependency graph to complete the residual stream: %s", exc)
-        return group
-    return complete_from_graph(model, group, traced)
+        return trace()
+    except ModelslimError as exc:
+        logger.debug("No dependency graph %s: %s", purpose, exc)
+        return None
+
+
+def _completed(model, group, trace):
+    """:func:`complete_from_graph` with the groups of ``trace()``; ``group`` as it is when tracing fails."""
+    traced = traced_or_none(trace, "to complete the residual stream")
+    return group if traced is None else complete_from_graph(model, group, traced)
 
 
 class StructureEngine:
