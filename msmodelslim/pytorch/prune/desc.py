@@ -11,7 +11,8 @@ Format (version 1)::
         "fingerprint": "<sha256 of the base model's parameter and buffer names and shapes>",
         "parameters": {"before": int, "after": int},
         "patches": {"<module name>": {"<attribute>": int}},   # attributes forward() reads (num_heads ...)
-        "config": {"<config field>": int},                     # Hugging Face config fields, when uniform
+        "config": {"<config field>": int},                     # Hugging Face config fields, when uniform;
+                                                               # "text_config.hidden_size": a tower's sub-config
         "axes": {"<parameter name>": int}                      # axis of entries that are bare parameters
       }
     }
@@ -251,14 +252,36 @@ def _check_patches(model, meta):
                 raise _bad(name, f"it has no attribute '{attr}' to patch")
             if not _is_count(getattr(module, attr)):
                 raise _bad(name, f"its attribute '{attr}' is not an integer; a desc patches integer sizes only")
-    config = getattr(model, "config", None)
     for field in meta.get("config") or {}:
-        if config is None or not hasattr(config, field):
-            raise ValueError(f"{BELONGS} The model config has no field '{field}'.")
-        current = getattr(config, field)
+        owner, name = config_field(model, field)
+        current = getattr(owner, name)
         if current is not None and not _is_count(current):
             raise ValueError(f"{BELONGS} The config field '{field}' is not an integer ({_short(current, 80)}); a "
                              "desc sets integer sizes only.")
+
+
+def config_field(model, key):
+    """``(config object, field name)`` that a desc's config ``key`` names: ``"hidden_size"`` on the model's config,
+    ``"text_config.hidden_size"`` on a sub-config of it (a tower of a composite model).
+
+    Raises:
+        ValueError: the model has no config, or the key names no field of it.
+    """
+    owner = getattr(model, "config", None)
+    *path, name = key.split(".")
+    for part in path:
+        owner = getattr(owner, part, None) if owner is not None and hasattr(owner, "to_dict") else None
+    if owner is None or not hasattr(owner, "to_dict") or not hasattr(owner, name):
+        raise ValueError(f"{BELONGS} The model config has no field '{key}'.")
+    return owner, name
+
+
+def _config_owner_model(model, owner):
+    """The module that ``owner`` configures: ``model`` for its own config, else the outermost sub-model whose config
+    is that object (a tower); None when no module is."""
+    if owner is getattr(model, "config", None):
+        return model
+    return next((module for _, module in model.named_modules() if getattr(module, "config", None) is owner), None)
 
 
 def _resolve(model, name):
@@ -298,10 +321,15 @@ def _check_config(model, fields, old):
     from msmodelslim.pytorch.prune.structure import implied_config
 
     changed = {field: value for field, value in fields.items() if value != old.get(field)}
-    implied = implied_config(model) if changed else {}
+    implied_by_owner = {}
     for field, value in changed.items():
-        if field in implied:
-            expected, where = implied[field]
+        owner, name = config_field(model, field)
+        if id(owner) not in implied_by_owner:
+            module = _config_owner_model(model, owner)
+            implied_by_owner[id(owner)] = implied_config(module) if module is not None else {}
+        implied = implied_by_owner[id(owner)]
+        if name in implied:
+            expected, where = implied[name]
             if expected is None:
                 raise ValueError(f"{BELONGS} The desc sets config.{field} = {value}, but {where}.")
             if value != expected:
@@ -315,22 +343,20 @@ def _check_config(model, fields, old):
 class _Snapshot:
     """Everything applying a desc may change, so that it can be put back exactly."""
 
-    def __init__(self, model, modules):
+    def __init__(self, modules, configs):
         self.states = []
         for module in modules:
             state = dict(module.__dict__)
             state["_parameters"] = dict(module._parameters)
             state["_buffers"] = dict(module._buffers)
             self.states.append((module, state))
-        config = getattr(model, "config", None)
-        self.config = (config, dict(vars(config))) if config is not None else None
+        self.configs = [(config, dict(vars(config))) for config in configs]
 
     def restore(self):
         for module, state in self.states:
             module.__dict__.clear()
             module.__dict__.update(state)
-        if self.config is not None:
-            config, values = self.config
+        for config, values in self.configs:
             vars(config).clear()
             vars(config).update(values)
 
@@ -373,16 +399,16 @@ def apply_operations(model, operations, meta, check=None, keep=True):
     patched = [model.get_submodule(name) for name in (meta.get("patches") or {})]
     # a layer's tensors may live in its sub-modules (nn.MultiheadAttention's out_proj): snapshot those too
     touched = {id(m): m for root in [spec.module for _, spec, _ in operations] + patched for m in root.modules()}
-    snapshot = _Snapshot(model, list(touched.values()))
-    shared = shared_tensors(model)
     fields = dict(meta.get("config") or {})
-    config = getattr(model, "config", None)
-    old = {field: getattr(config, field, None) for field in fields}
+    targets = {field: config_field(model, field) for field in fields}
+    old = {field: getattr(owner, name) for field, (owner, name) in targets.items()}
+    snapshot = _Snapshot(list(touched.values()), list({id(o): o for o, _ in targets.values()}.values()))
+    shared = shared_tensors(model)
     try:
         _slice_all(model, operations, meta)
         _check_ties(model, shared)
         for field, value in fields.items():
-            setattr(config, field, value)
+            setattr(*targets[field], value)
         _check_config(model, fields, old)
         if check is not None:
             try:

@@ -10,14 +10,19 @@ operation, three cases go wrong:
   so ``chunk(2, dim=2)`` of tokens ``(batch, tokens, channels)`` is ignored and a split of an image's width is
   treated as a split of its channels;
 - a transpose or permute that moves the channels to an axis the next layer does not read (token mixing) still
-  couples them with that layer's channels.
+  couples them with that layer's channels;
+- a flatten of ``(batch, channels, height, width)`` into a Linear's input is left unmapped (one channel taken for
+  one feature) as soon as any tensor of the model has another rank.
 
-:func:`correct` fixes the first two from the recorded shapes and cuts the third; where the shapes cannot decide
+:func:`correct` fixes the first two and the last from the recorded shapes and cuts the third; where the shapes cannot decide
 (two axes of the same length, a part whose length is unknown) torch-pruning's choice stays, or the operation is
 marked so that every group through it is protected. What a cut leaves inconsistent (a branch whose channels come
 back on another axis) is caught by the post-prune check and recovery like any other failure.
 """
+import math
+
 from torch_pruning import ops
+from torch_pruning.dependency import index_mapping
 
 from msmodelslim.pytorch.prune import graph_faults
 
@@ -241,6 +246,30 @@ def _cut(node):
     node.dependencies = []
 
 
+def _correct_flatten(graph, node):
+    """Map a flatten of ``(batch, channels, *spatial)`` into ``(batch, channels x spatial)`` where torch-pruning
+    left it unmapped (it maps flattens only in models whose tensors are all 2-D or 4-D, so one token sequence
+    elsewhere in the model costs every flatten its map): channel c becomes features c*stride .. (c+1)*stride - 1,
+    as torch-pruning maps the flattens it handles."""
+    produced, source = _output_shapes(node.grad_fn), _input_shapes(node.grad_fn)
+    if not produced or not source or source[0] is None:
+        return
+    shape_in, shape_out = source[0], produced[0]
+    if len(shape_in) < 3 or len(shape_out) != 2 or shape_out[1] != math.prod(shape_in[1:]):
+        return
+    stride = math.prod(shape_in[2:])
+    # a 4-D tensor is (batch, channels, height, width), as torch-pruning takes it; another rank only when the
+    # layer above has as many channels as axis 1
+    if stride == 1 or (len(shape_in) != 4 and _channels(graph, node, upward=True) != shape_in[1]):
+        return
+    for producer in node.inputs:
+        maps = [m for dep in node.dependencies if dep.target is producer for m in dep.index_mapping]
+        if any(isinstance(m, index_mapping._FlattenIndexMapping) for m in maps):
+            continue  # torch-pruning mapped it
+        _set_mapping(node, producer, 0, index_mapping._FlattenIndexMapping(stride=stride, reverse=True))
+        _set_mapping(producer, node, 0, index_mapping._FlattenIndexMapping(stride=stride, reverse=False))
+
+
 def correct(graph):
     """Correct the index maps of a built ``torch_pruning.DependencyGraph`` in place (see the module docstring).
 
@@ -253,6 +282,8 @@ def correct(graph):
             _correct_split(graph, node, unsafe, chunks)
         elif node.type == ops.OPTYPE.CONCAT:
             _correct_concat(graph, node, unsafe)
+        elif node.type == ops.OPTYPE.RESHAPE:
+            _correct_flatten(graph, node)
     for node in list(graph.module2node.values()):
         if node.type == ops.OPTYPE.ELEMENTWISE and _moves_channels(graph, node):
             _cut(node)

@@ -32,7 +32,8 @@ from msmodelslim.pytorch.prune.planner import plan_pruning
 from msmodelslim.pytorch.prune.recovery import prune_with_recovery
 from msmodelslim.pytorch.prune.soundness import protect_unsound
 from msmodelslim.pytorch.prune.structure import (CompositeEngine, StructureEngine, detect_layers, detect_towers,
-                                                 is_composite, run_once, tower_groups, traced_or_none)
+                                                 is_composite, log_config_notes, run_once, tower_groups,
+                                                 traced_or_none)
 from msmodelslim.pytorch.utils.calibration import CallParams, as_call_params, eval_mode
 from msmodelslim.utils.logging import logger
 from msmodelslim.utils.report import format_table
@@ -264,6 +265,7 @@ class PruneTorch:
         self._scores_cache = None  # scores are reused within one call only: the weights may change between calls
         planned = self._plan_for_budget(reserved_ratio, protected, budget)
         _log_channels(planned.desc)
+        log_config_notes(planned.config_notes)
         return planned.params_after, planned.desc
 
     def _checked_arguments(self, reserved_ratio, un_prune_list, budget):
@@ -329,8 +331,9 @@ class PruneTorch:
             for note in plan.notes:
                 logger.info("Pruning stopped early: %s.", note)
             removed = untie(plan.removed)
-            desc = self._desc_of(groups, removed, params={"before": plan.params_before, "after": plan.params_after})
-        return _Planned(groups=groups, removed=removed, desc=desc, params_after=plan.params_after)
+            desc, notes = self._desc_of(groups, removed,
+                                        params={"before": plan.params_before, "after": plan.params_after})
+        return _Planned(groups=groups, removed=removed, desc=desc, params_after=plan.params_after, config_notes=notes)
 
     def _scores(self, groups):
         """The importance of the units of ``groups``, computed once per :meth:`analysis` / :meth:`prune` call (a
@@ -348,21 +351,31 @@ class PruneTorch:
         return scores
 
     def _desc_of(self, groups, removed, params=None):
-        patches, fields = self._engine.patches(removed) if self._engine is not None else ({}, {})
-        return desc_format.build_desc(
+        """``(desc, notes)``: the desc of removing ``removed`` from ``groups``, and why the model config cannot
+        describe the result when it cannot."""
+        if self._engine is not None:
+            patches, fields, notes = self._engine.patches(removed)
+        else:
+            patches, fields, notes = {}, {}, []
+            if hasattr(getattr(self._network, "config", None), "to_dict") and any(removed.values()):
+                notes.append("no family rules describe this model, so msmodelslim sets none of its config fields")
+        desc = desc_format.build_desc(
             self._network, groups, removed, engine=self._engine.engine if self._engine else "torch-pruning",
             patches=patches, config=fields, params=params)
+        return desc, notes
 
     def _runs_with(self, planned, removed):
         """Whether the model still runs, with outputs of unchanged shapes, with only ``removed`` of ``planned``
-        applied (a trial, always undone)."""
-        try:
-            operations, meta = desc_format.parse_desc(self._network, self._desc_of(planned.groups, removed))
-            desc_format.apply_operations(self._network, operations, meta, keep=False,
-                                         check=lambda model: self._check_output_shapes(profile(model, self._call)))
-        except ValueError:  # a layer rule refuses it, or the model fails to run
-            return False
-        return True
+        applied (a trial, always undone), with the config fields of the desc or, when they break it, without."""
+        for attempt in _with_and_without_config(self._desc_of(planned.groups, removed)[0]):
+            try:
+                operations, meta = desc_format.parse_desc(self._network, attempt)
+                desc_format.apply_operations(self._network, operations, meta, keep=False,
+                                             check=lambda model: self._check_output_shapes(profile(model, self._call)))
+            except ValueError:  # a layer rule refuses it, or the model fails to run
+                continue
+            return True
+        return False
 
     def _check_output_shapes(self, profiled):
         """Raise ``ValueError`` when the outputs in ``profiled`` (see :func:`profile`) changed shape: a plan of
@@ -391,8 +404,23 @@ class PruneTorch:
         return planned.desc
 
     def _apply_planned(self, planned):
+        """Apply ``planned``; when its config fields make the pruned model fail (forward() reads a field whose new
+        value takes another code path, such as an encoder-decoder's projection between two widths) but it runs
+        without them, apply it without them. Returns the plan as applied."""
         _log_channels(planned.desc)
-        self._apply_desc(planned.desc, keep_output_shapes=True)
+        first, *fallback = _with_and_without_config(planned.desc)
+        try:
+            self._apply_desc(first, keep_output_shapes=True)
+        except desc_format.PrunedModelError as exc:
+            if not fallback:
+                raise
+            self._apply_desc(fallback[0], keep_output_shapes=True)
+            reason = exc.__cause__ or exc
+            planned = replace(planned, desc=fallback[0], config_notes=[
+                *planned.config_notes, f"the model fails to run with config fields "
+                f"{', '.join(first[desc_format.META_KEY]['config'])} set ({type(reason).__name__}: {reason})"])
+        log_config_notes(planned.config_notes)
+        return planned
 
     def prune_by_desc(self, desc):
         """Apply a ``desc`` (from :meth:`prune`/:meth:`analysis`, possibly after a JSON round trip) in place.
@@ -466,6 +494,15 @@ def _log_channels(desc):
             logger.info("node name: %s chn: %d -> %d", target, len(entry["output"][1]), entry["output"][0])
 
 
+def _with_and_without_config(desc):
+    """``[desc]``, and the same desc without its config fields when it has some: the second is tried when the
+    first makes the model fail."""
+    meta = desc.get(desc_format.META_KEY) or {}
+    if not meta.get("config"):
+        return [desc]
+    return [desc, {**desc, desc_format.META_KEY: {**meta, "config": {}}}]
+
+
 @dataclass
 class _Planned:
     """One plan: the model's groups, the units removed from each (``{group index: units}``), its desc."""
@@ -474,6 +511,7 @@ class _Planned:
     removed: dict
     desc: dict
     params_after: int
+    config_notes: list = ()  # why the model config cannot describe the pruned shapes
 
 
 @contextlib.contextmanager

@@ -48,9 +48,10 @@ def prune_with_recovery(plan, apply, trial):
     """Apply ``plan(blamed)`` (a plan avoiding the group indices in ``blamed``); when the pruned model fails to run, find
     the group responsible with :func:`find_breaking_group` over ``trial(plan, subset)``, protect it and plan again.
 
-    ``plan(blamed)`` returns an object with ``removed`` and ``groups``; ``apply(planned)`` raises ``ValueError``
-    when a layer rule refuses the plan or ``PrunedModelError`` (a ``ValueError``) when the pruned model fails to
-    run; either way the model is unchanged and the plan, being ours, is repaired. Returns the applied plan.
+    ``plan(blamed)`` returns an object with ``removed`` and ``groups``; ``apply(planned)`` returns the plan as
+    applied, or raises ``ValueError`` when a layer rule refuses the plan or ``PrunedModelError`` (a ``ValueError``)
+    when the pruned model fails to run; either way the model is unchanged and the plan, being ours, is repaired.
+    Returns the applied plan.
 
     Raises:
         ValueError: still failing after :data:`MAX_REPLANS` repairs (each protecting a group and its siblings), or
@@ -60,8 +61,7 @@ def prune_with_recovery(plan, apply, trial):
     while True:
         planned = plan(blamed)
         try:
-            apply(planned)
-            return planned
+            return apply(planned)
         except ValueError as exc:
             if replans >= MAX_REPLANS:
                 raise

@@ -504,6 +504,29 @@ def is_composite(model):
     return _composite(getattr(model, "config", None)) or bool(_sub_models(model))
 
 
+def tower_config(model, prefixes):
+    """``(config, path)``: the config that sizes the layers ``prefixes`` - the model's own (path ``""``), or in a
+    composite model that of the tower holding them, with its attribute path in the model's config
+    (``"text_config"``, ``"encoder"``; None when the model's config does not hold that object, so saving the model
+    would not save it) - or ``(None, None)`` when no config describes them."""
+    own = getattr(model, "config", None)
+    tower = next((t for t in _sub_models(model) if any(prefix.startswith(t) for prefix in prefixes)), None)
+    if tower is None:
+        return (None, None) if own is None or _composite(own) else (own, "")
+    config = model.get_submodule(tower[:-1]).config
+    return config, config_path(own, config)
+
+
+def config_path(config, target, depth=2):
+    """The attribute path (``"text_config"``) from ``config`` to the sub-config object ``target``, or None."""
+    for key, value in vars(config).items():
+        if value is target:
+            return key
+        if depth > 1 and hasattr(value, "to_dict") and (inner := config_path(value, target, depth - 1)):
+            return f"{key}.{inner}"
+    return None
+
+
 def _composite(config):
     """Whether a model config describes several sub-models (multimodal, encoder-decoder) instead of one stream."""
     return config is not None and not isinstance(getattr(config, "hidden_size", None), int)
@@ -536,6 +559,7 @@ class StructureEngine:
         self.layers = layers
         self.moe = moe or {}
         self.groups = []
+        self._config, self._config_path = tower_config(model, [*layers, *self.moe])
         trace = run_once(trace) if trace is not None else None
         self._heads = {}  # group index -> (layer prefix, heads, kv_heads, head_dim)
         index = {**layers, **{prefix: _index(prefix) for prefix in self.moe}}
@@ -551,7 +575,8 @@ class StructureEngine:
                 if trace is not None and _unnamed_ffn_layers(model, group):
                     group = _completed(model, group, trace)
                 self.groups.append(group)
-        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+        hidden = getattr(self._config, "hidden_size", None)
+        hidden = hidden if isinstance(hidden, int) else None
         if not hidden and layers:  # no config: the output projection writes the residual stream
             hidden = layer_spec(model.get_submodule(next(iter(layers)) + family.o)).size(OUTPUT)
         self._hidden = hidden
@@ -585,66 +610,88 @@ class StructureEngine:
         return uniform_layers and kind in ("heads", "ffn", "moe_ffn", "shared_ffn")
 
     def patches(self, removed):
-        """``(module patches, config fields)`` that make forward() agree with the pruned shapes."""
-        family, config = self.family, getattr(self.model, "config", None)
-        if _composite(config):
-            config = None  # a composite config (encoder-decoder, multimodal): its fields live in sub-configs
-        patches, heads_kept, kv_kept, ffn_kept, hidden_kept = {}, set(), set(), set(), None
-        moe_kept, shared_kept = set(), set()
+        """``(module patches, config fields, notes)`` that make forward() agree with the pruned shapes; ``notes``
+        say why the config cannot describe them when it cannot (its fields are then left out)."""
+        patches, kept = self._module_patches(removed)
+        if self._config is None or self._config_path is None:
+            pruned = any(removed.values()) and getattr(self.model, "config", None) is not None
+            return patches, {}, [f"no config that the model saves sizes the layers of {self.family.name}"] * pruned
+        fields, notes = self._config_changes(kept)
+        prefix = f"{self._config_path}." if self._config_path else ""
+        where = f"{self._config_path}: " if self._config_path else ""
+        return patches, {prefix + key: value for key, value in fields.items()}, [where + note for note in notes]
+
+    def _module_patches(self, removed):
+        """``(patches, {group kind: {units kept per group}})``; for heads also ``kv_heads``."""
+        family, patches = self.family, {}
+        kept = {kind: set() for kind in ("heads", "kv_heads", "ffn", "moe_ffn", "shared_ffn", "hidden")}
         for g, group in enumerate(self.groups):
-            kept = group.size - len(removed.get(g, ()))
+            count = group.size - len(removed.get(g, ()))
             if group.kind == "heads":
                 prefix, heads, kv_heads, head_dim = self._heads[g]
-                new_kv = kept
-                new_heads = heads // kv_heads * new_kv
-                heads_kept.add(new_heads)
-                kv_kept.add(new_kv)
-                values = {"heads": new_heads, "kv_heads": new_kv, "q_channels": new_heads * head_dim}
+                new_heads = heads // kv_heads * count
+                kept["heads"].add(new_heads)
+                kept["kv_heads"].add(count)
+                values = {"heads": new_heads, "kv_heads": count, "q_channels": new_heads * head_dim}
                 attrs = {attr: values[what] for attr, what in family.head_attrs}
                 if attrs and g in removed:
                     patches[prefix + family.attention] = attrs
-            elif group.kind == "ffn":
-                ffn_kept.add(kept)
-            elif group.kind == "moe_ffn":
-                moe_kept.add(kept)
-            elif group.kind == "shared_ffn":
-                shared_kept.add(kept)
-            elif group.kind == "hidden":
-                hidden_kept = kept
-        if hidden_kept is not None and hidden_kept != self._hidden:
+            elif group.kind in kept:
+                kept[group.kind].add(count)
+        hidden_kept = next(iter(kept["hidden"]), self._hidden)
+        if hidden_kept != self._hidden:
             for moe in self.moe.values():  # routers that reshape their input to the hidden size they were built with
                 for name, _ in moe.routers:
                     attrs = {attr: hidden_kept for attr in ("hidden_dim", "hidden_size")
                              if getattr(self.model.get_submodule(name), attr, None) == self._hidden}
                     if attrs:
                         patches[name] = attrs
-        if config is None:
-            return patches, {}
+        return patches, kept
+
+    def _config_changes(self, kept):
+        """``(config fields, notes)`` for the unit counts ``kept`` (see :meth:`_module_patches`): the fields that
+        change, or none and why when the config cannot describe the pruned layers."""
+        family, config = self.family, self._config
+        differing = [what for what, kind in (("heads", "heads"), ("key/value heads", "kv_heads"),
+                                             ("FFN neurons", "ffn"), ("neurons per expert", "moe_ffn"),
+                                             ("shared-expert neurons", "shared_ffn")) if len(kept[kind]) > 1]
+        if differing:
+            return {}, [f"the layers keep different numbers of {' and '.join(differing)}"]
+        one = {kind: next(iter(values)) for kind, values in kept.items() if values}
         fields = {}
-        if len(moe_kept) == 1:
-            field = _experts_field(config, dense=bool(ffn_kept), family=family) or "moe_intermediate_size"
-            fields[field] = next(iter(moe_kept))
-        if len(shared_kept) == 1 and getattr(config, "n_shared_experts", None) in (None, 1):
-            fields["shared_expert_intermediate_size"] = next(iter(shared_kept))
-        if len(heads_kept) == 1:
-            fields[family.heads_field] = heads_kept.pop()
-        if family.kv_field and len(kv_kept) == 1:
-            fields[family.kv_field] = kv_kept.pop()
-        if len(ffn_kept) == 1:
-            fields[family.ffn_field] = ffn_kept.pop()
-        if hidden_kept is not None and hidden_kept != self._hidden:
-            head_dim = next(iter(self._heads.values()))[3] if self._heads else None
-            if family.explicit_head_dim:
-                fields["hidden_size"] = hidden_kept
-                fields["head_dim"] = head_dim
-            elif head_dim and fields.get(family.heads_field, 0) * head_dim == hidden_kept:
-                fields["hidden_size"] = hidden_kept
-        return patches, _config_fields(config, fields)
+        if "moe_ffn" in one:
+            field = _experts_field(config, dense="ffn" in one, family=family) or "moe_intermediate_size"
+            fields[field] = one["moe_ffn"]
+        if "shared_ffn" in one and getattr(config, "n_shared_experts", None) in (None, 1):
+            fields["shared_expert_intermediate_size"] = one["shared_ffn"]
+        if "heads" in one:
+            fields[family.heads_field] = one["heads"]
+        if family.kv_field and "kv_heads" in one:
+            fields[family.kv_field] = one["kv_heads"]
+        if "ffn" in one:
+            fields[family.ffn_field] = one["ffn"]
+        hidden = one.get("hidden", self._hidden)
+        if hidden != self._hidden:
+            fields["hidden_size"] = hidden
+        _, heads, _, head_dim = next(iter(self._heads.values()), (None, None, None, None))
+        if family.explicit_head_dim and hidden != self._hidden:
+            fields["head_dim"] = head_dim
+        elif not family.explicit_head_dim and head_dim and heads * head_dim == self._hidden \
+                and fields.get(family.heads_field, heads) * head_dim != hidden:
+            # the config derives the head size as hidden_size / heads: it cannot describe heads cut apart from it
+            note = (f"{fields.get(family.heads_field, heads)} heads of {head_dim} channels beside hidden_size "
+                    f"{hidden}, and the config has no head size of its own")
+            if not family.heads_in_config:
+                return {}, [note]
+            changed, notes = _config_fields(config, fields)  # forward() reads them: set, though a rebuild cannot
+            return changed, notes + [note]
+        return _config_fields(config, fields)
 
 
 def _config_fields(config, fields):
-    """``fields`` that differ from ``config``; none when the config cannot describe them all (a field it lacks
-    is skipped; one it holds per layer, as heterogeneous configs do, or rejects leaves every field out)."""
+    """``(fields that differ from config, notes)``; no field, and a note saying why, when the config cannot
+    describe them all (a field it lacks is skipped; one it holds per layer, as heterogeneous configs do, or
+    rejects leaves every field out)."""
     changed = {}
     for key, value in fields.items():
         try:
@@ -652,26 +699,27 @@ def _config_fields(config, fields):
         except AttributeError:
             continue
         except Exception as exc:  # e.g. transformers' AmbiguousGlobalPerLayerAttributeError
-            _log_config_refused(f"{key}: {type(exc).__name__}")
-            return {}
+            return {}, [f"{key}: {type(exc).__name__}"]
         if current != value:
             changed[key] = value
-    return changed if not changed or _config_accepts(config, changed) else {}
+    refused = _config_refusal(config, changed) if changed else None
+    return ({}, [refused]) if refused else (changed, [])
 
 
-def _config_accepts(config, fields):
-    """Whether the config class accepts ``fields`` (transformers validates e.g. hidden_size % heads)."""
+def _config_refusal(config, fields):
+    """Why the config class rejects ``fields`` (transformers validates e.g. hidden_size % heads), or None."""
     try:
         type(config)(**{**config.to_dict(), **fields})
     except Exception as exc:  # transformers raises several types from its validators
-        _log_config_refused(str(exc).splitlines()[-1].strip())
-        return False
-    return True
+        return str(exc).splitlines()[-1].strip() or type(exc).__name__
+    return None
 
 
-def _log_config_refused(reason):
-    logger.info("The model config cannot describe the pruned shapes (%s); rebuild the model from the desc "
-                "(prune_by_desc) rather than from_pretrained.", reason)
+def log_config_notes(notes):
+    """One INFO line per reason the model config cannot describe the pruned shapes."""
+    for note in dict.fromkeys(notes):
+        logger.info("The model config cannot describe the pruned shapes (%s); rebuild the model from the desc "
+                    "(prune_by_desc) rather than from_pretrained.", note)
 
 
 def _uniform(values, field, what):
@@ -803,9 +851,12 @@ class CompositeEngine:
         return keys + [None] * self._generic
 
     def patches(self, removed):
-        patches, fields = {}, {}
+        patches, fields, notes = {}, {}, []
         for engine, (start, end) in zip(self.engines, self._spans):
-            found, config = engine.patches({g - start: units for g, units in removed.items() if start <= g < end})
+            found, config, why = engine.patches({g - start: units for g, units in removed.items() if start <= g < end})
             patches.update(found)
             fields.update(config)
-        return patches, fields
+            notes += why
+        if self._generic and any(g >= self._spans[-1][1] for g in removed if removed[g]):
+            notes.append("the towers pruned from the dependency graph have no config fields msmodelslim sets")
+        return patches, fields, notes

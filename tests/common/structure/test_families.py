@@ -140,7 +140,7 @@ def _remove(model, inputs, head_unit, neurons):
             removed[g] = [head_unit]
         elif group.kind == "ffn":
             removed[g] = list(neurons)
-    patches, fields = engine.patches(removed)
+    patches, fields, _ = engine.patches(removed)
     desc = desc_format.build_desc(model, engine.groups, removed, engine=engine.engine, patches=patches,
                                   config=fields)
     call = CallParams(**inputs) if isinstance(inputs, dict) else CallParams(*inputs)

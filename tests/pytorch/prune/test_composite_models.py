@@ -7,7 +7,9 @@ import logging
 import pathlib
 import sys
 
+import pytest
 import torch
+from torch import nn
 
 from msmodelslim.pytorch.prune.prune_torch import CallParams, PruneTorch
 
@@ -68,12 +70,73 @@ def test_a_projector_the_text_only_sample_never_runs_keeps_the_stream_protected(
     model, inputs = _build("llava_next")
     assert "pixel_values" not in inputs
     embedding = model.model.language_model.embed_tokens.embedding_dim
+    neurons = model.config.text_config.intermediate_size
     with caplog.at_level(logging.INFO, logger="msmodelslim"):
         PruneTorch(model, CallParams(**inputs)).prune(0.6)
     assert "multi_modal_projector.linear_2" in caplog.text and "did not run on the sample inputs" in caplog.text
     assert model.model.language_model.embed_tokens.embedding_dim == embedding
     assert model.model.multi_modal_projector.linear_2.out_features == embedding
-    assert model.model.language_model.layers[0].mlp.up_proj.out_features < model.config.text_config.intermediate_size
+    assert model.model.language_model.layers[0].mlp.up_proj.out_features < neurons
+
+
+def test_a_tower_sub_config_follows_its_pruned_layers_and_the_model_reloads(tmp_path):
+    """The language model's sizes are written to ``text_config`` (the config the tower reads and the model saves),
+    so ``from_pretrained`` rebuilds the pruned shapes; the vision tower is kept dense here."""
+    model, inputs = _build("llava_next")
+    model.eval()
+    vision = [n for n, m in model.named_modules() if n.startswith("model.vision_tower") and isinstance(m, nn.Linear)]
+    fresh = copy.deepcopy(model)
+    desc = PruneTorch(model, CallParams(**inputs)).prune(0.6, un_prune_list=vision)
+    fields = desc["__meta__"]["config"]
+    layer = model.model.language_model.layers[0]
+    assert fields["text_config.intermediate_size"] == layer.mlp.up_proj.out_features == \
+        model.config.text_config.intermediate_size
+    assert fields["text_config.num_key_value_heads"] * layer.self_attn.head_dim == layer.self_attn.k_proj.out_features
+    assert not any(key.startswith("vision_config") for key in fields)
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    out = sweep.main_output(sweep.run_model(model, inputs))
+    torch.testing.assert_close(sweep.main_output(sweep.run_model(reloaded, inputs)), out)
+    # the desc replays onto the dense model, sub-config included
+    PruneTorch(fresh, CallParams(**inputs)).prune_by_desc(desc)
+    assert fresh.config.text_config.intermediate_size == fields["text_config.intermediate_size"]
+    torch.testing.assert_close(sweep.main_output(sweep.run_model(fresh, inputs)), out)
+
+
+def test_config_fields_are_left_out_where_the_config_cannot_describe_the_pruned_model(caplog):
+    """BERT-like configs derive the head size as hidden_size / heads, so the decoder's heads, pruned apart from its
+    hidden size, cannot be written to its sub-config; the encoder's sizes can, but with them forward() takes
+    another path (a projection between two widths that the model does not have) and fails, so they are left out
+    too, and the pruned model runs. The log says why, and to rebuild from the desc."""
+    model, inputs = _build("vision-encoder-decoder")
+    before = model.config.to_dict()
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        desc, kept = _prune(model, inputs)
+    assert abs(kept - 0.6) <= 0.02
+    assert model.decoder.bert.encoder.layer[0].attention.self.query.out_features < before["decoder"]["hidden_size"]
+    assert desc["__meta__"]["config"] == {} and model.config.to_dict() == before
+    assert "cannot describe the pruned shapes (decoder: 2 heads of 16 channels beside hidden_size" in caplog.text
+    assert "the model fails to run with config fields encoder." in caplog.text and "enc_to_dec_proj" in caplog.text
+    assert "rebuild the model from the desc" in caplog.text
+
+
+def test_a_desc_setting_a_field_of_no_sub_config_is_refused_and_the_model_kept():
+    model, inputs = _build("llava_next")
+    call = CallParams(**inputs)
+    desc = PruneTorch(copy.deepcopy(model), call).analysis(0.6)[1]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    config = model.config.to_dict()
+    for key in ("audio_config.intermediate_size", "text_config.no_such_field", "text_config.vocab_size.x"):
+        bad = copy.deepcopy(desc)
+        bad["__meta__"]["config"] = {key: 8}
+        with pytest.raises(ValueError, match="The model config has no field"):
+            PruneTorch(model, call).prune_by_desc(bad)
+    bad = copy.deepcopy(desc)
+    bad["__meta__"]["config"]["text_config.hidden_size"] = 16  # no tensor explains it
+    with pytest.raises(ValueError, match="text_config.hidden_size"):
+        PruneTorch(model, call).prune_by_desc(bad)
+    assert model.config.to_dict() == config
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 def test_an_image_encoder_under_one_config_is_a_tower_and_still_takes_images_after_a_text_only_sample():

@@ -107,6 +107,23 @@ class NarrowConcat(nn.Module):
         return self.head(torch.cat([self.narrow(x), self.wide(x)], dim=-1) + self.skip(x))
 
 
+class FlattenBesideTokens(nn.Module):
+    """An image path that ends in a flatten into a Linear, beside a text path of 3-D token tensors: torch-pruning
+    maps flattens only when every tensor of the model is 2-D or 4-D."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.image_head = nn.Linear(16 * 2 * 2, 5)
+        self.embed = nn.Embedding(40, 12)
+        self.text_head = nn.Linear(12, 5)
+
+    def forward(self, image, ids):
+        pooled = nn.functional.adaptive_avg_pool2d(torch.relu(self.depthwise(self.conv(image))), 2)
+        return self.image_head(pooled.flatten(1)) + self.text_head(self.embed(ids)).mean(1)
+
+
 def _groups(model, x):
     return trace_groups(model, lambda m: m(x))
 
@@ -222,3 +239,16 @@ def test_a_split_inside_a_cycle_of_the_graph_does_not_loop():
     batch = CallParams(input_ids=torch.randint(2, 96, (2, 8), generator=torch.Generator().manual_seed(1)))
     groups = trace_groups(model, batch, timeout_s=60)
     assert groups and all(g.size > 0 for g in groups)
+
+
+def test_a_flatten_maps_each_channel_to_its_features_whatever_the_other_tensors_ranks():
+    torch.manual_seed(0)
+    model = FlattenBesideTokens()
+    inputs = (torch.randn(2, 3, 8, 8), torch.randint(0, 40, (2, 6)))
+    group, member = _member(trace_groups(model, lambda m: m(*inputs)), "image_head", "input")
+    assert sorted(member.idxs) == list(range(64)) and member.indices_of_units([3]) == [12, 13, 14, 15]
+    fresh = copy.deepcopy(model)
+    desc = PruneTorch(model, inputs, align=1).prune(0.7, un_prune_list=["image_head", "text_head"])
+    assert model.image_head.in_features == 4 * model.depthwise.out_channels < 64
+    PruneTorch(fresh, inputs).prune_by_desc(desc)
+    torch.testing.assert_close(fresh(*inputs), model(*inputs))

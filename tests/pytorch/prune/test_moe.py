@@ -70,7 +70,7 @@ def test_removing_expert_neurons_equals_silencing_them(build):
                 reference.get_submodule(name).down_proj[:, :, neurons] = 0
             for _, down in part.shared:  # sized by the config from the experts: pruned with them
                 reference.get_submodule(down).weight[:, neurons] = 0
-    patches, fields = engine.patches(removed)
+    patches, fields, _ = engine.patches(removed)
     desc = desc_format.build_desc(dense, engine.groups, removed, engine=engine.engine, patches=patches,
                                   config=fields)
     pruned = copy.deepcopy(dense)

@@ -162,6 +162,7 @@ def test_repairs_are_counted_per_replan_not_per_protected_group():
     def apply(planned):
         if breaking & set(planned.removed):
             raise ValueError("the pruned model fails to run")
+        return planned
 
     planned = recovery.prune_with_recovery(plan, apply, lambda planned, subset: not breaking & set(subset))
     assert set(planned.removed) == set(range(len(groups))) - breaking
