@@ -12,9 +12,10 @@ operation, three cases go wrong:
 - a transpose or permute that moves the channels to an axis the next layer does not read (token mixing) still
   couples them with that layer's channels;
 - a flatten of ``(batch, channels, height, width)`` into a Linear's input is left unmapped (one channel taken for
-  one feature) as soon as any tensor of the model has another rank.
+  one feature) as soon as any tensor of the model has another rank;
+- a channel shuffle (channels cut into groups by a reshape, the groups transposed) is taken for the identity.
 
-:func:`correct` fixes the first two and the last from the recorded shapes and cuts the third; where the shapes cannot decide
+:func:`correct` fixes the first two and the fourth from the recorded shapes, cuts the third and marks the last; where the shapes cannot decide
 (two axes of the same length, a part whose length is unknown) torch-pruning's choice stays, or the operation is
 marked so that every group through it is protected. What a cut leaves inconsistent (a branch whose channels come
 back on another axis) is caught by the post-prune check and recovery like any other failure.
@@ -239,6 +240,36 @@ def _moves_channels(graph, node):
     return order[axis_out] != axis_in
 
 
+SHUFFLE = "a channel shuffle: the channels are cut into groups whose order a transpose changes"
+
+
+def _shuffles_channels(graph, node):
+    """Whether transpose/permute ``node`` reorders the two axes that the reshape just above cut the channels of
+    the layer above into (``view(n, groups, c // groups, h, w).transpose(1, 2)``): the channels come back
+    interleaved, an order torch-pruning's maps do not follow."""
+    grad_fn = node.grad_fn
+    if grad_fn is None or grad_fn.name() not in _TRANSPOSES or not node.inputs:
+        return False
+    reshape = node.inputs[0]
+    while reshape.type == ops.OPTYPE.ELEMENTWISE and reshape.inputs and reshape.grad_fn is not None \
+            and reshape.grad_fn.name() not in _TRANSPOSES:
+        reshape = reshape.inputs[0]
+    source, before = _input_shapes(grad_fn), _input_shapes(reshape.grad_fn) if reshape.grad_fn else None
+    if reshape.type != ops.OPTYPE.RESHAPE or not source or source[0] is None or not before:
+        return False
+    shape, channels = source[0], _channels(graph, node, upward=True)
+    axis = _locate(before[0], channels)
+    if axis is None or axis + 1 >= len(shape) or shape[axis] * shape[axis + 1] != channels \
+            or 1 in (shape[axis], shape[axis + 1]):
+        return False
+    try:
+        order = _permutation(grad_fn, len(shape))
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return order.index(axis + 1) < order.index(axis)  # the inner axis now comes first (attention's (heads,
+    # head size) split moved apart by a transpose of the tokens keeps its order, and its channels)
+
+
 def _cut(node):
     """Remove every dependency into and out of ``node``: no channel index crosses it."""
     for neighbour in list(node.inputs) + list(node.outputs):
@@ -285,7 +316,11 @@ def correct(graph):
         elif node.type == ops.OPTYPE.RESHAPE:
             _correct_flatten(graph, node)
     for node in list(graph.module2node.values()):
-        if node.type == ops.OPTYPE.ELEMENTWISE and _moves_channels(graph, node):
+        if node.type != ops.OPTYPE.ELEMENTWISE:
+            continue
+        if _shuffles_channels(graph, node):
+            unsafe[node] = SHUFFLE
+        elif _moves_channels(graph, node):
             _cut(node)
     return unsafe, chunks
 

@@ -124,6 +124,22 @@ class FlattenBesideTokens(nn.Module):
         return self.image_head(pooled.flatten(1)) + self.text_head(self.embed(ids)).mean(1)
 
 
+class Shuffled(nn.Module):
+    """ShuffleNet's channel shuffle between two convolutions: channel i of ``first`` reaches input
+    (i % 4) * 2 + i // 4 of ``second``."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Conv2d(3, 8, 1)
+        self.second = nn.Conv2d(8, 12, 3, padding=1)
+        self.head = nn.Conv2d(12, 2, 1)
+
+    def forward(self, x):
+        n, c, h, w = (y := torch.relu(self.first(x))).shape
+        shuffled = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(torch.relu(self.second(shuffled)))
+
+
 def _groups(model, x):
     return trace_groups(model, lambda m: m(x))
 
@@ -252,3 +268,16 @@ def test_a_flatten_maps_each_channel_to_its_features_whatever_the_other_tensors_
     assert model.image_head.in_features == 4 * model.depthwise.out_channels < 64
     PruneTorch(fresh, inputs).prune_by_desc(desc)
     torch.testing.assert_close(fresh(*inputs), model(*inputs))
+
+
+def test_channels_reordered_by_a_shuffle_are_protected_not_sliced_by_position(caplog):
+    """Before, the shuffle was taken for the identity: pruning channel i of ``first`` removed input i of ``second``,
+    which reads another channel - a model that runs, with the wrong weights."""
+    torch.manual_seed(0)
+    model, x = Shuffled(), torch.randn(2, 3, 6, 6)
+    group, _ = _member(_groups(model, x), "first", "output")
+    assert "channel shuffle" in group.protected
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        _prune_and_replay(model, x, 0.7, un_prune_list=["head"], align=1)
+    assert "channel shuffle" in caplog.text
+    assert model.first.out_channels == model.second.in_channels == 8 and model.second.out_channels < 12
