@@ -166,15 +166,15 @@ def _join_at_chunks(groups, partials, chunks):
             holders.setdefault(node, []).append((index, pairs))
     used, merged_away = set(), set()
     for node, found in holders.items():
-        part, total = chunks[node]
+        parts = chunks[node]
         channels = [idx for _, pairs in found for idx in {i for i, _ in pairs}]
         indices = {index for index, _ in found}
-        if len(found) < 2 or sorted(channels) != list(range(total)) or used & indices:
+        if len(found) < 2 or sorted(channels) != list(range(parts.total)) or used & indices:
             continue
         units, first = graph_axes.Partition(), {}
         for holder, (_, pairs) in enumerate(found):
             for idx, root in pairs:
-                units.join((holder, root), first.setdefault(idx % part, (holder, root)))
+                units.join((holder, root), first.setdefault(parts.place(idx), (holder, root)))
         tagged = [Member(m.target, m.role, list(m.idxs), [(holder, r) for r in m.roots], m.axis)
                   for holder, (index, _) in enumerate(found) for m in groups[index].members]
         members = _renumber_units(tagged, {key: units.find(key) for key in list(units.parent)})

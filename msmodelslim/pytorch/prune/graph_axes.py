@@ -21,6 +21,7 @@ marked so that every group through it is protected. What a cut leaves inconsiste
 back on another axis) is caught by the post-prune check and recovery like any other failure.
 """
 import math
+from dataclasses import dataclass
 
 from torch_pruning import ops
 from torch_pruning.dependency import index_mapping
@@ -108,6 +109,40 @@ class _PartMapping:
                 for i in idxs if 0 <= i.idx < self.end - self.start]
 
 
+class _ShuffleMapping:
+    """Channel indices through a channel shuffle of ``groups`` groups of ``part`` channels: channel
+    ``a * part + b`` (group a, place b) comes out at ``b * groups + a`` (``to_shuffled``), or back."""
+
+    def __init__(self, groups, part, to_shuffled):
+        self.groups, self.part, self.to_shuffled = groups, part, to_shuffled
+
+    @graph_faults.soft_map
+    def __call__(self, idxs):
+        from torch_pruning import _helpers
+
+        groups, part = self.groups, self.part
+        if self.to_shuffled:
+            return [_helpers._HybridIndex(idx=i.idx % part * groups + i.idx // part, root_idx=i.root_idx)
+                    for i in idxs]
+        return [_helpers._HybridIndex(idx=i.idx % groups * part + i.idx // groups, root_idx=i.root_idx)
+                for i in idxs]
+
+
+@dataclass(frozen=True)
+class EqualParts:
+    """``total`` channels cut into equal parts of ``part`` channels that must lose the same places, so the parts
+    stay equal (a ``chunk``, the groups of a channel shuffle). ``interleaved``: the indices are in the shuffled
+    order (place b of group a at ``b * groups + a``), else part after part."""
+
+    part: int
+    total: int
+    interleaved: bool = False
+
+    def place(self, idx):
+        """The place in its part of channel ``idx``."""
+        return idx // (self.total // self.part) if self.interleaved else idx % self.part
+
+
 def _set_mapping(from_node, to_node, slot, mapping):
     for dep in from_node.dependencies:
         if dep.target is to_node:
@@ -153,7 +188,7 @@ def _correct_split(graph, node, unsafe, chunks):
     if grad_fn.name() != "SplitBackward0":
         unsafe[node] = "a split into parts of sizes written in the forward code"
         return
-    chunks[node] = (offsets[1], offsets[-1])  # equal parts (chunk): the parts must keep equal sizes
+    chunks[node] = EqualParts(offsets[1], offsets[-1])  # equal parts (chunk): the parts must keep equal sizes
     node.outputs.sort(key=lambda consumer: min(numbers[consumer]))
     node.module.split_sizes = [parts[min(numbers[consumer])][dim] for consumer in node.outputs]
     for consumer in node.outputs:
@@ -240,34 +275,68 @@ def _moves_channels(graph, node):
     return order[axis_out] != axis_in
 
 
-SHUFFLE = "a channel shuffle: the channels are cut into groups whose order a transpose changes"
+SHUFFLE = "a channel shuffle whose channel order cannot be followed"
 
 
-def _shuffles_channels(graph, node):
-    """Whether transpose/permute ``node`` reorders the two axes that the reshape just above cut the channels of
-    the layer above into (``view(n, groups, c // groups, h, w).transpose(1, 2)``): the channels come back
-    interleaved, an order torch-pruning's maps do not follow."""
+def _past_elementwise(node, upward):
+    """The first node from ``node`` on (itself included) that is not an element-wise operation with a single
+    neighbour that way (transposes count as operations), walking up or down; None past :data:`_MAX_WALK` steps
+    (the graph has cycles where a module is called twice)."""
+    for _ in range(_MAX_WALK):
+        neighbours = node.inputs if upward else node.outputs
+        if node.type != ops.OPTYPE.ELEMENTWISE or len(neighbours) != 1 or node.grad_fn is None \
+                or node.grad_fn.name() in _TRANSPOSES:
+            return node
+        node = neighbours[0]
+    return None
+
+
+def _shuffle(graph, node):
+    """``(groups, part, order, axis)`` when transpose/permute ``node`` reorders the two axes that the reshape just
+    above cut the channels of the layer above into (``view(n, groups, c // groups, h, w).transpose(1, 2)``: the
+    channels come back interleaved, an order torch-pruning's maps do not follow), else None."""
     grad_fn = node.grad_fn
-    if grad_fn is None or grad_fn.name() not in _TRANSPOSES or not node.inputs:
-        return False
-    reshape = node.inputs[0]
-    while reshape.type == ops.OPTYPE.ELEMENTWISE and reshape.inputs and reshape.grad_fn is not None \
-            and reshape.grad_fn.name() not in _TRANSPOSES:
-        reshape = reshape.inputs[0]
-    source, before = _input_shapes(grad_fn), _input_shapes(reshape.grad_fn) if reshape.grad_fn else None
-    if reshape.type != ops.OPTYPE.RESHAPE or not source or source[0] is None or not before:
-        return False
+    if grad_fn is None or grad_fn.name() not in _TRANSPOSES or len(node.inputs) != 1:
+        return None
+    reshape = _past_elementwise(node.inputs[0], upward=True)
+    if reshape is None or reshape.type != ops.OPTYPE.RESHAPE or reshape.grad_fn is None:
+        return None
+    source, before = _input_shapes(grad_fn), _input_shapes(reshape.grad_fn)
+    if not source or source[0] is None or not before:
+        return None
     shape, channels = source[0], _channels(graph, node, upward=True)
     axis = _locate(before[0], channels)
     if axis is None or axis + 1 >= len(shape) or shape[axis] * shape[axis + 1] != channels \
             or 1 in (shape[axis], shape[axis + 1]):
-        return False
+        return None
     try:
         order = _permutation(grad_fn, len(shape))
     except (AttributeError, TypeError, ValueError):
+        return None
+    # the inner axis now comes first (attention's (heads, head size) split, moved apart by a transpose of the
+    # tokens, keeps its order, and its channels)
+    if order.index(axis + 1) > order.index(axis):
+        return None
+    return shape[axis], shape[axis + 1], order, axis
+
+
+def _map_shuffle(node, shuffle, chunks):
+    """Map the channels through shuffle ``node`` (see :func:`_shuffle`) when it swaps the two axes and a reshape
+    below merges them back into the channel axis (ShuffleNet's): every group must then lose the same places, so
+    that the shuffle of the pruned channels pairs them as before. Returns whether it did."""
+    groups, part, order, axis = shuffle
+    swapped = list(range(len(order)))
+    swapped[axis], swapped[axis + 1] = axis + 1, axis
+    merge = _past_elementwise(node.outputs[0], upward=False) if len(node.outputs) == 1 else None
+    produced = _output_shapes(merge.grad_fn) if merge is not None and merge.grad_fn is not None else None
+    if order != swapped or merge is None or merge.type != ops.OPTYPE.RESHAPE or not produced \
+            or len(produced[0]) != len(order) - 1 or produced[0][axis] != groups * part:
         return False
-    return order.index(axis + 1) < order.index(axis)  # the inner axis now comes first (attention's (heads,
-    # head size) split moved apart by a transpose of the tokens keeps its order, and its channels)
+    source = node.inputs[0]
+    _set_mapping(source, node, 0, _ShuffleMapping(groups, part, to_shuffled=True))
+    _set_mapping(node, source, 0, _ShuffleMapping(groups, part, to_shuffled=False))
+    chunks[node] = EqualParts(part, groups * part, interleaved=True)
+    return True
 
 
 def _cut(node):
@@ -275,6 +344,20 @@ def _cut(node):
     for neighbour in list(node.inputs) + list(node.outputs):
         neighbour.dependencies = [dep for dep in neighbour.dependencies if dep.target is not node]
     node.dependencies = []
+
+
+def _concatenated(node):
+    """The size of axis 1 of the concatenation just above ``node`` (through element-wise operations), or None."""
+    origin = _past_elementwise(node.inputs[0], upward=True) if len(node.inputs) == 1 else None
+    if origin is None or origin.type != ops.OPTYPE.CONCAT or origin.grad_fn is None:
+        return None
+    produced = _input_shapes(origin.grad_fn)  # the parts; they are concatenated along axis 1 if their sum is
+    shapes = [shape for shape in produced if shape is not None] if produced else []
+    if len(shapes) != len(produced or ()) or len({len(shape) for shape in shapes}) != 1 or len(shapes[0]) < 3:
+        return None
+    if any(shape[:1] + shape[2:] != shapes[0][:1] + shapes[0][2:] for shape in shapes):
+        return None
+    return sum(shape[1] for shape in shapes)
 
 
 def _correct_flatten(graph, node):
@@ -289,10 +372,8 @@ def _correct_flatten(graph, node):
     if len(shape_in) < 3 or len(shape_out) != 2 or shape_out[1] != math.prod(shape_in[1:]):
         return
     stride = math.prod(shape_in[2:])
-    # a 4-D tensor is (batch, channels, height, width), as torch-pruning takes it; another rank only when the
-    # layer above has as many channels as axis 1
-    if stride == 1 or (len(shape_in) != 4 and _channels(graph, node, upward=True) != shape_in[1]):
-        return
+    if stride == 1 or shape_in[1] not in (_channels(graph, node, upward=True), _concatenated(node)):
+        return  # axis 1 is not known to hold channels (attention's (tokens, batch, heads, head size), say)
     for producer in node.inputs:
         maps = [m for dep in node.dependencies if dep.target is producer for m in dep.index_mapping]
         if any(isinstance(m, index_mapping._FlattenIndexMapping) for m in maps):
@@ -318,8 +399,10 @@ def correct(graph):
     for node in list(graph.module2node.values()):
         if node.type != ops.OPTYPE.ELEMENTWISE:
             continue
-        if _shuffles_channels(graph, node):
-            unsafe[node] = SHUFFLE
+        shuffle = _shuffle(graph, node)
+        if shuffle is not None:
+            if not _map_shuffle(node, shuffle, chunks):
+                unsafe[node] = SHUFFLE
         elif _moves_channels(graph, node):
             _cut(node)
     return unsafe, chunks
@@ -356,13 +439,13 @@ def chunk_units(items, chunks):
         node = item.dep.target
         if node not in chunks or item.dep.source is node:
             continue
-        part, total = chunks[node]
+        parts = chunks[node]
         pairs = list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs)))
-        if {idx for idx, _ in pairs} != set(range(total)):
+        if {idx for idx, _ in pairs} != set(range(parts.total)):
             partial.setdefault(node, set()).update(pairs)
             continue
         first_root = {}
         for idx, root in pairs:
-            units.join(root, first_root.setdefault(idx % part, root))
+            units.join(root, first_root.setdefault(parts.place(idx), root))
     return ({root: units.find(root) for root in units.parent},
             {node: sorted(pairs) for node, pairs in partial.items()})

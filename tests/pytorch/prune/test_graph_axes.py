@@ -111,16 +111,21 @@ class FlattenBesideTokens(nn.Module):
     """An image path that ends in a flatten into a Linear, beside a text path of 3-D token tensors: torch-pruning
     maps flattens only when every tensor of the model is 2-D or 4-D."""
 
-    def __init__(self):
+    def __init__(self, concat=False):
         super().__init__()
+        self.concat = concat
         self.conv = nn.Conv2d(3, 16, 3, padding=1)
         self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.image_head = nn.Linear(16 * 2 * 2, 5)
+        self.image_head = nn.Linear((32 if concat else 16) * 2 * 2, 5)
         self.embed = nn.Embedding(40, 12)
         self.text_head = nn.Linear(12, 5)
 
     def forward(self, image, ids):
-        pooled = nn.functional.adaptive_avg_pool2d(torch.relu(self.depthwise(self.conv(image))), 2)
+        features = self.conv(image)
+        features = torch.relu(self.depthwise(features))
+        if self.concat:  # the flatten then reads the concatenation, not a layer
+            features = torch.cat([self.conv(image), features], 1)
+        pooled = nn.functional.adaptive_avg_pool2d(features, 2)
         return self.image_head(pooled.flatten(1)) + self.text_head(self.embed(ids)).mean(1)
 
 
@@ -257,27 +262,47 @@ def test_a_split_inside_a_cycle_of_the_graph_does_not_loop():
     assert groups and all(g.size > 0 for g in groups)
 
 
-def test_a_flatten_maps_each_channel_to_its_features_whatever_the_other_tensors_ranks():
+@pytest.mark.parametrize("concat", [False, True], ids=["layer", "concatenation"])
+def test_a_flatten_maps_each_channel_to_its_features_whatever_the_other_tensors_ranks(concat):
     torch.manual_seed(0)
-    model = FlattenBesideTokens()
+    model = FlattenBesideTokens(concat)
     inputs = (torch.randn(2, 3, 8, 8), torch.randint(0, 40, (2, 6)))
     group, member = _member(trace_groups(model, lambda m: m(*inputs)), "image_head", "input")
-    assert sorted(member.idxs) == list(range(64)) and member.indices_of_units([3]) == [12, 13, 14, 15]
+    assert sorted(member.idxs) == list(range(model.image_head.in_features))
+    assert member.indices_of_units([3]) == ([12, 13, 14, 15, 76, 77, 78, 79] if concat else [12, 13, 14, 15])
     fresh = copy.deepcopy(model)
     desc = PruneTorch(model, inputs, align=1).prune(0.7, un_prune_list=["image_head", "text_head"])
-    assert model.image_head.in_features == 4 * model.depthwise.out_channels < 64
+    assert model.image_head.in_features == 4 * (2 if concat else 1) * model.depthwise.out_channels
+    assert model.depthwise.out_channels < 16
     PruneTorch(fresh, inputs).prune_by_desc(desc)
     torch.testing.assert_close(fresh(*inputs), model(*inputs))
 
 
-def test_channels_reordered_by_a_shuffle_are_protected_not_sliced_by_position(caplog):
+def test_channels_reordered_by_a_shuffle_follow_their_new_places():
     """Before, the shuffle was taken for the identity: pruning channel i of ``first`` removed input i of ``second``,
-    which reads another channel - a model that runs, with the wrong weights."""
+    which reads another channel - a model that runs, with the wrong weights. Now every group of the shuffle loses
+    the same places, and the pruned model computes what the dense one does without the removed channels."""
     torch.manual_seed(0)
     model, x = Shuffled(), torch.randn(2, 3, 6, 6)
+    group, member = _member(_groups(model, x), "first", "output")
+    assert group.protected is None and group.size == 4  # place b of both groups is one unit
+    consumer = next(m for m in group.members if m.target == "second")
+    assert consumer.indices_of_units(member.roots[1:2]) == [2, 3]  # channels 1 and 5 come out at 2 and 3
+    dense = copy.deepcopy(model)
+    desc = PruneTorch(model, x, align=1).prune(0.7, un_prune_list=["head", "second"])
+    removed = [i for i, c in enumerate(desc["first"]["output"][1]) if c != "-"]
+    assert removed and len(removed) % 2 == 0 and model.first.out_channels == 8 - len(removed)
+    with torch.no_grad():  # the removed channels silenced in the dense model: relu(0) = 0 reaches nothing
+        dense.first.weight[removed] = 0
+        dense.first.bias[removed] = 0
+        torch.testing.assert_close(model(x), dense(x))
+
+
+def test_a_shuffle_whose_order_cannot_be_followed_protects_its_channels(caplog):
+    torch.manual_seed(0)
+    model, x = Shuffled(), torch.randn(2, 3, 6, 6)
+    # the same shuffle, done by one permute that also swaps height and width: not the swap it knows
+    model.forward = lambda inp: model.head(torch.relu(model.second(
+        torch.relu(model.first(inp)).view(2, 2, 4, 6, 6).permute(0, 2, 1, 4, 3).reshape(2, 8, 6, 6))))
     group, _ = _member(_groups(model, x), "first", "output")
-    assert "channel shuffle" in group.protected
-    with caplog.at_level(logging.INFO, logger="msmodelslim"):
-        _prune_and_replay(model, x, 0.7, un_prune_list=["head"], align=1)
-    assert "channel shuffle" in caplog.text
-    assert model.first.out_channels == model.second.in_channels == 8 and model.second.out_channels < 12
+    assert "a channel shuffle whose channel order cannot be followed" in group.protected
