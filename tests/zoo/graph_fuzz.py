@@ -19,6 +19,7 @@ Every output goes through a *head* (a Linear or 1x1 convolution) listed in ``cas
 ``un_prune_list`` is the documented way to keep a model's output shapes. Every generated model is run on its
 inputs before it is returned (:func:`check`), so the generator never hands out a broken model.
 """
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msmodelslim.pytorch.utils.calibration import CallParams
+from msmodelslim.pytorch.utils.calibration import CallParams, as_call_params
 
 CHANNELS = tuple(range(8, 49, 4))  # internal widths: 8, 12, ..., 48 (drawn from WIDTHS, biased to wider)
 WIDTHS = CHANNELS + tuple(range(16, 49, 8)) * 2
@@ -709,6 +710,58 @@ def _changes(model, state):
     return found
 
 
+@contextlib.contextmanager
+def _norms_as_affine():
+    """LayerNorm and GroupNorm reduced to their per-channel affine part while the block runs: a channel's value
+    then no longer depends on the others (whose number pruning changes)."""
+    def layer_norm(self, x):
+        return x * self.weight + (self.bias if self.bias is not None else 0) if self.elementwise_affine else x
+
+    def group_norm(self, x):
+        if not self.affine:
+            return x
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.weight.view(view) + self.bias.view(view)
+
+    saved = nn.LayerNorm.forward, nn.GroupNorm.forward
+    nn.LayerNorm.forward, nn.GroupNorm.forward = layer_norm, group_norm
+    try:
+        yield
+    finally:
+        nn.LayerNorm.forward, nn.GroupNorm.forward = saved
+
+
+def _in_double(inputs):
+    def cast(value):
+        return value.double() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    return CallParams(*[cast(a) for a in inputs.args], **{k: cast(v) for k, v in inputs.kwargs.items()})
+
+
+def _computes_the_dense_model_without_the_removed(original, pruned, desc, case):
+    """Whether the pruned model computes what the dense ``original`` does when its layers read nothing from the
+    removed channels (their input columns zeroed): channels and the inputs they feed were paired right, where a
+    shape check cannot tell (a channel shuffle taken for the identity runs, with the wrong weights). Both run in
+    float64 with LayerNorm/GroupNorm reduced to their per-channel affine part (the removed channels would enter
+    their statistics). None for models with attention, whose heads mix channels."""
+    import copy
+
+    if any(isinstance(module, nn.MultiheadAttention) for module in original.modules()):
+        return None
+    silenced, pruned = copy.deepcopy(original).double(), copy.deepcopy(pruned).double()
+    layers = dict(silenced.named_modules())
+    inputs = _in_double(as_call_params(case.inputs))
+    with torch.no_grad(), _norms_as_affine():
+        for name, entry in desc.items():
+            layer = layers.get(name)
+            dense_layer = isinstance(layer, nn.Linear) or (
+                isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == 1)
+            if dense_layer and isinstance(entry, dict) and "input" in entry:
+                layer.weight[:, [i for i, mark in enumerate(entry["input"][1]) if mark != "-"]] = 0
+        expected, got = output_tensors(call(silenced, inputs)), output_tensors(call(pruned, inputs))
+    return all(torch.allclose(x, y, rtol=1e-7, atol=1e-9 * (1 + float(y.abs().max()))) for x, y in zip(got, expected))
+
+
 def _same_outputs(a, b):
     ta, tb = output_tensors(a), output_tensors(b)
     return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
@@ -827,6 +880,9 @@ def _attempt(case, trace_timeout, importance, records):
         return result
     if not _same_outputs(case.run(fresh), out):
         result["problem"] = "the replayed model computes other outputs"
+        return result
+    if _computes_the_dense_model_without_the_removed(original, model, desc, case) is False:
+        result["problem"] = "the pruned model computes other outputs than the dense one without the removed channels"
         return result
     if abs(kept - case.ratio) <= TOLERANCE:
         result["category"] = PRUNED

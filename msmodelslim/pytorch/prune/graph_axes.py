@@ -291,10 +291,21 @@ def _past_elementwise(node, upward):
     return None
 
 
+def _split_axis(before, after):
+    """The axis of shape ``before`` that a reshape to ``after`` cuts in two (every other axis kept), or None."""
+    if len(after) != len(before) + 1:
+        return None
+    return next((k for k in range(1, len(before)) if before[:k] == after[:k] and before[k + 1:] == after[k + 2:]
+                 and after[k] * after[k + 1] == before[k]), None)
+
+
 def _shuffle(graph, node):
-    """``(groups, part, order, axis)`` when transpose/permute ``node`` reorders the two axes that the reshape just
-    above cut the channels of the layer above into (``view(n, groups, c // groups, h, w).transpose(1, 2)``: the
-    channels come back interleaved, an order torch-pruning's maps do not follow), else None."""
+    """``(groups, part, order, axis, certain)`` when transpose/permute ``node`` reorders the two axes that the
+    reshape just above cut the channels of the layer above into (``view(n, groups, c // groups, h, w)
+    .transpose(1, 2)``: the channels come back interleaved, an order torch-pruning's maps do not follow), else
+    None. ``certain``: the cut axis is known to be the channel axis - it has the length of the layer above, alone
+    or by the (batch, channels, height, width) convention where other axes have the same length, or it is axis 1
+    of a concatenation along axis 1; a shuffle of an axis not known to be the channels protects its groups."""
     grad_fn = node.grad_fn
     if grad_fn is None or grad_fn.name() not in _TRANSPOSES or len(node.inputs) != 1:
         return None
@@ -302,12 +313,11 @@ def _shuffle(graph, node):
     if reshape is None or reshape.type != ops.OPTYPE.RESHAPE or reshape.grad_fn is None:
         return None
     source, before = _input_shapes(grad_fn), _input_shapes(reshape.grad_fn)
-    if not source or source[0] is None or not before:
+    if not source or source[0] is None or not before or before[0] is None:
         return None
-    shape, channels = source[0], _channels(graph, node, upward=True)
-    axis = _locate(before[0], channels)
-    if axis is None or axis + 1 >= len(shape) or shape[axis] * shape[axis + 1] != channels \
-            or 1 in (shape[axis], shape[axis + 1]):
+    shape = source[0]
+    axis = _split_axis(before[0], shape)
+    if axis is None or 1 in (shape[axis], shape[axis + 1]):
         return None
     try:
         order = _permutation(grad_fn, len(shape))
@@ -317,14 +327,19 @@ def _shuffle(graph, node):
     # tokens, keeps its order, and its channels)
     if order.index(axis + 1) > order.index(axis):
         return None
-    return shape[axis], shape[axis + 1], order, axis
+    channels = _channels(graph, node, upward=True)
+    by_layer = before[0][axis] == channels and (_locate(before[0], channels) == axis or len(before[0]) == 4)
+    by_concatenation = axis == 1 and before[0][axis] == _concatenated(reshape)
+    return shape[axis], shape[axis + 1], order, axis, by_layer or by_concatenation
 
 
 def _map_shuffle(node, shuffle, chunks):
     """Map the channels through shuffle ``node`` (see :func:`_shuffle`) when it swaps the two axes and a reshape
     below merges them back into the channel axis (ShuffleNet's): every group must then lose the same places, so
     that the shuffle of the pruned channels pairs them as before. Returns whether it did."""
-    groups, part, order, axis = shuffle
+    groups, part, order, axis, certain = shuffle
+    if not certain:
+        return False
     swapped = list(range(len(order)))
     swapped[axis], swapped[axis + 1] = axis + 1, axis
     merge = _past_elementwise(node.outputs[0], upward=False) if len(node.outputs) == 1 else None
@@ -351,12 +366,12 @@ def _concatenated(node):
     origin = _past_elementwise(node.inputs[0], upward=True) if len(node.inputs) == 1 else None
     if origin is None or origin.type != ops.OPTYPE.CONCAT or origin.grad_fn is None:
         return None
-    produced = _input_shapes(origin.grad_fn)  # the parts; they are concatenated along axis 1 if their sum is
-    shapes = [shape for shape in produced if shape is not None] if produced else []
-    if len(shapes) != len(produced or ()) or len({len(shape) for shape in shapes}) != 1 or len(shapes[0]) < 3:
+    parts = _input_shapes(origin.grad_fn)
+    shapes = [shape for shape in parts if shape is not None] if parts else []
+    if len(shapes) != len(parts or ()) or len({len(shape) for shape in shapes}) != 1 or len(shapes[0]) < 3:
         return None
     if any(shape[:1] + shape[2:] != shapes[0][:1] + shapes[0][2:] for shape in shapes):
-        return None
+        return None  # parts that differ on another axis than 1: not a concatenation along axis 1
     return sum(shape[1] for shape in shapes)
 
 

@@ -278,12 +278,13 @@ def test_a_flatten_maps_each_channel_to_its_features_whatever_the_other_tensors_
     torch.testing.assert_close(fresh(*inputs), model(*inputs))
 
 
-def test_channels_reordered_by_a_shuffle_follow_their_new_places():
+@pytest.mark.parametrize("size", [6, 8], ids=["distinct-lengths", "height-width-and-channels-alike"])
+def test_channels_reordered_by_a_shuffle_follow_their_new_places(size):
     """Before, the shuffle was taken for the identity: pruning channel i of ``first`` removed input i of ``second``,
     which reads another channel - a model that runs, with the wrong weights. Now every group of the shuffle loses
     the same places, and the pruned model computes what the dense one does without the removed channels."""
     torch.manual_seed(0)
-    model, x = Shuffled(), torch.randn(2, 3, 6, 6)
+    model, x = Shuffled(), torch.randn(2, 3, size, size)  # 8 x 8 images of 8 channels: the axes look alike
     group, member = _member(_groups(model, x), "first", "output")
     assert group.protected is None and group.size == 4  # place b of both groups is one unit
     consumer = next(m for m in group.members if m.target == "second")
