@@ -6,8 +6,10 @@ layers in ``un_prune_list``) and sorted into *pruned* (within 2 points of the bu
 replays on a fresh copy to the same shapes and equal outputs), *short* (above the budget with a logged reason),
 *refused* (a documented error, the model unchanged), *crashed* (an undocumented exception, or no answer within the
 time limit) or *broken* (no exception, but a documented promise not kept: an overshoot below the budget, a
-replay that differs, changed output shapes, a model changed by a refusal). Goals: pruned >= 90 %, crashed and
-broken 0.
+replay that differs, changed output shapes, a model changed by a refusal, or - for the models without attention -
+outputs other than the dense model's with the removed channels' inputs zeroed, in float64 with LayerNorm/GroupNorm
+reduced to their per-channel affine part: channels paired with the wrong inputs run, with the wrong weights).
+Goals: pruned >= 90 %, crashed and broken 0. torch-pruning is not held to that last check.
 
 torch-pruning: ``tp.pruner.BasePruner`` with ``GroupMagnitudeImportance(p=1)``, the same output layers ignored,
 ``round_to`` the same alignment, and a channel ratio found by bisection to land at the parameter budget (as

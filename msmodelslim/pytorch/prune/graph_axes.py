@@ -122,10 +122,14 @@ class _ShuffleMapping:
 
         groups, part = self.groups, self.part
         if self.to_shuffled:
-            return [_helpers._HybridIndex(idx=i.idx % part * groups + i.idx // part, root_idx=i.root_idx)
-                    for i in idxs]
-        return [_helpers._HybridIndex(idx=i.idx % groups * part + i.idx // groups, root_idx=i.root_idx)
-                for i in idxs]
+            mapped = [_helpers._HybridIndex(idx=i.idx % part * groups + i.idx // part, root_idx=i.root_idx)
+                      for i in idxs]
+        else:
+            mapped = [_helpers._HybridIndex(idx=i.idx % groups * part + i.idx // groups, root_idx=i.root_idx)
+                      for i in idxs]
+        # in index order, as every other map leaves them: torch-pruning's graph walk compares index lists in order,
+        # and the same channels met again in another order would be walked again (and again)
+        return sorted(mapped, key=lambda i: i.idx)
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,57 @@ def _past_elementwise(node, upward):
     return None
 
 
+REORDERED = "an operation that reorders or slices the channels at positions written in the forward code"
+HEADS = "a reshape that cuts the channels into heads or groups, which pruning would mix"
+_REORDERS = ("FlipBackward0", "RollBackward0")
+
+
+def _channel_axis(graph, node, shape):
+    """The axes of ``shape`` (the input of ``node``) that may hold the channels of the layer or concatenation just
+    above: those of that length (several when other axes have it too); none when the length is unknown."""
+    channels = {_channels(graph, node, upward=True), _concatenated(node)} - {None}
+    return [axis for axis in range(1, len(shape)) if shape[axis] in channels]
+
+
+def _reorders_channels(graph, node):
+    """Whether ``node`` flips, rolls or slices (at fixed positions) an axis that may hold channels."""
+    grad_fn = node.grad_fn
+    name = grad_fn.name() if grad_fn is not None else ""
+    if name not in _REORDERS and name != "SliceBackward0":
+        return False
+    source = _input_shapes(grad_fn)
+    if not source or source[0] is None:
+        return False
+    shape = source[0]
+    if name == "SliceBackward0":
+        dim = _signed(grad_fn._saved_dim) % len(shape)
+        start, end, step = (_signed(grad_fn._saved_start), _signed(grad_fn._saved_end), grad_fn._saved_step)
+        if start == 0 and end >= shape[dim] and step == 1:
+            return False  # the whole axis
+        dims = [dim]
+    else:
+        dims = [_signed(d) % len(shape) for d in grad_fn._saved_dims]
+    return any(dim in _channel_axis(graph, node, shape) for dim in dims)
+
+
+def _split_into_heads(graph, node):
+    """Whether reshape ``node`` cuts the channel axis (the one axis of the channels' length) into several axes of
+    more than one entry (``view(b, t, heads, -1)``, ``view(n, groups, c // groups, h, w)``)."""
+    produced, source = _output_shapes(node.grad_fn), _input_shapes(node.grad_fn)
+    if not produced or not source or source[0] is None:
+        return False
+    before, after = source[0], produced[0]
+    extra = len(after) - len(before)
+    if extra < 1:
+        return False
+    axes = _channel_axis(graph, node, before)
+    if len(axes) != 1:
+        return False  # the channels cannot be told from an axis of the same length (tokens of a tiny image)
+    return any(before[:k] == after[:k] and before[k + 1:] == after[k + 1 + extra:]
+               and math.prod(after[k:k + 1 + extra]) == before[k] and sum(n > 1 for n in after[k:k + 1 + extra]) > 1
+               for k in axes)
+
+
 def _split_axis(before, after):
     """The axis of shape ``before`` that a reshape to ``after`` cuts in two (every other axis kept), or None."""
     if len(after) != len(before) + 1:
@@ -331,6 +386,24 @@ def _shuffle(graph, node):
     by_layer = before[0][axis] == channels and (_locate(before[0], channels) == axis or len(before[0]) == 4)
     by_concatenation = axis == 1 and before[0][axis] == _concatenated(reshape)
     return shape[axis], shape[axis + 1], order, axis, by_layer or by_concatenation
+
+
+def _native_shuffle(graph, node, chunks):
+    """Map ``torch.nn.ChannelShuffle`` / ``F.channel_shuffle`` (one operation on axis 1) like the reshape-transpose
+    shuffle; returns None when ``node`` is not one, else whether it could (axis 1 known to hold channels)."""
+    grad_fn = node.grad_fn
+    if grad_fn is None or grad_fn.name() != "ChannelShuffleBackward0" or len(node.inputs) != 1:
+        return None
+    source = _input_shapes(grad_fn)
+    groups = int(grad_fn._saved_groups)
+    if not source or source[0] is None or 1 not in _channel_axis(graph, node, source[0]) \
+            or groups < 2 or source[0][1] % groups:
+        return False
+    part = source[0][1] // groups
+    _set_mapping(node.inputs[0], node, 0, _ShuffleMapping(groups, part, to_shuffled=True))
+    _set_mapping(node, node.inputs[0], 0, _ShuffleMapping(groups, part, to_shuffled=False))
+    chunks[node] = EqualParts(part, groups * part, interleaved=True)
+    return True
 
 
 def _map_shuffle(node, shuffle, chunks):
@@ -403,7 +476,7 @@ def correct(graph):
     Returns ``(unsafe, chunks)``: ``{node: reason}`` for the operations whose groups must be protected, and
     ``{node: (part size, whole size)}`` for the channel splits into equal parts (``chunk``), whose parts must
     lose the same channels (see :func:`chunk_units`)."""
-    unsafe, chunks = {}, {}
+    unsafe, chunks, shuffled = {}, {}, set()
     for node in list(graph.module2node.values()):
         if node.type == ops.OPTYPE.SPLIT:
             _correct_split(graph, node, unsafe, chunks)
@@ -412,14 +485,24 @@ def correct(graph):
         elif node.type == ops.OPTYPE.RESHAPE:
             _correct_flatten(graph, node)
     for node in list(graph.module2node.values()):
-        if node.type != ops.OPTYPE.ELEMENTWISE:
+        if node.type not in (ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.SLICE):
             continue
-        shuffle = _shuffle(graph, node)
+        shuffle, native = _shuffle(graph, node), _native_shuffle(graph, node, chunks)
         if shuffle is not None:
-            if not _map_shuffle(node, shuffle, chunks):
+            if _map_shuffle(node, shuffle, chunks):
+                shuffled.add(_past_elementwise(node.inputs[0], upward=True))  # its reshape cuts no heads
+            else:
                 unsafe[node] = SHUFFLE
-        elif _moves_channels(graph, node):
+        elif native is not None:
+            if not native:
+                unsafe[node] = SHUFFLE
+        elif _reorders_channels(graph, node):
+            unsafe[node] = REORDERED
+        elif node.type == ops.OPTYPE.ELEMENTWISE and _moves_channels(graph, node):
             _cut(node)
+    for node in list(graph.module2node.values()):
+        if node.type == ops.OPTYPE.RESHAPE and node not in shuffled and _split_into_heads(graph, node):
+            unsafe[node] = HEADS
     return unsafe, chunks
 
 

@@ -307,3 +307,76 @@ def test_a_shuffle_whose_order_cannot_be_followed_protects_its_channels(caplog):
         torch.relu(model.first(inp)).view(2, 2, 4, 6, 6).permute(0, 2, 1, 4, 3).reshape(2, 8, 6, 6))))
     group, _ = _member(_groups(model, x), "first", "output")
     assert "a channel shuffle whose channel order cannot be followed" in group.protected
+
+
+def _computes_dense_without_removed(dense, pruned, desc, x):
+    """The pruned model's outputs equal the dense model's with the removed channels' inputs zeroed (float64)."""
+    silenced, pruned = copy.deepcopy(dense).double(), copy.deepcopy(pruned).double()
+    with torch.no_grad():
+        for name, entry in desc.items():
+            layer = dict(silenced.named_modules()).get(name)
+            if isinstance(layer, (nn.Linear, nn.Conv2d)) and getattr(layer, "groups", 1) == 1 and "input" in entry:
+                layer.weight[:, [i for i, mark in enumerate(entry["input"][1]) if mark != "-"]] = 0
+        return torch.allclose(silenced(x.double()), pruned(x.double()), rtol=1e-9, atol=1e-12)
+
+
+class Reordered(nn.Module):
+    """A stem whose channels are reordered before the next layer reads them."""
+
+    def __init__(self, reorder):
+        super().__init__()
+        self.reorder = reorder
+        self.stem = nn.Conv2d(3, 16, 1)
+        self.body = nn.Conv2d(16, 12, 3, padding=1)
+        self.head = nn.Conv2d(12, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(self.reorder(torch.relu(self.stem(x))))))
+
+
+@pytest.mark.parametrize("reorder, followed", [
+    (nn.ChannelShuffle(4), True),
+    (lambda y: y.flip(1), False),
+    (lambda y: torch.roll(y, 1, 1), False),
+    (lambda y: torch.cat([y[:, 4:], y[:, :4]], 1), False),  # positions written in the forward code
+], ids=["channel_shuffle", "flip", "roll", "fixed_slices"])
+def test_channels_reordered_by_an_operation_are_followed_or_protected_never_paired_wrongly(reorder, followed):
+    torch.manual_seed(0)
+    model, x = Reordered(reorder), torch.randn(2, 3, 6, 6)
+    dense = copy.deepcopy(model)
+    group, _ = _member(_groups(model, x), "stem", "output")
+    assert (group.protected is None) == followed
+    desc = PruneTorch(model, x, align=1).prune(0.7, un_prune_list=["head"])
+    assert (model.stem.out_channels < 16) == followed and model.body.out_channels < 12
+    assert _computes_dense_without_removed(dense, model, desc, x)
+
+
+class HeadsByMinusOne(nn.Module):
+    """Plain attention that cuts its channels into heads with ``view(b, t, heads, -1)``: pruning q, k or v alone
+    would move channels from one head to another."""
+
+    def __init__(self, dim=32, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(6, dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        b, t, _ = h.shape
+        q, k, v = (p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        attended = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return self.head(h + self.o(attended.transpose(1, 2).reshape(b, t, -1))).mean(1)
+
+
+def test_channels_cut_into_heads_by_a_reshape_are_protected(caplog):
+    torch.manual_seed(0)
+    model, x = HeadsByMinusOne(), torch.randn(2, 5, 6)
+    dense = copy.deepcopy(model)
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        desc = PruneTorch(model, x, align=1).prune(0.7, un_prune_list=["head"])
+    assert "a reshape that cuts the channels into heads" in caplog.text
+    assert model.q.out_features == model.k.out_features == model.v.out_features == 32
+    assert model.embed.out_features < 32  # the residual stream is pruned
+    assert _computes_dense_without_removed(dense, model, desc, x)
