@@ -30,7 +30,7 @@ import re
 
 import torch
 
-from msmodelslim.pytorch.prune.layers import INNER, INPUT, OUTPUT, ParameterSpec, slice_tensor, spec_of
+from msmodelslim.pytorch.prune.layers import INNER, INPUT, OUTPUT, ParameterSpec, layer_spec, slice_tensor, spec_of
 from msmodelslim.utils.logging import logger
 
 META_KEY = "__meta__"
@@ -41,6 +41,9 @@ BELONGS = "Please Check whether desc belongs to the network."
 _ALLOWED = re.compile(r"""^[_A-Za-z0-9"'><=\[\])(,}{: /.*~-]*$""")
 MAX_KEY_LENGTH = 512
 MAX_DEPTH = 16  # a desc is at most 4 levels deep (__meta__ -> patches -> module -> attribute)
+# the attributes of a layer that its weights' shapes determine (sliced with them, never patched)
+_SHAPE_ATTRIBUTES = {"in_channels", "out_channels", "in_features", "out_features", "num_features",
+                     "normalized_shape", "num_embeddings", "embedding_dim", "num_channels", "embed_dim"}
 ROLE_ORDER = (OUTPUT, INPUT, INNER)  # one order for every layer, so a tensor shared by two layers is sliced alike
 
 
@@ -250,6 +253,9 @@ def _check_patches(model, meta):
         for attr in attrs:
             if not hasattr(module, attr):
                 raise _bad(name, f"it has no attribute '{attr}' to patch")
+            if attr in _SHAPE_ATTRIBUTES and layer_spec(module) is not None:
+                raise _bad(name, f"its attribute '{attr}' follows the shape of its weights, which the desc's masks "
+                                 "set; a patch may not")
             if not _is_count(getattr(module, attr)):
                 raise _bad(name, f"its attribute '{attr}' is not an integer; a desc patches integer sizes only")
     for field in meta.get("config") or {}:

@@ -22,6 +22,7 @@ from torch import nn
 from msmodelslim.errors import ModelslimError
 from msmodelslim.pytorch.prune import desc as desc_format
 from msmodelslim.pytorch.prune.budgets import MacCounter, check_budget, latency_ratio, search_latency
+from msmodelslim.pytorch.prune.config_check import config_mismatch, config_values, set_config_values
 from msmodelslim.pytorch.prune.graph import DEFAULT_TRACE_TIMEOUT_S, trace_groups
 from msmodelslim.pytorch.prune.grouped_conv import couple_grouped_convs
 from msmodelslim.pytorch.prune.groups import tie_groups
@@ -64,8 +65,8 @@ class PruneTorch:
             (each layer choosing which), so the Hugging Face config still describes the pruned model.
 
     Raises:
-        ValueError: ``network`` is not a ``torch.nn.Module``, a bad ``align``/``engine``, or a NaN
-            ``trace_timeout``.
+        ValueError: ``network`` is not a ``torch.nn.Module``, a bad ``align``/``engine``, a NaN
+            ``trace_timeout``, or the model fails on ``inputs`` (the model's own error is chained).
         TypeError: ``inputs`` is None or of another type; ``trace_timeout`` is not a number.
     """
 
@@ -95,7 +96,12 @@ class PruneTorch:
         self._engine = None
         self._default_protection, self._default_unprotected = False, set()
         self._last = None
-        self._order, _, self._macs, self._output_shapes = profile(network, self._call)
+        try:
+            self._order, _, self._macs, self._output_shapes = profile(network, self._call)
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the model refuses the sample inputs
+            raise ValueError(f"The model fails on the sample inputs ({type(exc).__name__}: {exc}); pass inputs "
+                             "it accepts, as model(inputs) (a Tensor), model(*inputs) (a list or tuple) or a "
+                             "CallParams(*args, **kwargs).") from exc
 
     # ------------------------------------------------------------------------------------------ properties
     @property
@@ -272,6 +278,8 @@ class PruneTorch:
         """The protected layer names, after validating the arguments of :meth:`analysis`."""
         if not isinstance(reserved_ratio, float):
             raise TypeError("prune ratio must be float")
+        if math.isnan(reserved_ratio):
+            raise ValueError("prune ratio must be a number (the fraction to keep, e.g. 0.5), got nan")
         self._default_protection = un_prune_list is None
         self._default_unprotected = set()  # groups the default would have frozen, logged once per call
         if un_prune_list is None:
@@ -408,6 +416,8 @@ class PruneTorch:
         value takes another code path, such as an encoder-decoder's projection between two widths) but it runs
         without them, apply it without them. Returns the plan as applied."""
         _log_channels(planned.desc)
+        planned = replace(planned, old_config=config_values(
+            self._network, (planned.desc.get(desc_format.META_KEY) or {}).get("config") or {}))
         first, *fallback = _with_and_without_config(planned.desc)
         try:
             self._apply_desc(first, keep_output_shapes=True)
@@ -419,8 +429,34 @@ class PruneTorch:
             planned = replace(planned, desc=fallback[0], config_notes=[
                 *planned.config_notes, f"the model fails to run with config fields "
                 f"{', '.join(first[desc_format.META_KEY]['config'])} set ({type(reason).__name__}: {reason})"])
+        planned = self._config_rebuilds(planned)
         log_config_notes(planned.config_notes)
         return planned
+
+    def _config_rebuilds(self, planned):
+        """``planned`` as applied, after checking that the config it set rebuilds the pruned shapes: when it does
+        not, the fields go back to what they were (and out of the desc) unless forward() needs them, and a note
+        names the first tensor a rebuilt model would not have."""
+        fields = (planned.desc.get(desc_format.META_KEY) or {}).get("config") or {}
+        pruned = any(key != desc_format.META_KEY for key in planned.desc)
+        mismatch = config_mismatch(self._network) if pruned else None
+        if mismatch is None:
+            return planned
+        note = f"a model rebuilt from it would differ: {mismatch}"
+        if not fields:
+            return planned if planned.config_notes else replace(planned, config_notes=[note])
+        new = config_values(self._network, fields)
+        set_config_values(self._network, planned.old_config)
+        try:
+            with torch.no_grad(), eval_mode(self._network):
+                self._call(self._network)
+        except Exception:  # noqa: BLE001 - forward() reads the new values (Phi-3's head counts): they stay
+            set_config_values(self._network, new)
+            return replace(planned, config_notes=[*planned.config_notes, f"{note}; its fields are set all the "
+                                                  "same, since forward() reads them"])
+        meta = {**planned.desc[desc_format.META_KEY], "config": {}}
+        return replace(planned, desc={**planned.desc, desc_format.META_KEY: meta},
+                       config_notes=[*planned.config_notes, f"{note}; its fields are left as they were"])
 
     def prune_by_desc(self, desc):
         """Apply a ``desc`` (from :meth:`prune`/:meth:`analysis`, possibly after a JSON round trip) in place.
@@ -435,6 +471,10 @@ class PruneTorch:
                 twice), config fields that contradict the pruned weights, or a pruned model that fails to run.
         """
         self._apply_desc(desc)
+        if any(key != desc_format.META_KEY for key in desc):
+            mismatch = config_mismatch(self._network)
+            if mismatch is not None:
+                log_config_notes([f"a model rebuilt from it would differ: {mismatch}"])
 
     def _apply_desc(self, desc, keep_output_shapes=False):
         operations, meta = desc_format.parse_desc(self._network, desc)
@@ -512,6 +552,7 @@ class _Planned:
     desc: dict
     params_after: int
     config_notes: list = ()  # why the model config cannot describe the pruned shapes
+    old_config: dict = None  # the values the desc's config fields had before it was applied
 
 
 @contextlib.contextmanager

@@ -151,3 +151,25 @@ def test_an_image_encoder_under_one_config_is_a_tower_and_still_takes_images_aft
     with torch.no_grad():
         out = model(**{**inputs, "pixel_values": pixels})
     assert out.logits.shape[-1] == model.config.vocab_size
+
+
+@pytest.mark.parametrize("model_type", ["encoder-decoder", "vision-encoder-decoder", "chinese_clip", "git",
+                                        "llava_next"])
+def test_the_saved_config_rebuilds_the_pruned_model_or_the_log_says_it_does_not(model_type, caplog, tmp_path):
+    """Whatever the rules set, the config is checked by rebuilding the model from it (meta device): fields that
+    would not rebuild it go back to what they were, and the log names the first tensor that would differ."""
+    from msmodelslim.pytorch.prune.config_check import config_mismatch
+
+    model, inputs = _build(model_type)
+    model.eval()
+    before = model.config.to_dict()
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        desc = PruneTorch(model, CallParams(**inputs)).prune(0.6)
+    if config_mismatch(model) is None:
+        model.save_pretrained(tmp_path)
+        reloaded = type(model).from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(sweep.main_output(sweep.run_model(reloaded, inputs)),
+                                   sweep.main_output(sweep.run_model(model, inputs)))
+    else:
+        assert "The model config cannot describe the pruned shapes" in caplog.text
+        assert desc["__meta__"]["config"] == {} and model.config.to_dict() == before

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from torch import nn
 import transformers as T
 
 from msmodelslim.pytorch.prune import desc as desc_format
@@ -99,8 +100,11 @@ def test_a_cross_attention_joins_the_residual_stream_from_the_dependency_graph(c
     with caplog.at_level(logging.INFO, logger="msmodelslim"):
         desc = PruneTorch(model, CallParams(**inputs)).prune(0.6)
     assert "encoder_attn" in caplog.text and "The residual stream also reaches" in caplog.text
-    assert model.config.d_model < 64 and model.model.decoder.layers[0].encoder_attn.k_proj.in_features < 64
+    assert model.model.decoder.layers[0].encoder_attn.k_proj.in_features < 64
     assert abs(_params(model) / _params(fresh) - 0.6) <= 0.02
+    # the cross-attention keeps its heads while the self-attention's are pruned: no one head count describes both,
+    # so the config stays as it was, and the log says so
+    assert model.config.d_model == 64 and "a model rebuilt from it would differ" in caplog.text
     PruneTorch(fresh, CallParams(**inputs)).prune_by_desc(desc)
     torch.testing.assert_close(fresh(**inputs).logits, model(**inputs).logits)
 
@@ -396,3 +400,13 @@ def test_layers_laid_out_by_heads_are_pruned_with_their_heads(build, caplog):
     PruneTorch(fresh, CallParams(**batch)).prune_by_desc(desc)
     with torch.no_grad():
         torch.testing.assert_close(fresh(**batch)[0], model(**batch)[0])
+
+
+def test_sample_inputs_the_model_refuses_and_a_nan_ratio_are_clear_value_errors():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    with pytest.raises(ValueError, match="fails on the sample inputs .RuntimeError: .*expected input.* to have 3 ch"):
+        PruneTorch(model, torch.randn(1, 5, 8, 8))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="prune ratio must be a number"):
+        PruneTorch(model, torch.randn(1, 3, 8, 8)).prune(float("nan"))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
