@@ -119,7 +119,7 @@ def torch_pruning_groups(model, call):
 
     names = {module: name for name, module in model.named_modules()}
     unmapped = {}
-    with warnings.catch_warnings(), graph_faults.failing_soft(unmapped):
+    with warnings.catch_warnings(), graph_faults.failing_soft(unmapped), graph_faults.order_free_walk():
         warnings.simplefilter("ignore")
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=call, forward_fn=_forward_with_dead_ends, verbose=False)

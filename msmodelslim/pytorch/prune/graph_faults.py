@@ -9,6 +9,9 @@ with them: the model is refused though only one operation is in doubt. While :fu
   (:func:`msmodelslim.pytorch.prune.graph._member_of_item`);
 - an index-map update that raises is recorded against its operation, and every group through that operation is
   protected like one through an operation :mod:`graph_axes` marks unsafe.
+
+:func:`order_free_walk` is the other patch of the graph build: the walk compares the index lists it meets as sets,
+so that a map that permutes channels (a shuffle's) does not send it round the same channels in every order.
 """
 import contextlib
 import functools
@@ -67,3 +70,29 @@ def failing_soft(failed):
     finally:
         for owner, name, value in reversed(saved):
             setattr(owner, name, value)
+
+
+def _has_pruning_op_in_any_order(self, dep, idxs):
+    """torch-pruning's ``Group.has_pruning_op`` with index lists compared as sets: the walk stops at channels it
+    has met, in whatever order a map (a channel shuffle's) lists them."""
+    wanted = None
+    for seen_dep, seen in self._group:
+        if seen_dep.target == dep.target and seen_dep.handler == dep.handler and len(seen) == len(idxs):
+            wanted = set(idxs) if wanted is None else wanted
+            if set(seen) == wanted:
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def order_free_walk():
+    """Within the block, torch-pruning's graph walk takes an index list met again in another order as met: a
+    permutation in the graph would otherwise send it round the same channels in every order they can come in."""
+    from torch_pruning.dependency.group import Group
+
+    saved = Group.has_pruning_op
+    Group.has_pruning_op = _has_pruning_op_in_any_order
+    try:
+        yield
+    finally:
+        Group.has_pruning_op = saved

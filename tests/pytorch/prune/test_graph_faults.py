@@ -2,6 +2,7 @@
 rest of the model is still pruned (before, the whole model was refused with a GraphTraceError)."""
 import copy
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -108,3 +109,16 @@ def test_keys_and_values_repeated_by_expand_are_named_when_protected():
     reasons = " ".join(g.protected for g in groups if g.protected)
     assert "k (channels the dependency graph cannot trace to their layer)" in reasons
     assert "_ElementWiseOp" not in reasons  # operations are not named as layers
+
+
+def test_the_walk_meets_a_permuted_index_list_as_the_same_only_inside_the_block():
+    from torch_pruning.dependency.group import Group
+
+    original = Group.has_pruning_op
+    group, dep = Group(), SimpleNamespace(target="node", handler="prune")
+    group._group = [(dep, [_helpers._HybridIndex(0, 0), _helpers._HybridIndex(1, 1)])]
+    swapped = [_helpers._HybridIndex(1, 1), _helpers._HybridIndex(0, 0)]
+    with graph_faults.order_free_walk():
+        assert group.has_pruning_op(dep, swapped)
+        assert not group.has_pruning_op(dep, swapped[:1])
+    assert Group.has_pruning_op is original and not group.has_pruning_op(dep, swapped)
