@@ -53,3 +53,13 @@ class AssetNotInstalledError(ModelslimError, ImportError):
     """A real model or data set is asked for, but the pip package that ships it is not installed."""
 
     code = 401
+
+
+class SampleInputError(ModelslimError, RuntimeError, ValueError):
+    """The model fails on the sample inputs it was given (the model's own error is chained). A ``RuntimeError``, as
+    the original raised the model's error as it was, and a ``ValueError``, since the inputs are the argument at
+    fault."""
+
+    code = 502
+    default_tip = ("Pass inputs the model accepts: model(inputs) for a Tensor, model(*inputs) for a list or tuple, "
+                   "or CallParams(*args, **kwargs).")

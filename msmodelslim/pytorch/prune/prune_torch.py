@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from msmodelslim.errors import ModelslimError
+from msmodelslim.errors import ModelslimError, SampleInputError
 from msmodelslim.pytorch.prune import desc as desc_format
 from msmodelslim.pytorch.prune.budgets import MacCounter, check_budget, latency_ratio, search_latency
 from msmodelslim.pytorch.prune.config_check import config_mismatch, config_values, set_config_values
@@ -65,8 +65,10 @@ class PruneTorch:
             (each layer choosing which), so the Hugging Face config still describes the pruned model.
 
     Raises:
-        ValueError: ``network`` is not a ``torch.nn.Module``, a bad ``align``/``engine``, a NaN
-            ``trace_timeout``, or the model fails on ``inputs`` (the model's own error is chained).
+        ValueError: ``network`` is not a ``torch.nn.Module``, a bad ``align``/``engine``, or a NaN
+            ``trace_timeout``.
+        SampleInputError: (a ``RuntimeError`` and a ``ValueError``) the model fails on ``inputs``; the model's own
+            error is chained.
         TypeError: ``inputs`` is None or of another type; ``trace_timeout`` is not a number.
     """
 
@@ -99,9 +101,7 @@ class PruneTorch:
         try:
             self._order, _, self._macs, self._output_shapes = profile(network, self._call)
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the model refuses the sample inputs
-            raise ValueError(f"The model fails on the sample inputs ({type(exc).__name__}: {exc}); pass inputs "
-                             "it accepts, as model(inputs) (a Tensor), model(*inputs) (a list or tuple) or a "
-                             "CallParams(*args, **kwargs).") from exc
+            raise SampleInputError(f"The model fails on the sample inputs ({type(exc).__name__}: {exc}).") from exc
 
     # ------------------------------------------------------------------------------------------ properties
     @property

@@ -402,9 +402,13 @@ def test_layers_laid_out_by_heads_are_pruned_with_their_heads(build, caplog):
         torch.testing.assert_close(fresh(**batch)[0], model(**batch)[0])
 
 
-def test_sample_inputs_the_model_refuses_and_a_nan_ratio_are_clear_value_errors():
+def test_sample_inputs_the_model_refuses_and_a_nan_ratio_are_clear_errors():
+    """The model's own error on the sample inputs stays a RuntimeError (as the original raised it) and is also a
+    ValueError naming the inputs as the fault."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
-    with pytest.raises(ValueError, match="fails on the sample inputs .RuntimeError: .*expected input.* to have 3 ch"):
+    with pytest.raises(RuntimeError, match="fails on the sample inputs .RuntimeError: .*expected input.* to have 3 ch"):
+        PruneTorch(model, torch.randn(1, 5, 8, 8))
+    with pytest.raises(ValueError, match="fails on the sample inputs"):
         PruneTorch(model, torch.randn(1, 5, 8, 8))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="prune ratio must be a number"):
