@@ -217,6 +217,9 @@ def parse_desc(model, desc):
         raise ValueError(f"{BELONGS} '{META_KEY}' must be a dict.")
     _check_meta(meta)
     axes = meta.get("axes") or {}
+    stray = sorted(target for target in axes if target not in desc)
+    if stray:
+        raise _bad(stray[0], "'__meta__.axes' gives its axis, but the desc has no entry for it")
     operations, seen = [], {}
     for target, entry in desc.items():
         if target == META_KEY:

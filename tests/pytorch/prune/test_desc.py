@@ -67,6 +67,7 @@ def test_replay_needs_no_trace(resnet_and_desc, monkeypatch):
     (lambda d: d["layer1.0.conv1"].update({"sideways": [64, "-" * 64]}), "layer1.0.conv1"),
     # an attribute the weights' shape sets: the masks decide it, a patch may not contradict them
     (lambda d: d["__meta__"]["patches"].update({"layer1.0.conv1": {"out_channels": 2}}), "follows the shape"),
+    (lambda d: d["__meta__"]["axes"].update({"layer1.0.conv1.weight": 0}), "has no entry for it"),
 ])
 def test_a_desc_that_does_not_belong_is_refused_and_the_model_untouched(resnet_and_desc, corrupt, message):
     model, x, desc = resnet_and_desc
