@@ -11,7 +11,6 @@ import logging
 
 import torch
 
-from msmodelslim.pytorch.prune.desc import config_field
 
 
 def config_mismatch(model):
@@ -36,14 +35,3 @@ def config_mismatch(model):
         if name in expected and expected[name] != tuple(tensor.shape):
             return f"{name} is {tuple(tensor.shape)} but the config gives {expected[name]}"
     return None
-
-
-def config_values(model, keys):
-    """``{key: current value}`` of the desc config ``keys`` (dotted paths into sub-configs allowed)."""
-    return {key: getattr(*config_field(model, key)) for key in keys}
-
-
-def set_config_values(model, values):
-    """Set the desc config fields ``values`` (``{dotted key: value}``) on the model's config."""
-    for key, value in values.items():
-        setattr(*config_field(model, key), value)

@@ -285,6 +285,17 @@ def config_field(model, key):
     return owner, name
 
 
+def config_values(model, keys):
+    """``{key: current value}`` of the desc config ``keys`` (dotted paths into sub-configs allowed)."""
+    return {key: getattr(*config_field(model, key)) for key in keys}
+
+
+def set_config_values(model, values):
+    """Set the desc config fields ``values`` (``{dotted key: value}``) on the model's config."""
+    for key, value in values.items():
+        setattr(*config_field(model, key), value)
+
+
 def _config_owner_model(model, owner):
     """The module that ``owner`` configures: ``model`` for its own config, else the outermost sub-model whose config
     is that object (a tower); None when no module is."""
@@ -409,15 +420,14 @@ def apply_operations(model, operations, meta, check=None, keep=True):
     # a layer's tensors may live in its sub-modules (nn.MultiheadAttention's out_proj): snapshot those too
     touched = {id(m): m for root in [spec.module for _, spec, _ in operations] + patched for m in root.modules()}
     fields = dict(meta.get("config") or {})
-    targets = {field: config_field(model, field) for field in fields}
-    old = {field: getattr(owner, name) for field, (owner, name) in targets.items()}
-    snapshot = _Snapshot(list(touched.values()), list({id(o): o for o, _ in targets.values()}.values()))
+    owners = [config_field(model, field)[0] for field in fields]
+    old = config_values(model, fields)
+    snapshot = _Snapshot(list(touched.values()), list({id(o): o for o in owners}.values()))
     shared = shared_tensors(model)
     try:
         _slice_all(model, operations, meta)
         _check_ties(model, shared)
-        for field, value in fields.items():
-            setattr(*targets[field], value)
+        set_config_values(model, fields)
         _check_config(model, fields, old)
         if check is not None:
             try:

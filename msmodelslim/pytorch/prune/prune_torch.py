@@ -22,7 +22,7 @@ from torch import nn
 from msmodelslim.errors import ModelslimError, SampleInputError
 from msmodelslim.pytorch.prune import desc as desc_format
 from msmodelslim.pytorch.prune.budgets import MacCounter, check_budget, latency_ratio, search_latency
-from msmodelslim.pytorch.prune.config_check import config_mismatch, config_values, set_config_values
+from msmodelslim.pytorch.prune.config_check import config_mismatch
 from msmodelslim.pytorch.prune.graph import DEFAULT_TRACE_TIMEOUT_S, trace_groups
 from msmodelslim.pytorch.prune.grouped_conv import couple_grouped_convs
 from msmodelslim.pytorch.prune.groups import tie_groups
@@ -416,7 +416,7 @@ class PruneTorch:
         value takes another code path, such as an encoder-decoder's projection between two widths) but it runs
         without them, apply it without them. Returns the plan as applied."""
         _log_channels(planned.desc)
-        planned = replace(planned, old_config=config_values(
+        planned = replace(planned, old_config=desc_format.config_values(
             self._network, (planned.desc.get(desc_format.META_KEY) or {}).get("config") or {}))
         first, *fallback = _with_and_without_config(planned.desc)
         try:
@@ -445,13 +445,13 @@ class PruneTorch:
         note = f"a model rebuilt from it would differ: {mismatch}"
         if not fields:
             return planned if planned.config_notes else replace(planned, config_notes=[note])
-        new = config_values(self._network, fields)
-        set_config_values(self._network, planned.old_config)
+        new = desc_format.config_values(self._network, fields)
+        desc_format.set_config_values(self._network, planned.old_config)
         try:
             with torch.no_grad(), eval_mode(self._network):
                 self._call(self._network)
         except Exception:  # noqa: BLE001 - forward() reads the new values (Phi-3's head counts): they stay
-            set_config_values(self._network, new)
+            desc_format.set_config_values(self._network, new)
             return replace(planned, config_notes=[*planned.config_notes, f"{note}; its fields are set all the "
                                                   "same, since forward() reads them"])
         meta = {**planned.desc[desc_format.META_KEY], "config": {}}
