@@ -5,9 +5,10 @@ class (a head with a fixed-width output where there is one - causal/seq2seq LM, 
 classification, CTC, masked LM - else the base model), a config shrunk generically (hidden 64, FFN 128, 2 layers,
 4 heads, vocab <= 1000, images <= 64 px, stage widths <= 256, recursively through sub-configs), counted on the
 meta device before anything is allocated, and generic inputs from its ``main_input_name`` and ``forward``
-signature (the first candidate the model runs on; none: "unbuildable", like a model above 30M parameters, or one
+signature (the first candidate the model runs on - for a vision/audio-language model, with images or audio and
+their placeholder tokens where ``_multimodal_inputs`` finds a layout that runs; none: "unbuildable", like a model above 30M parameters, or one
 whose class or config cannot be built). Each tool then
-prunes it to 50 % of the parameters in a child process (and its process group) under a time limit - PruneTorch
+prunes it to 60 % of the parameters in a child process (and its process group) under a time limit - PruneTorch
 with ``trace_timeout`` at 40 % of it, so that its own documented time-budget error can show - and the result is
 classified:
 
@@ -365,8 +366,9 @@ def meta_params(cls, config):
     return sum(p.numel() for p in model.parameters())
 
 
-def build(model_type, cls_name):
-    """``(model in eval mode, inputs dict, parameter count)`` of a small ``model_type``, or :class:`Unbuildable`."""
+def build(model_type, cls_name, other_modality=True):
+    """``(model in eval mode, inputs dict, parameter count)`` of a small ``model_type``, or :class:`Unbuildable`.
+    ``other_modality=False``: a vision/audio-language model gets text only."""
     import torch
 
     try:
@@ -386,7 +388,7 @@ def build(model_type, cls_name):
             model = cls(config).eval()
     except Exception as exc:
         raise Unbuildable(f"build: {_short(exc)}") from exc
-    inputs = find_inputs(model)
+    inputs = find_inputs(model, other_modality)
     return model, inputs, params
 
 
@@ -482,8 +484,9 @@ def input_candidates(model):
     return [{**c, **{k: v for k, v in extra.items() if k not in c}} for c in candidates]
 
 
-def find_inputs(model):
-    """The first candidate input the model runs on, or :class:`Unbuildable` with the last error."""
+def find_inputs(model, other_modality=True):
+    """The first candidate input the model runs on (with images or audio where they run it, unless
+    ``other_modality`` is False), or :class:`Unbuildable` with the last error."""
     import torch
 
     first = None
@@ -493,12 +496,23 @@ def find_inputs(model):
                 warnings.simplefilter("ignore")
                 out = model(**candidate)
             if main_output(out) is not None:
-                return candidate
+                return _multimodal(model, candidate) if other_modality else candidate
             first = first or f"no tensor in the output of {type(out).__name__}"
         except Exception as exc:  # the first (most specific) candidate's error is reported
             first = first or f"{_short(exc)} (inputs: {', '.join(candidate)})"
     raise Unbuildable(first or f"no generic input for main_input_name="
                               f"{getattr(model, 'main_input_name', None)!r}")
+
+
+def _multimodal(model, inputs):
+    """A text sample of a vision/audio-language model, given images or audio where they run it (else as it is)."""
+    import torch
+
+    from _multimodal_inputs import with_other_modality
+
+    if "input_ids" not in inputs:
+        return inputs
+    return with_other_modality(model, inputs, torch.Generator().manual_seed(1)) or inputs
 
 
 def main_output(out):

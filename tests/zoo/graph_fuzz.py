@@ -738,19 +738,20 @@ def _in_double(inputs):
     return CallParams(*[cast(a) for a in inputs.args], **{k: cast(v) for k, v in inputs.kwargs.items()})
 
 
-def _computes_the_dense_model_without_the_removed(original, pruned, desc, case):
+def computes_dense_without_removed(original, pruned, desc, inputs):
     """Whether the pruned model computes what the dense ``original`` does when its layers read nothing from the
     removed channels (their input columns zeroed): channels and the inputs they feed were paired right, where a
     shape check cannot tell (a channel shuffle taken for the identity runs, with the wrong weights). Both run in
     float64 with LayerNorm/GroupNorm reduced to their per-channel affine part (the removed channels would enter
-    their statistics). None for models with attention, whose heads mix channels."""
+    their statistics). ``inputs``: a tensor, a tuple or ``CallParams``. None for models with attention, whose heads
+    mix channels."""
     import copy
 
     if any(isinstance(module, nn.MultiheadAttention) for module in original.modules()):
         return None
     silenced, pruned = copy.deepcopy(original).double(), copy.deepcopy(pruned).double()
     layers = dict(silenced.named_modules())
-    inputs = _in_double(as_call_params(case.inputs))
+    inputs = _in_double(as_call_params(inputs))
     with torch.no_grad(), _norms_as_affine():
         for name, entry in desc.items():
             layer = layers.get(name)
@@ -881,7 +882,7 @@ def _attempt(case, trace_timeout, importance, records):
     if not _same_outputs(case.run(fresh), out):
         result["problem"] = "the replayed model computes other outputs"
         return result
-    if _computes_the_dense_model_without_the_removed(original, model, desc, case) is False:
+    if computes_dense_without_removed(original, model, desc, case.inputs) is False:
         result["problem"] = "the pruned model computes other outputs than the dense one without the removed channels"
         return result
     if abs(kept - case.ratio) <= TOLERANCE:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from msmodelslim.errors import ModelslimError
-from msmodelslim.pytorch.prune import graph_axes, graph_faults
+from msmodelslim.pytorch.prune import graph_axes, graph_faults, graph_tiling
 from msmodelslim.pytorch.prune.groups import ChannelGroup, Member
 from msmodelslim.pytorch.prune.layers import INPUT, OUTPUT, layer_spec
 from msmodelslim.pytorch.utils.calibration import output_tensors
@@ -69,15 +69,16 @@ def _member_of_item(model, graph, item, names):
 
 
 def _forward_with_dead_ends(model, call):
-    """The model's output tensors plus the output of every leaf layer, so that a layer whose result no output
+    """The model's output tensors plus the output of every module, so that a layer whose result no output
     depends on (e.g. a pooler computed and then dropped) is still in the graph: it runs, so it must be pruned
-    consistently too. Outputs already in the graph add nothing."""
+    consistently too - with what its block adds to it (a pooling head's residual sum). Outputs already in the
+    graph add nothing."""
     produced = []
 
     def keep(module, args, output):
         produced.extend(t for t in output_tensors(output) if t.requires_grad)
 
-    handles = [m.register_forward_hook(keep) for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(keep) for m in model.modules()]
     try:
         output = call(model)
     finally:
@@ -124,6 +125,7 @@ def torch_pruning_groups(model, call):
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=call, forward_fn=_forward_with_dead_ends, verbose=False)
         unsafe, chunks = graph_axes.correct(graph)
+        graph_tiling.correct(graph)
         unsafe = {**unmapped, **unsafe}
         tp_groups = list(graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear,
                                                                  nn.MultiheadAttention)))

@@ -23,6 +23,7 @@ back on another axis) is caught by the post-prune check and recovery like any ot
 import math
 from dataclasses import dataclass
 
+from torch import nn
 from torch_pruning import ops
 from torch_pruning.dependency import index_mapping
 
@@ -177,7 +178,7 @@ def _correct_split(graph, node, unsafe, chunks):
     located = _locate(whole, _channels(graph, node, upward=True))
     node.enable_index_mapping = False  # torch-pruning must not overwrite the maps set here
     numbers = {consumer: _part_numbers(node, consumer) for consumer in node.outputs}
-    if not _is_channel_axis(dim, rank, [located]):
+    if not _is_channel_axis(dim, rank, [located]) or _splits_attention_projection(graph, grad_fn):
         node.module.split_sizes = None  # channels pass through unchanged
         for consumer in node.outputs:
             _set_mapping(node, consumer, 0, None)
@@ -200,6 +201,18 @@ def _correct_split(graph, node, unsafe, chunks):
         start, end = offsets[number], offsets[number + 1]
         _set_mapping(node, consumer, 0, _PartMapping(start, end, to_part=True))
         _set_mapping(consumer, node, 0, _PartMapping(start, end, to_part=False))
+
+
+def _splits_attention_projection(graph, grad_fn):
+    """Whether ``grad_fn`` splits an ``nn.MultiheadAttention``'s packed projection into query and key-value parts
+    (its forward does so when the query is not the key: cross-attention, attention pooling). torch-pruning prunes
+    that module's projections itself, the same channels in each part; the parts carry them unchanged."""
+    sources = [fn for fn, _ in grad_fn.next_functions if fn is not None]
+    if not sources or any(not hasattr(fn, "variable") for fn in sources):
+        return False
+    packed = {id(t) for m in graph.model.modules() if isinstance(m, nn.MultiheadAttention)
+              for t in (m.in_proj_weight, m.in_proj_bias) if t is not None}
+    return all(id(fn.variable) in packed for fn in sources)
 
 
 def _correct_concat(graph, node, unsafe):

@@ -333,8 +333,9 @@ def complete_from_graph(model, group, traced):
 
     The graph follows the stream into layers the family rules do not name (a cross-attention, extra norms, a
     layer scale, a gate). It is trusted only where it confirms the rules: every traced group that shares a member
-    with ``group`` must have ``group.size`` units, map them one to one onto channels (no concatenation or
-    reordering), be prunable, and together they must hold every layer the rules found (a bare parameter that
+    with ``group`` must have ``group.size`` units, map them onto channels in their order (no concatenation or
+    reordering; copies side by side, as a fold of tokens into channels makes, are allowed), be prunable, and
+    together they must hold every layer the rules found (a bare parameter that
     forward() never reads, such as an unused mask token, is not traced and keeps the rules' word).
     """
     def key(member):  # the tensors and axes it slices: modules that share a weight (tied embeddings) are one
@@ -363,8 +364,8 @@ def complete_from_graph(model, group, traced):
     untraced = sorted({target for k, target in modules.items() if k not in found})
     if untraced:
         return replace(group, protected=f"{group.protected}; {_untraced(untraced)}")
-    if any(m.idxs != m.roots for m in found.values()):
-        return group
+    if any(any(i % group.size != r for i, r in zip(m.idxs, m.roots)) for m in found.values()):
+        return group  # a channel the graph reaches at another place: a concatenation or a reordering
     named = {(m.target, m.role) for m in group.members}
     extra = []
     for member in (m for g in touching for m in g.members):  # every module of a tie (one key), not one for them all

@@ -20,9 +20,9 @@ sweep = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sweep)
 
 
-def _build(model_type):
+def _build(model_type, other_modality=True):
     cls_name = sweep.model_types()[model_type][0]
-    model, inputs, _ = sweep.build(model_type, cls_name)
+    model, inputs, _ = sweep.build(model_type, cls_name, other_modality)
     return model, inputs
 
 
@@ -67,7 +67,7 @@ def test_a_tied_decoder_embedding_stays_tied_in_an_encoder_decoder():
 
 
 def test_a_projector_the_text_only_sample_never_runs_keeps_the_stream_protected(caplog):
-    model, inputs = _build("llava_next")
+    model, inputs = _build("llava_next", other_modality=False)
     assert "pixel_values" not in inputs
     embedding = model.model.language_model.embed_tokens.embedding_dim
     neurons = model.config.text_config.intermediate_size
@@ -77,6 +77,23 @@ def test_a_projector_the_text_only_sample_never_runs_keeps_the_stream_protected(
     assert model.model.language_model.embed_tokens.embedding_dim == embedding
     assert model.model.multi_modal_projector.linear_2.out_features == embedding
     assert model.model.language_model.layers[0].mlp.up_proj.out_features < neurons
+
+
+@pytest.mark.parametrize("model_type", ["smolvlm", "cohere2_vision"])
+def test_a_vlm_given_images_prunes_its_vision_stream_through_the_projector(model_type, caplog):
+    """With images, the projector runs: the vision tower's stream is pruned through its pixel shuffle (each
+    channel is four inputs of the projector) and its SigLIP pooling head (cross-attention through
+    nn.MultiheadAttention, run but dropped by Cohere2-Vision), and the language model's stream too."""
+    model, inputs = _build(model_type)
+    assert "pixel_values" in inputs
+    vision = model.model.vision_model if model_type == "smolvlm" else model.model.vision_tower
+    width, text = vision.config.hidden_size, model.config.text_config.hidden_size
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        _, kept = _prune(model, inputs)
+    assert abs(kept - 0.6) <= 0.02
+    assert "breaks the model" not in caplog.text
+    assert vision.post_layernorm.normalized_shape[0] < width
+    assert model.get_input_embeddings().embedding_dim < text
 
 
 def test_a_tower_sub_config_follows_its_pruned_layers_and_the_model_reloads(tmp_path):

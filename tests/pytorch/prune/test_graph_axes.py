@@ -9,6 +9,7 @@ from torch import nn
 
 from msmodelslim.pytorch.prune.graph import trace_groups
 from msmodelslim.pytorch.prune.prune_torch import PruneTorch
+from zoo.graph_fuzz import computes_dense_without_removed
 
 
 class ChunkedBranches(nn.Module):
@@ -309,17 +310,6 @@ def test_a_shuffle_whose_order_cannot_be_followed_protects_its_channels(caplog):
     assert "a channel shuffle whose channel order cannot be followed" in group.protected
 
 
-def _computes_dense_without_removed(dense, pruned, desc, x):
-    """The pruned model's outputs equal the dense model's with the removed channels' inputs zeroed (float64)."""
-    silenced, pruned = copy.deepcopy(dense).double(), copy.deepcopy(pruned).double()
-    with torch.no_grad():
-        for name, entry in desc.items():
-            layer = dict(silenced.named_modules()).get(name)
-            if isinstance(layer, (nn.Linear, nn.Conv2d)) and getattr(layer, "groups", 1) == 1 and "input" in entry:
-                layer.weight[:, [i for i, mark in enumerate(entry["input"][1]) if mark != "-"]] = 0
-        return torch.allclose(silenced(x.double()), pruned(x.double()), rtol=1e-9, atol=1e-12)
-
-
 class Reordered(nn.Module):
     """A stem whose channels are reordered before the next layer reads them."""
 
@@ -348,7 +338,7 @@ def test_channels_reordered_by_an_operation_are_followed_or_protected_never_pair
     assert (group.protected is None) == followed
     desc = PruneTorch(model, x, align=1).prune(0.7, un_prune_list=["head"])
     assert (model.stem.out_channels < 16) == followed and model.body.out_channels < 12
-    assert _computes_dense_without_removed(dense, model, desc, x)
+    assert computes_dense_without_removed(dense, model, desc, x)
 
 
 class HeadsByMinusOne(nn.Module):
@@ -379,4 +369,4 @@ def test_channels_cut_into_heads_by_a_reshape_are_protected(caplog):
     assert "a reshape that cuts the channels into heads" in caplog.text
     assert model.q.out_features == model.k.out_features == model.v.out_features == 32
     assert model.embed.out_features < 32  # the residual stream is pruned
-    assert _computes_dense_without_removed(dense, model, desc, x)
+    assert computes_dense_without_removed(dense, model, desc, x)
