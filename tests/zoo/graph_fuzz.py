@@ -743,12 +743,10 @@ def computes_dense_without_removed(original, pruned, desc, inputs):
     removed channels (their input columns zeroed): channels and the inputs they feed were paired right, where a
     shape check cannot tell (a channel shuffle taken for the identity runs, with the wrong weights). Both run in
     float64 with LayerNorm/GroupNorm reduced to their per-channel affine part (the removed channels would enter
-    their statistics). ``inputs``: a tensor, a tuple or ``CallParams``. None for models with attention, whose heads
-    mix channels."""
+    their statistics; an ``nn.MultiheadAttention`` also reads nothing from them and scores with none of them).
+    ``inputs``: a tensor, a tuple or ``CallParams``."""
     import copy
 
-    if any(isinstance(module, nn.MultiheadAttention) for module in original.modules()):
-        return None
     silenced, pruned = copy.deepcopy(original).double(), copy.deepcopy(pruned).double()
     layers = dict(silenced.named_modules())
     inputs = _in_double(as_call_params(inputs))
@@ -759,6 +757,17 @@ def computes_dense_without_removed(original, pruned, desc, inputs):
                 isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == 1)
             if dense_layer and isinstance(entry, dict) and "input" in entry:
                 layer.weight[:, [i for i, mark in enumerate(entry["input"][1]) if mark != "-"]] = 0
+            if isinstance(layer, nn.MultiheadAttention) and isinstance(entry, dict) and "output" in entry:
+                removed = [i for i, mark in enumerate(entry["output"][1]) if mark != "-"]
+                width = layer.embed_dim
+                layer.in_proj_weight[:, removed] = 0
+                rows = [block * width + i for block in range(3) for i in removed]
+                layer.in_proj_weight[rows] = 0
+                if layer.in_proj_bias is not None:
+                    layer.in_proj_bias[rows] = 0
+                for extra in (layer.bias_k, layer.bias_v):
+                    if extra is not None:
+                        extra[..., removed] = 0
         expected, got = output_tensors(call(silenced, inputs)), output_tensors(call(pruned, inputs))
     return all(torch.allclose(x, y, rtol=1e-7, atol=1e-9 * (1 + float(y.abs().max()))) for x, y in zip(got, expected))
 

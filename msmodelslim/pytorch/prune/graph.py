@@ -126,6 +126,7 @@ def torch_pruning_groups(model, call):
             model, example_inputs=call, forward_fn=_forward_with_dead_ends, verbose=False)
         unsafe, chunks = graph_axes.correct(graph)
         graph_tiling.correct(graph)
+        chunks.update(_attention_heads(graph))
         unsafe = {**unmapped, **unsafe}
         tp_groups = list(graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear,
                                                                  nn.MultiheadAttention)))
@@ -150,11 +151,27 @@ def torch_pruning_groups(model, call):
         elif unit_of_root:
             members = _renumber_units(members, unit_of_root)
         size = len({r for member in members for r in member.roots})
-        group = ChannelGroup(name=members[0].target, size=size, members=_merge(members))
+        members = _merge(members)
+        group = ChannelGroup(name=members[0].target, size=size, members=members, unit_channels=_unit_channels(members))
         if unsupported:
             group.protected = "contains layers that cannot be pruned safely: " + ", ".join(sorted(set(unsupported)))
         groups.append(group)
     return _join_at_chunks(groups, partials, chunks)
+
+
+def _unit_channels(members):
+    """Channels per unit in the member that has fewest (a channel of every attention head is one unit of
+    ``num_heads`` channels in each layer of the stream); 1 where units are single channels somewhere."""
+    return min(len(m.idxs) // max(len(set(m.roots)), 1) for m in members) or 1
+
+
+def _attention_heads(graph):
+    """``{node: EqualParts}`` for each ``nn.MultiheadAttention``: its embedding channels are its heads side by
+    side, so every head must lose the same places - channel ``p`` of every head is one unit. Removing channels
+    unevenly would shift the head boundaries and mix the heads' channels in their dot products."""
+    return {node: graph_axes.EqualParts(node.module.head_dim, node.module.embed_dim)
+            for node in graph.module2node.values()
+            if isinstance(node.module, nn.MultiheadAttention) and node.module.num_heads > 1}
 
 
 def _join_at_chunks(groups, partials, chunks):

@@ -548,8 +548,8 @@ def chunk_units(items, chunks):
     units, partial = Partition(), {}
     for item in items:
         node = item.dep.target
-        if node not in chunks or item.dep.source is node:
-            continue
+        if node not in chunks or (item.dep.source is node and not isinstance(node.module, nn.MultiheadAttention)):
+            continue  # (an attention module's heads are its own: the group reaches them through itself)
         parts = chunks[node]
         pairs = list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs)))
         if {idx for idx, _ in pairs} != set(range(parts.total)):

@@ -12,6 +12,7 @@ Supported: ``nn.Linear``, ``nn.ConvNd`` and ``nn.ConvTransposeNd`` (ungrouped or
 routed experts of a mixture-of-experts layer stored as 3-D tensors (:class:`ExpertsSpec`), and a bare
 ``nn.Parameter`` along one axis.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -320,9 +321,18 @@ class MultiheadAttentionSpec(LayerSpec):
 
     def update_attributes(self, kept):
         mha, count = self.module, kept[OUTPUT]
+        before = mha.head_dim
         mha.embed_dim = mha.kdim = mha.vdim = count
         mha.head_dim = count // mha.num_heads
         mha.out_proj.in_features = mha.out_proj.out_features = count
+        if mha.head_dim != before:
+            # forward() scales the scores by 1/sqrt(head_dim): scaling the query by sqrt(new/old) keeps the dense
+            # attention's temperature, so the kept channels score exactly as they did
+            factor = math.sqrt(mha.head_dim / before)
+            with torch.no_grad():
+                mha.in_proj_weight[:count].mul_(factor)
+                if mha.in_proj_bias is not None:
+                    mha.in_proj_bias[:count].mul_(factor)
 
 
 class ParameterSpec(LayerSpec):

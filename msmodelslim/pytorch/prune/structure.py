@@ -332,10 +332,10 @@ def complete_from_graph(model, group, traced):
     the graph agrees with it; otherwise ``group`` unchanged.
 
     The graph follows the stream into layers the family rules do not name (a cross-attention, extra norms, a
-    layer scale, a gate). It is trusted only where it confirms the rules: every traced group that shares a member
-    with ``group`` must have ``group.size`` units, map them onto channels in their order (no concatenation or
-    reordering; copies side by side, as a fold of tokens into channels makes, are allowed), be prunable, and
-    together they must hold every layer the rules found (a bare parameter that
+    layer scale, a gate). It is trusted only where it confirms the rules: the traced groups that share a member
+    with ``group`` must be prunable, agree on one unit for each channel (no concatenation or reordering; copies
+    side by side, as a fold of tokens into channels makes, are allowed; units of several channels, as attention
+    heads that must lose the same places make, are kept), and together hold every layer the rules found (a bare parameter that
     forward() never reads, such as an unused mask token, is not traced and keeps the rules' word).
     """
     def key(member):  # the tensors and axes it slices: modules that share a weight (tied embeddings) are one
@@ -357,14 +357,15 @@ def complete_from_graph(model, group, traced):
         hit |= more
         reached.update(*(keys[i] for i in more))
     touching = [traced[i] for i in sorted(hit)]
-    if not touching or any(g.protected or g.size != group.size for g in touching):
+    if not touching or any(g.protected or g.size != touching[0].size or group.size % g.size for g in touching):
         return group
     found = {key(m): m for g in touching for m in g.members}
     modules = {key(m): m.target for m in group.members if m.axis is None}  # an unused bare parameter is untraced
     untraced = sorted({target for k, target in modules.items() if k not in found})
     if untraced:
         return replace(group, protected=f"{group.protected}; {_untraced(untraced)}")
-    if any(any(i % group.size != r for i, r in zip(m.idxs, m.roots)) for m in found.values()):
+    unit_of = _unit_of_channel(found.values(), group.size)
+    if unit_of is None:
         return group  # a channel the graph reaches at another place: a concatenation or a reordering
     named = {(m.target, m.role) for m in group.members}
     extra = []
@@ -375,7 +376,22 @@ def complete_from_graph(model, group, traced):
     logger.info("%s also reaches %s (from the dependency graph).",
                 "The residual stream" if group.kind == "hidden" else f"Group {group.name}",
                 ", ".join(sorted({m.target for m in extra})[:8]) or "nothing else")
-    return ChannelGroup(name=group.name, size=group.size, members=group.members + extra, kind=group.kind)
+    ours = [Member(m.target, m.role, list(m.idxs), [unit_of[i % group.size] for i in m.idxs], m.axis)
+            for m in group.members]
+    return replace(group, size=touching[0].size, members=ours + extra, protected=None,
+                   unit_channels=group.unit_channels * group.size // touching[0].size)
+
+
+def _unit_of_channel(members, width):
+    """``{channel: unit}`` that every traced member agrees on (channel ``c`` of a ``width``-wide stream, and its
+    copies at ``c + width``, ... where a fold of tokens repeats it; several channels per unit where the graph joins
+    them, e.g. one place in every attention head), or None if two members disagree."""
+    unit_of = {}
+    for member in members:
+        for idx, root in zip(member.idxs, member.roots):
+            if unit_of.setdefault(idx % width, root) != root:
+                return None
+    return unit_of if len(unit_of) == width else None
 
 
 def _unnamed_ffn_layers(model, group):

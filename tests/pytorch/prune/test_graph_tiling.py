@@ -138,11 +138,48 @@ def test_cross_attention_and_its_pooling_head_prune_with_the_stream(drop_pool, c
     assert len(kept) < width and model.pool.attention.embed_dim == len(kept)
     rows = kept + [width + k for k in kept] + [2 * width + k for k in kept]  # query, key, value: same channels
     attention, original = model.pool.attention, dense.pool.attention
-    torch.testing.assert_close(attention.in_proj_weight, original.in_proj_weight[rows][:, kept], rtol=0, atol=0)
-    torch.testing.assert_close(attention.in_proj_bias, original.in_proj_bias[rows], rtol=0, atol=0)
+    scale = torch.ones(len(rows), 1)
+    scale[:len(kept)] = (len(kept) / width) ** 0.5  # the query, for the smaller head size (see the test below)
+    torch.testing.assert_close(attention.in_proj_weight, original.in_proj_weight[rows][:, kept] * scale)
+    torch.testing.assert_close(attention.in_proj_bias, original.in_proj_bias[rows] * scale[:, 0])
     torch.testing.assert_close(attention.out_proj.weight, original.out_proj.weight[kept][:, kept], rtol=0, atol=0)
     assert model.pool.down.out_features == len(kept)  # the head's residual sum is pruned with the stream
     assert model(x).shape == (2, 10)
     replayed = copy.deepcopy(dense)
     PruneTorch(replayed, CallParams(x)).prune_by_desc(desc)
     torch.testing.assert_close(replayed(x), model(x))
+
+
+class SelfAttentionEncoder(nn.Module):
+    """A pre-norm transformer block on nn.MultiheadAttention (query = key = value)."""
+
+    def __init__(self, width=32, heads=4):
+        super().__init__()
+        self.embed = nn.Linear(10, width)
+        self.norm = nn.LayerNorm(width)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.up, self.down = nn.Linear(width, 64), nn.Linear(64, width)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        n = self.norm(h)
+        h = h + self.attention(n, n, n, need_weights=False)[0]
+        return self.head(h + self.down(torch.relu(self.up(h)))).mean(1)
+
+
+@pytest.mark.parametrize("model_class", [SelfAttentionEncoder, PooledEncoder])
+def test_attention_loses_the_same_places_in_every_head_and_keeps_its_temperature(model_class):
+    """Every head keeps the same places (uneven losses would shift the head boundaries and mix heads), and the
+    query is scaled for the smaller head size: the pruned model computes the dense one without the removed
+    channels, exactly."""
+    torch.manual_seed(0)
+    model, x = model_class().eval(), torch.randn(2, 8, 10 if model_class is SelfAttentionEncoder else 16)
+    dense = copy.deepcopy(model)
+    desc = PruneTorch(model, x).prune(0.6)
+    attention = next(m for m in model.modules() if isinstance(m, nn.MultiheadAttention))
+    assert attention.embed_dim < 32
+    kept = _kept(dense, model, "embed")
+    places = [[k % 8 for k in kept if k // 8 == head] for head in range(4)]
+    assert all(p == places[0] for p in places)
+    assert computes_dense_without_removed(dense, model, desc, x)
