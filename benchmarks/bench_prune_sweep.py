@@ -6,8 +6,8 @@ classification, CTC, masked LM - else the base model), a config shrunk generical
 4 heads, vocab <= 1000, images <= 64 px, stage widths <= 256, recursively through sub-configs), counted on the
 meta device before anything is allocated, and generic inputs from its ``main_input_name`` and ``forward``
 signature (the first candidate the model runs on - for a vision/audio-language model, with images or audio and
-their placeholder tokens where ``_multimodal_inputs`` finds a layout that runs; none: "unbuildable", like a model above 30M parameters, or one
-whose class or config cannot be built). Each tool then
+their placeholder tokens where ``_multimodal_inputs`` finds a layout that runs; none: "unbuildable", like a model
+above 30M parameters, or one whose class or config cannot be built). Each tool then
 prunes it to 60 % of the parameters in a child process (and its process group) under a time limit - PruneTorch
 with ``trace_timeout`` at 40 % of it, so that its own documented time-budget error can show - and the result is
 classified:

@@ -335,8 +335,8 @@ def complete_from_graph(model, group, traced):
     layer scale, a gate). It is trusted only where it confirms the rules: the traced groups that share a member
     with ``group`` must be prunable, agree on one unit for each channel (no concatenation or reordering; copies
     side by side, as a fold of tokens into channels makes, are allowed; units of several channels, as attention
-    heads that must lose the same places make, are kept), and together hold every layer the rules found (a bare parameter that
-    forward() never reads, such as an unused mask token, is not traced and keeps the rules' word).
+    heads that must lose the same places make, are kept), and together hold every layer the rules found (a bare
+    parameter that forward() never reads, such as an unused mask token, is not traced and keeps the rules' word).
     """
     def key(member):  # the tensors and axes it slices: modules that share a weight (tied embeddings) are one
         if member.axis is not None:
