@@ -17,8 +17,9 @@ operation, three cases go wrong:
 
 :func:`correct` fixes the first two and the fourth from the recorded shapes, cuts the third and marks the last;
 where the shapes cannot decide (two axes of the same length, a part whose length is unknown) torch-pruning's
-choice stays, or the operation is marked so that every group through it is protected. What a cut leaves inconsistent (a branch whose channels come
-back on another axis) is caught by the post-prune check and recovery like any other failure.
+choice stays, or the operation is marked so that every group through it is protected. What a cut leaves
+inconsistent (a branch whose channels come back on another axis) is caught by the post-prune check and recovery
+like any other failure.
 """
 import math
 from dataclasses import dataclass
