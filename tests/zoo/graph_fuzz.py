@@ -724,11 +724,14 @@ def _norms_as_affine():
         return x * self.weight.view(view) + self.bias.view(view)
 
     saved = nn.LayerNorm.forward, nn.GroupNorm.forward
+    fast_path = torch.backends.mha.get_fastpath_enabled()
     nn.LayerNorm.forward, nn.GroupNorm.forward = layer_norm, group_norm
+    torch.backends.mha.set_fastpath_enabled(False)  # nn.TransformerEncoderLayer's fused path would skip the patch
     try:
         yield
     finally:
         nn.LayerNorm.forward, nn.GroupNorm.forward = saved
+        torch.backends.mha.set_fastpath_enabled(fast_path)
 
 
 def _in_double(inputs):

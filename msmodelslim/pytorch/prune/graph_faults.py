@@ -40,6 +40,9 @@ def soft_map(call):
 def _soft_update(update, failed):
     @functools.wraps(update)
     def updated(graph, node):
+        if not getattr(node, "enable_index_mapping", True):
+            return None  # maps set by graph_axes/graph_tiling, which torch-pruning's update (run again for every
+            # group) would overwrite: its reshape update does not read this flag
         try:
             return update(graph, node)
         except Exception:  # noqa: BLE001 - any fault of the update: the operation is marked, its groups protected
@@ -52,7 +55,8 @@ def _soft_update(update, failed):
 @contextlib.contextmanager
 def failing_soft(failed):
     """Within the block, torch-pruning's index maps and index-map updates do not raise; ``failed`` (a dict) gets
-    ``{operation node: reason}`` for each update that would have. The library is restored on exit.
+    ``{operation node: reason}`` for each update that would have; an operation marked ``enable_index_mapping =
+    False`` keeps the maps set on it. The library is restored on exit.
 
     Not thread-safe: the maps are patched for the whole process while the block runs.
     """

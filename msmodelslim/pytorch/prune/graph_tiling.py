@@ -7,9 +7,12 @@ length) - one copy per folded position. torch-pruning maps reshapes only between
 of ``(batch, channels, height, width)`` (channel ``c`` at ``c * stride`` .. ``(c + 1) * stride - 1``), and leaves
 this one as the identity: pruning the channels before it would cut the wrong inputs of the layer after it.
 
-:func:`correct` maps every reshape whose input's last axis provably holds the channels of a layer with channels
-last (a Linear, a norm, an embedding; through element-wise operations, transposes that keep the last axis, and
-reshapes of the other axes or folds already mapped) and whose output's last axis is a whole multiple of it.
+:func:`correct` maps every reshape whose input's last axis provably holds the channels of a layer (a Linear, a norm,
+an embedding with channels last; a convolution's or batch norm's axis 1 moved last by a permute; through
+element-wise operations, transposes, and reshapes of the other axes or folds already mapped) and whose output's
+last axis is a whole multiple of it. The same map is right for a channels-last flatten of convolution features
+(``x.permute(0, 2, 3, 1).flatten(1)`` into a Linear: channel ``c`` at ``j * C + c``), which torch-pruning maps as
+the channels-first flatten ``c * h * w + j``.
 """
 from torch import nn
 from torch_pruning import ops
@@ -19,6 +22,7 @@ from msmodelslim.pytorch.prune.graph_axes import (
     _MAX_WALK, _TRANSPOSES, _input_shapes, _output_shapes, _permutation, _set_mapping)
 
 _CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.RMSNorm)
+_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
 
 class TiledMapping:
@@ -58,6 +62,7 @@ def correct(graph):
         for node, length, copies in candidates:
             if node not in folds and _last_axis_holds_channels(node.inputs[0], length, folds):
                 folds[node], found = copies, True
+                node.enable_index_mapping = False  # torch-pruning must not map it again as a flatten
                 _set_mapping(node.inputs[0], node, 0, TiledMapping(length, copies, to_tiled=True))
                 _set_mapping(node, node.inputs[0], 0, TiledMapping(length, copies, to_tiled=False))
     return folds
@@ -71,38 +76,46 @@ def _shapes(node):
 
 
 def _last_axis_holds_channels(node, length, folds):
-    """Whether the tensor ``node`` produces has, on its last axis of ``length`` entries, the channels of a layer
-    with channels last - directly or through operations that keep that axis (see the module docstring)."""
+    """Whether the tensor ``node`` produces has, on its last axis of ``length`` entries, the channels of a layer -
+    directly (a layer with channels last), through a permute that moved them there (a convolution's channels, axis
+    1, made last by ``permute(0, 2, 3, 1)``), or through operations that keep that axis (see the module
+    docstring)."""
+    axis = -1  # where the channels are in the tensor ``node`` produces, walking up
     for _ in range(_MAX_WALK):
         produced = _output_shapes(node.grad_fn) if node.grad_fn is not None else None
-        if not produced or not produced[0] or produced[0][-1] != length:
+        if not produced or not produced[0] or produced[0][axis] != length:
             return False
+        rank = len(produced[0])
         if node.type not in (ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.RESHAPE):
-            return isinstance(node.module, _CHANNELS_LAST)
+            channels_at = rank - 1 if isinstance(node.module, _CHANNELS_LAST) else \
+                1 if isinstance(node.module, _CHANNELS_FIRST) else None
+            return channels_at is not None and axis % rank == channels_at
         if node.type == ops.OPTYPE.RESHAPE:
             before, _ = _shapes(node)
-            if before is None or len(node.inputs) != 1:
+            if before is None or len(node.inputs) != 1 or axis % rank != rank - 1:
                 return False
             if node in folds:
                 length = before[-1]
             elif before[-1] != length:
                 return False  # the last axis is cut or merged in another way
+            axis = -1
         elif node.grad_fn.name() in _TRANSPOSES:
-            rank = len(produced[0])
             try:
-                if len(node.inputs) != 1 or _permutation(node.grad_fn, rank)[-1] != rank - 1:
+                if len(node.inputs) != 1:
                     return False
-            except (AttributeError, TypeError, ValueError):
+                axis = _permutation(node.grad_fn, rank)[axis % rank]
+            except (AttributeError, TypeError, ValueError, IndexError):
                 return False
-        elif not node.inputs or not _keeps_last_axis(node, length):
+        elif not node.inputs or not _keeps_axis(node, axis % rank, length):
             return False
         node = node.inputs[0]  # the inputs of an element-wise operation carry the same channels
     return False
 
 
-def _keeps_last_axis(node, length):
+def _keeps_axis(node, axis, length):
     """An element-wise operation (a residual sum, an activation, a scale) whose inputs all have ``length`` entries
-    last (or broadcast along it)."""
+    on ``axis`` (or broadcast along it)."""
+    rank = len(_output_shapes(node.grad_fn)[0])
     shapes = [shape for shape in _input_shapes(node.grad_fn) if shape is not None]
-    return bool(shapes) and all(shape and shape[-1] in (length, 1) for shape in shapes) \
-        and any(shape[-1] == length for shape in shapes)
+    aligned = [shape[axis - rank] if len(shape) >= rank - axis else 1 for shape in shapes]
+    return bool(shapes) and all(n in (length, 1) for n in aligned) and length in aligned

@@ -319,6 +319,18 @@ class MultiheadAttentionSpec(LayerSpec):
             message = f"embed_dim must stay divisible by num_heads={self.module.num_heads}"
         return message
 
+    def check_indices(self, keep):
+        message = super().check_indices(keep)
+        if message is None:
+            head_dim = self.module.head_dim
+            per_head = [0] * self.module.num_heads
+            for channel in keep[OUTPUT].tolist():
+                per_head[channel // head_dim] += 1
+            if len(set(per_head)) > 1:  # the new head boundaries would cut through the old heads
+                message = (f"every head must keep as many channels as the others (kept per head: {per_head}), "
+                           f"or the heads' channels would mix")
+        return message
+
     def update_attributes(self, kept):
         mha, count = self.module, kept[OUTPUT]
         before = mha.head_dim

@@ -183,3 +183,63 @@ def test_attention_loses_the_same_places_in_every_head_and_keeps_its_temperature
     places = [[k % 8 for k in kept if k // 8 == head] for head in range(4)]
     assert all(p == places[0] for p in places)
     assert computes_dense_without_removed(dense, model, desc, x)
+
+
+class ChannelsLastFlatten(nn.Module):
+    """Convolution features made channels-last and flattened into a Linear: channel ``c`` of the convolution is
+    input ``j * C + c`` of the Linear (torch-pruning maps it as the channels-first flatten ``c * h * w + j``)."""
+
+    def __init__(self, how, channels=16, side=4):
+        super().__init__()
+        self.how = how
+        self.first, self.second = nn.Conv2d(3, channels, 3, padding=1), nn.Conv2d(channels, channels, 3, padding=1)
+        self.fc, self.out = nn.Linear(channels * side * side, 10), nn.Linear(10, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.second(torch.relu(self.first(x))))
+        if self.how == "permute":
+            h = h.permute(0, 2, 3, 1).flatten(1)
+        elif self.how == "reshape":
+            h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)
+        else:
+            h = h.transpose(1, 3).flatten(1)
+        return self.out(torch.relu(self.fc(h)))
+
+
+@pytest.mark.parametrize("how", ["permute", "reshape", "transpose"])
+def test_a_channels_last_flatten_of_convolution_features_pairs_each_channel_with_its_inputs(how):
+    torch.manual_seed(0)
+    model, x = ChannelsLastFlatten(how).eval(), torch.randn(2, 3, 4, 4)
+    dense = copy.deepcopy(model)
+    desc = PruneTorch(model, x).prune(0.6, un_prune_list=[-1])
+    kept = [i for i, mark in enumerate(desc["second"]["output"][1]) if mark == "-"]
+    assert len(kept) < 16
+    removed = [i for i, mark in enumerate(desc["fc"]["input"][1]) if mark != "-"]
+    assert removed == sorted(j * 16 + c for j in range(16) for c in range(16) if c not in kept)
+    assert computes_dense_without_removed(dense, model, desc, x)
+
+
+def test_a_desc_that_keeps_more_of_one_head_than_of_another_is_refused():
+    """embed_dim 24 of 32 is divisible by the 4 heads, but removing head 0 whole would make the new heads read
+    channels of two old heads each."""
+    torch.manual_seed(0)
+    model, x = SelfAttentionEncoder().eval(), torch.randn(2, 5, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    marks = "".join("x" if i < 8 else "-" for i in range(32))
+    entry = [24, marks]
+    desc = {"embed": {"output": entry}, "norm": {"output": entry}, "attention": {"output": entry},
+            "up": {"input": entry}, "down": {"output": entry}, "head": {"input": entry}}
+    with pytest.raises(ValueError, match=r"every head must keep as many channels .* \[0, 8, 8, 8\]"):
+        PruneTorch(model, x).prune_by_desc(desc)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_transformer_encoder_layer_prunes_exactly():
+    """nn.TransformerEncoderLayer (its own attention and norms, fused fast path in eval mode)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0),
+                          nn.Linear(32, 3)).eval()
+    x, dense = torch.randn(2, 5, 6), copy.deepcopy(model)
+    desc = PruneTorch(model, x).prune(0.6, un_prune_list=[-1])
+    assert model[1].self_attn.embed_dim < 32
+    assert computes_dense_without_removed(dense, model, desc, x)
