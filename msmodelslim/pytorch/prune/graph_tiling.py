@@ -80,10 +80,10 @@ def _last_axis_holds_channels(node, length, folds):
     directly (a layer with channels last), through a permute that moved them there (a convolution's channels, axis
     1, made last by ``permute(0, 2, 3, 1)``), or through operations that keep that axis (see the module
     docstring)."""
-    axis = -1  # where the channels are in the tensor ``node`` produces, walking up
+    axis = -1  # where the channels are in the tensor ``node`` produces (from the end: broadcasting aligns there)
     for _ in range(_MAX_WALK):
         produced = _output_shapes(node.grad_fn) if node.grad_fn is not None else None
-        if not produced or not produced[0] or produced[0][axis] != length:
+        if not produced or len(produced[0]) < -axis or produced[0][axis] != length:
             return False
         rank = len(produced[0])
         if node.type not in (ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.RESHAPE):
@@ -103,7 +103,7 @@ def _last_axis_holds_channels(node, length, folds):
             try:
                 if len(node.inputs) != 1:
                     return False
-                axis = _permutation(node.grad_fn, rank)[axis % rank]
+                axis = _permutation(node.grad_fn, rank)[axis % rank] - rank
             except (AttributeError, TypeError, ValueError, IndexError):
                 return False
         elif not node.inputs or not _keeps_axis(node, axis % rank, length):

@@ -206,3 +206,16 @@ def test_a_plan_that_cuts_one_tensor_twice_is_repaired_not_a_crash(caplog):
     _, _, kept = _prune_built("deberta", "DebertaForSequenceClassification", caplog)
     assert "output.dense breaks the model (index out of range" in caplog.text
     assert kept < 0.95
+
+
+def test_lfm2_rotary_tables_do_not_stop_the_graph_build():
+    """The fold map (graph_tiling) walks up from every reshape that widens its last axis; through LFM2's rotary
+    table (a transposed product of lower-rank operands) it once indexed past a tensor's rank and the graph build
+    failed (GraphTraceError: the model was refused)."""
+    from msmodelslim.pytorch.prune.graph import torch_pruning_groups
+    from msmodelslim.pytorch.prune.prune_torch import CallParams
+
+    model, inputs, _ = sweep.build("lfm2", sweep.model_types()["lfm2"][0])
+    call = CallParams(**inputs)
+    groups = torch_pruning_groups(model, call)
+    assert any(not group.protected for group in groups)
