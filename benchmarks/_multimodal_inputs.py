@@ -12,18 +12,19 @@ import sys
 import torch
 
 KINDS = ("image", "audio")
-AUDIO_SHAPES = ("channels_first", "time_first", "waveform", "long_waveform")
 
 
-def with_other_modality(model, text_inputs, generator):
-    """``text_inputs`` plus image or audio tensors and their placeholder tokens, or None if none runs the model."""
+def with_other_modality(model, text_inputs, generator, mel_bins):
+    """``text_inputs`` plus image or audio tensors (``mel_bins`` features per audio frame) and their placeholder
+    tokens, or None if none runs the model."""
     for kind in KINDS:
         token = _placeholder(model.config, kind)
         features = _features_function(model, kind)
         if token is None or features is None:
             continue
         batch = text_inputs["input_ids"].shape[0]
-        options = _pixels(model, batch, generator) if kind == "image" else _audio(model, batch, generator)
+        options = (_pixels(model, batch, generator) if kind == "image"
+                   else _audio(model, batch, generator, mel_bins))
         for tensors in options:
             inputs = _run_with(model, text_inputs, tensors, features, token, kind)
             if inputs is not None:
@@ -75,34 +76,19 @@ def _pixels(model, batch, generator):
         yield pixels(batch, patches((side, side), config.image_grid_pinpoints, side))
 
 
-def _audio(model, batch, generator):
+def _audio(model, batch, generator, mel):
     """Audio tensors as features (batch, mel, T) or (batch, T, mel), or waveforms, with a mask where asked."""
     parameters = _forward_parameters(model)
     name = "input_features" if "input_features" in parameters else "input_values"
     if name not in parameters:
         return
-    mel = _mel_bins(model.config)
-    for layout in AUDIO_SHAPES:
-        shape = {"channels_first": (batch, mel, 64), "time_first": (batch, 64, mel),
-                 "waveform": (batch, 4000), "long_waveform": (batch, 16000)}[layout]
+    # (shape, length of its time axis)
+    for shape, time in (((batch, mel, 64), 64), ((batch, 64, mel), 64), ((batch, 4000), 4000),
+                        ((batch, 16000), 16000)):
         tensors = {name: torch.randn(*shape, generator=generator)}
-        mask = f"{name}_mask"
-        if mask in parameters:
-            time = shape[2] if layout == "channels_first" else shape[1]
-            tensors[mask] = torch.ones(batch, time, dtype=torch.long)
+        if f"{name}_mask" in parameters:
+            tensors[f"{name}_mask"] = torch.ones(batch, time, dtype=torch.long)
         yield tensors
-
-
-def _mel_bins(config):
-    queue = [config]
-    while queue:
-        current = queue.pop(0)
-        for name in ("num_mel_bins", "feature_size", "input_feat_per_channel", "n_mels", "input_dim"):
-            value = getattr(current, name, None)
-            if isinstance(value, int):
-                return value
-        queue += [v for v in vars(current).values() if hasattr(v, "to_dict") and hasattr(v, "model_type")]
-    return 80
 
 
 def _run_with(model, text_inputs, tensors, features, token, kind):

@@ -63,6 +63,7 @@ TRACE_SHARE = 0.4
 WIDTH, FFN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB, IMAGE = 64, 128, 2, 4, 2, 16, 1000, 64
 STAGE_WIDTH = 256  # the widest stage of a list of widths (CNN stages): room for 16-channel alignment
 BATCH, SEQ = 2, 16
+MEL_FIELDS = ("num_mel_bins", "feature_size", "input_feat_per_channel", "n_mels")
 TOOLS = ("msmodelslim", "torch-pruning")
 CATEGORIES = ("pruned", "short", "refused", "crashed", "unbuildable")
 # one model type per structural kind: encoder, decoder with grouped-query attention, encoder-decoder with relative
@@ -437,7 +438,7 @@ def input_candidates(model):
     channels = _find(config, ("num_channels", "in_channels", "num_input_channels", "in_chans"), 3)
     image = _find(config, ("image_size", "img_size", "input_size"), IMAGE)
     image = min(image, 256)
-    mel = _find(config, ("num_mel_bins", "feature_size", "input_feat_per_channel", "n_mels"), 80)
+    mel = _find(config, MEL_FIELDS, 80)
     source = _find(config, ("max_source_positions",), None)
 
     def text(length=SEQ):
@@ -512,7 +513,8 @@ def _multimodal(model, inputs):
 
     if "input_ids" not in inputs:
         return inputs
-    return with_other_modality(model, inputs, torch.Generator().manual_seed(1)) or inputs
+    mel = _find(model.config, MEL_FIELDS + ("input_dim",), 80)
+    return with_other_modality(model, inputs, torch.Generator().manual_seed(1), mel) or inputs
 
 
 def main_output(out):

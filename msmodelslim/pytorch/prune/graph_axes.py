@@ -167,7 +167,7 @@ def _is_channel_axis(dim, rank, located):
     return dim in (1, rank - 1)
 
 
-def _correct_split(graph, node, unsafe, chunks):
+def _correct_split(graph, node, unsafe, chunks, packed):
     grad_fn = node.grad_fn
     parts = _output_shapes(grad_fn)
     source = _input_shapes(grad_fn)
@@ -179,7 +179,7 @@ def _correct_split(graph, node, unsafe, chunks):
     located = _locate(whole, _channels(graph, node, upward=True))
     node.enable_index_mapping = False  # torch-pruning must not overwrite the maps set here
     numbers = {consumer: _part_numbers(node, consumer) for consumer in node.outputs}
-    if not _is_channel_axis(dim, rank, [located]) or _splits_attention_projection(graph, grad_fn):
+    if not _is_channel_axis(dim, rank, [located]) or _splits_attention_projection(grad_fn, packed):
         node.module.split_sizes = None  # channels pass through unchanged
         for consumer in node.outputs:
             _set_mapping(node, consumer, 0, None)
@@ -204,16 +204,20 @@ def _correct_split(graph, node, unsafe, chunks):
         _set_mapping(consumer, node, 0, _PartMapping(start, end, to_part=False))
 
 
-def _splits_attention_projection(graph, grad_fn):
-    """Whether ``grad_fn`` splits an ``nn.MultiheadAttention``'s packed projection into query and key-value parts
-    (its forward does so when the query is not the key: cross-attention, attention pooling). torch-pruning prunes
-    that module's projections itself, the same channels in each part; the parts carry them unchanged."""
+def _splits_attention_projection(grad_fn, packed):
+    """Whether ``grad_fn`` splits an ``nn.MultiheadAttention``'s packed projection (``packed``: the ids of those
+    tensors, see :func:`_packed_projections`) into query and key-value parts (its forward does so when the query
+    is not the key: cross-attention, attention pooling). torch-pruning prunes that module's projections itself, the
+    same channels in each part; the parts carry them unchanged."""
     sources = [fn for fn, _ in grad_fn.next_functions if fn is not None]
     if not sources or any(not hasattr(fn, "variable") for fn in sources):
         return False
-    packed = {id(t) for m in graph.model.modules() if isinstance(m, nn.MultiheadAttention)
-              for t in (m.in_proj_weight, m.in_proj_bias) if t is not None}
     return all(id(fn.variable) in packed for fn in sources)
+
+
+def _packed_projections(model):
+    return {id(t) for m in model.modules() if isinstance(m, nn.MultiheadAttention)
+            for t in (m.in_proj_weight, m.in_proj_bias) if t is not None}
 
 
 def _correct_concat(graph, node, unsafe):
@@ -491,9 +495,10 @@ def correct(graph):
     ``{node: (part size, whole size)}`` for the channel splits into equal parts (``chunk``), whose parts must
     lose the same channels (see :func:`chunk_units`)."""
     unsafe, chunks, shuffled = {}, {}, set()
+    packed = _packed_projections(graph.model)
     for node in list(graph.module2node.values()):
         if node.type == ops.OPTYPE.SPLIT:
-            _correct_split(graph, node, unsafe, chunks)
+            _correct_split(graph, node, unsafe, chunks, packed)
         elif node.type == ops.OPTYPE.CONCAT:
             _correct_concat(graph, node, unsafe)
         elif node.type == ops.OPTYPE.RESHAPE:

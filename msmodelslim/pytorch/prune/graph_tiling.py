@@ -106,16 +106,15 @@ def _last_axis_holds_channels(node, length, folds):
                 axis = _permutation(node.grad_fn, rank)[axis % rank] - rank
             except (AttributeError, TypeError, ValueError, IndexError):
                 return False
-        elif not node.inputs or not _keeps_axis(node, axis % rank, length):
+        elif not node.inputs or not _keeps_axis(node, axis % rank, rank, length):
             return False
         node = node.inputs[0]  # the inputs of an element-wise operation carry the same channels
     return False
 
 
-def _keeps_axis(node, axis, length):
-    """An element-wise operation (a residual sum, an activation, a scale) whose inputs all have ``length`` entries
-    on ``axis`` (or broadcast along it)."""
-    rank = len(_output_shapes(node.grad_fn)[0])
+def _keeps_axis(node, axis, rank, length):
+    """An element-wise operation (a residual sum, an activation, a scale) with an output of ``rank`` dimensions
+    whose inputs all have ``length`` entries on ``axis`` (or broadcast along it)."""
     shapes = [shape for shape in _input_shapes(node.grad_fn) if shape is not None]
     aligned = [shape[axis - rank] if len(shape) >= rank - axis else 1 for shape in shapes]
     return bool(shapes) and all(n in (length, 1) for n in aligned) and length in aligned
