@@ -165,7 +165,8 @@ class PruneTorch:
         if self._groups is not None:
             return self._groups
         family, layers, moe = (None, {}, {})
-        if self._engine_choice in ("auto", "structure") and hasattr(self._network, "config"):
+        if self._engine_choice in ("auto", "structure") and (hasattr(self._network, "config")
+                                                             or is_composite(self._network)):
             family, layers, moe = detect_layers(self._network)
         if self._engine_choice == "structure" and family is None:
             raise ValueError(f"engine='structure' needs a recognised Hugging Face transformer family; "

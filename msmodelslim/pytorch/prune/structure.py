@@ -320,6 +320,24 @@ def _hidden_group(model, family, layers, hidden, moe=None, scan=True):
     return group
 
 
+def _multihead_attention(model, group):
+    """The ``nn.MultiheadAttention`` members of ``group`` with more than one head (e.g. an attention-pooling head
+    whose width is the residual stream)."""
+    return [m.target for m in group.members if m.axis is None
+            and isinstance(attention := model.get_submodule(m.target), nn.MultiheadAttention) and attention.num_heads > 1]
+
+
+def _heads_from_graph(model, group, trace):
+    """``group``, whose channels are also the heads of an ``nn.MultiheadAttention``, in the units the dependency
+    graph gives it (one place in every head), or protected: pruned channel by channel, the heads would lose
+    different places and mix."""
+    completed = _completed(model, group, trace) if trace is not None else group
+    if completed is group:
+        return replace(group, protected=f"its channels are the heads of {_multihead_attention(model, group)[0]} "
+                                        "(nn.MultiheadAttention), which the dependency graph did not confirm")
+    return completed
+
+
 def _untraced(names):
     """Why layers missing from the dependency graph leave a group unconfirmed."""
     return (f"{', '.join(names[:4])} are not in the traced dependency graph: they did not run on the sample inputs "
@@ -531,7 +549,7 @@ def tower_config(model, prefixes):
     if tower is None:
         return (None, None) if own is None or _composite(own) else (own, "")
     config = model.get_submodule(tower[:-1]).config
-    return config, config_path(own, config)
+    return config, None if own is None else config_path(own, config)
 
 
 def config_path(config, target, depth=2):
@@ -608,6 +626,8 @@ class StructureEngine:
                 group = _composite_hidden(model, family, layers, hidden, self.moe, trace)
             elif group.protected and trace is not None:
                 group = _completed(model, group, trace)
+            elif _multihead_attention(model, group):
+                group = _heads_from_graph(model, group, trace)
             self.groups.append(group)
 
     @property
@@ -639,7 +659,7 @@ class StructureEngine:
         return patches, {prefix + key: value for key, value in fields.items()}, [where + note for note in notes]
 
     def _module_patches(self, removed):
-        """``(patches, {group kind: {units kept per group}})``; for heads also ``kv_heads``."""
+        """``(patches, {group kind: {channels kept per group}})``; heads as head counts, and ``kv_heads``."""
         family, patches = self.family, {}
         kept = {kind: set() for kind in ("heads", "kv_heads", "ffn", "moe_ffn", "shared_ffn", "hidden")}
         for g, group in enumerate(self.groups):
@@ -654,7 +674,7 @@ class StructureEngine:
                 if attrs and g in removed:
                     patches[prefix + family.attention] = attrs
             elif group.kind in kept:
-                kept[group.kind].add(count)
+                kept[group.kind].add(count * group.unit_channels)
         hidden_kept = next(iter(kept["hidden"]), self._hidden)
         if hidden_kept != self._hidden:
             for moe in self.moe.values():  # routers that reshape their input to the hidden size they were built with

@@ -190,3 +190,70 @@ def test_the_saved_config_rebuilds_the_pruned_model_or_the_log_says_it_does_not(
     else:
         assert "The model config cannot describe the pruned shapes" in caplog.text
         assert desc["__meta__"]["config"] == {} and model.config.to_dict() == before
+
+
+class _VisionClassifier(nn.Module):
+    """A user's own module around a pretrained vision backbone: SigLIP's pooled output (its attention-pooling
+    head, an nn.MultiheadAttention of the stream's width) into a new classifier."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        config = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, image_size=32, patch_size=8)
+        self.backbone = SiglipVisionModel(config)
+        self.classifier = nn.Linear(64, 10)
+
+    def forward(self, pixel_values):
+        return self.classifier(self.backbone(pixel_values=pixel_values).pooler_output)
+
+
+class _TextClassifier(nn.Module):
+    """A user's own module around a decoder backbone (Llama with grouped-query attention): last token's state."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaModel
+
+        config = LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=128)
+        self.backbone = LlamaModel(config)
+        self.score = nn.Linear(64, 3)
+
+    def forward(self, input_ids):
+        return self.score(self.backbone(input_ids=input_ids).last_hidden_state[:, -1])
+
+
+@pytest.mark.parametrize("make, inputs", [
+    (_VisionClassifier, {"pixel_values": torch.randn(2, 3, 32, 32)}),
+    (_TextClassifier, {"input_ids": torch.randint(0, 128, (2, 12))}),
+])
+def test_a_user_module_around_a_pretrained_backbone_is_pruned_by_the_backbone_family(make, inputs, caplog):
+    """The wrapper has no config of its own; its backbone is a tower, so attention heads and neurons follow the
+    family's rules (not the dependency graph's, which protects attention it cannot read), and an
+    nn.MultiheadAttention that the stream feeds loses the same places in every head."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+    from zoo.graph_fuzz import computes_dense_without_removed
+
+    torch.manual_seed(0)
+    model = make().eval()
+    original, fresh = copy.deepcopy(model), copy.deepcopy(model)
+    heads = model.backbone.config.num_attention_heads
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        desc = PruneTorch(model, CallParams(**inputs)).prune(0.6)
+    kept = sum(p.numel() for p in model.parameters()) / sum(p.numel() for p in original.parameters())
+    assert abs(kept - 0.6) <= 0.02
+    assert desc["__meta__"]["engine"].startswith("structure:")
+    assert "Protected from pruning" not in caplog.text and "breaks the model" not in caplog.text
+    if make is _VisionClassifier:  # LayerNorm, which the check reduces to its affine part (Llama's RMSNorm is not)
+        assert computes_dense_without_removed(original, model, desc, CallParams(**inputs))
+    layer = model.backbone.layers[0] if hasattr(model.backbone, "layers") else model.backbone.encoder.layers[0]
+    assert layer.self_attn.head_dim * heads == layer.self_attn.q_proj.weight.shape[0] or \
+        layer.self_attn.q_proj.weight.shape[0] % layer.self_attn.head_dim == 0  # whole heads, never part of one
+    if make is _VisionClassifier:
+        pooling = model.backbone.head.attention
+        assert pooling.embed_dim < 64 and pooling.embed_dim % pooling.num_heads == 0
+    PruneTorch(fresh, CallParams(**inputs)).prune_by_desc(desc)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs), model(**inputs))
