@@ -341,8 +341,9 @@ def _heads_from_graph(model, group, trace):
 def _untraced(names):
     """Why layers missing from the dependency graph leave a group unconfirmed."""
     return (f"{', '.join(names[:4])} are not in the traced dependency graph: they did not run on the sample inputs "
-            "(inputs that exercise them let the graph confirm the rest) or the graph does not follow their type "
-            "(transformers' Conv1D)")
+            "(inputs that exercise them let the graph confirm the rest), ran without autograd (under torch.no_grad() "
+            "in forward(): the graph follows gradients) or are of a type the graph does not follow (transformers' "
+            "Conv1D)")
 
 
 def complete_from_graph(model, group, traced):
@@ -865,35 +866,52 @@ def tower_groups(model, engines, traced):
 class CompositeEngine:
     """The :class:`StructureEngine` of each tower of a composite model, side by side, and the dependency graph's
     groups of towers no family describes (``generic``): the groups in that order, each tower's heads, neurons and
-    residual stream tied within that tower only."""
+    residual stream tied within that tower only. Towers whose streams the model joins (two backbones' features
+    summed, or one attending to the other) find the same group: it is listed, planned and counted once, and its
+    removal reaches both towers' patches."""
 
     def __init__(self, engines, generic=()):
         self.engines = engines
-        self.groups = [g for engine in engines for g in engine.groups] + list(generic)
-        self._spans = []
-        start = 0
+        self.groups, self._where = [], []  # _where[n][local index] = index in self.groups
+        first = {}
         for engine in engines:
-            self._spans.append((start, start + len(engine.groups)))
-            start += len(engine.groups)
+            where = []
+            for group in engine.groups:
+                key = _members_key(group)
+                if key not in first:
+                    first[key] = len(self.groups)
+                    self.groups.append(group)
+                where.append(first[key])
+            self._where.append(where)
         self._generic = len(generic)
+        self.groups += list(generic)
 
     @property
     def engine(self):
         return "structure:" + ",".join(e.family.name for e in self.engines)
 
     def tie_keys(self, groups, uniform_layers):
-        keys = []
-        for n, (engine, (start, end)) in enumerate(zip(self.engines, self._spans)):
-            keys += [None if key is None else (n, key) for key in engine.tie_keys(groups[start:end], uniform_layers)]
-        return keys + [None] * self._generic
+        keys = [None] * len(self.groups)
+        for n, (engine, where) in enumerate(zip(self.engines, self._where)):
+            found = engine.tie_keys([groups[g] for g in where], uniform_layers)
+            for g, key in zip(where, found):
+                if keys[g] is None and key is not None:
+                    keys[g] = (n, key)
+        return keys
 
     def patches(self, removed):
         patches, fields, notes = {}, {}, []
-        for engine, (start, end) in zip(self.engines, self._spans):
-            found, config, why = engine.patches({g - start: units for g, units in removed.items() if start <= g < end})
+        for engine, where in zip(self.engines, self._where):
+            found, config, why = engine.patches({local: removed[g] for local, g in enumerate(where) if g in removed})
             patches.update(found)
             fields.update(config)
             notes += why
-        if self._generic and any(g >= self._spans[-1][1] for g in removed if removed[g]):
+        first_generic = len(self.groups) - self._generic
+        if self._generic and any(g >= first_generic for g in removed if removed[g]):
             notes.append("the towers pruned from the dependency graph have no config fields msmodelslim sets")
         return patches, fields, notes
+
+
+def _members_key(group):
+    """What ``group`` slices: its members' targets, roles, axes and channels."""
+    return frozenset((m.target, m.role, m.axis, tuple(m.idxs)) for m in group.members)

@@ -257,3 +257,35 @@ def test_a_user_module_around_a_pretrained_backbone_is_pruned_by_the_backbone_fa
     PruneTorch(fresh, CallParams(**inputs)).prune_by_desc(desc)
     with torch.no_grad():
         torch.testing.assert_close(fresh(**inputs), model(**inputs))
+
+
+class _ImageTextSum(nn.Module):
+    """Two pretrained backbones whose first-token features the user's module sums: one residual stream through
+    both towers."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+
+        sizes = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+        self.image = ViTModel(ViTConfig(**sizes, image_size=32, patch_size=8), add_pooling_layer=False)
+        self.text = BertModel(BertConfig(**sizes, vocab_size=100, max_position_embeddings=32), add_pooling_layer=False)
+        self.head = nn.Linear(64, 5)
+
+    def forward(self, pixel_values, input_ids):
+        image = self.image(pixel_values=pixel_values).last_hidden_state[:, 0]
+        return self.head(image + self.text(input_ids=input_ids).last_hidden_state[:, 0])
+
+
+def test_a_stream_two_towers_share_is_planned_and_counted_once():
+    """Both towers find the joined stream; counted twice, the plan believed it had reached the budget at 71 %."""
+    torch.manual_seed(0)
+    model = _ImageTextSum().eval()
+    inputs = CallParams(pixel_values=torch.randn(2, 3, 32, 32), input_ids=torch.randint(0, 100, (2, 9)))
+    before = sum(p.numel() for p in model.parameters())
+    left, _ = PruneTorch(model, inputs).analysis(0.6)
+    desc = PruneTorch(model, inputs).prune(0.6)
+    after = sum(p.numel() for p in model.parameters())
+    assert abs(after / before - 0.6) <= 0.02
+    assert left == after == desc["__meta__"]["parameters"]["after"]
+    assert model.image.layernorm.normalized_shape == model.text.embeddings.LayerNorm.normalized_shape
