@@ -410,6 +410,11 @@ class PruneTorch:
         self._scores_cache = None  # scores are reused within one call only: the weights may change between calls
         planned = prune_with_recovery(lambda blamed: self._plan_for_budget(reserved_ratio, protected, budget, blamed),
                                       self._apply_planned, self._runs_with)
+        counted = self._last["params"][1]
+        if counted != planned.params_after:  # the plan's own arithmetic missed a shared tensor: say what is true
+            logger.warning("The plan counted %d parameters after pruning; the pruned model has %d (%.1f%% kept).",
+                           planned.params_after, counted, 100.0 * counted / max(self._last["params"][0], 1))
+            planned.desc[desc_format.META_KEY]["parameters"]["after"] = counted
         return planned.desc
 
     def _apply_planned(self, planned):
