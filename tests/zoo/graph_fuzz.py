@@ -760,6 +760,8 @@ def computes_dense_without_removed(original, pruned, desc, inputs):
                 isinstance(layer, nn.modules.conv._ConvNd) and layer.groups == 1)
             if dense_layer and isinstance(entry, dict) and "input" in entry:
                 layer.weight[:, [i for i, mark in enumerate(entry["input"][1]) if mark != "-"]] = 0
+            if type(layer).__name__ == "Conv1D" and isinstance(entry, dict) and "input" in entry:  # transformers'
+                layer.weight[[i for i, mark in enumerate(entry["input"][1]) if mark != "-"]] = 0  # [in, out]
             if isinstance(layer, nn.MultiheadAttention) and isinstance(entry, dict) and "output" in entry:
                 removed = [i for i, mark in enumerate(entry["output"][1]) if mark != "-"]
                 width = layer.embed_dim

@@ -376,8 +376,17 @@ def complete_from_graph(model, group, traced):
         hit |= more
         reached.update(*(keys[i] for i in more))
     touching = [traced[i] for i in sorted(hit)]
-    if not touching or any(g.protected or g.size != touching[0].size or group.size % g.size for g in touching):
-        return group
+    if not touching:
+        return _unconfirmed(group, "the dependency graph does not reach it")
+    blocked = next((g for g in touching if g.protected), None)
+    if blocked is not None:
+        return _unconfirmed(group, f"the dependency graph protects it with {blocked.name} ({blocked.protected})")
+    wider = next((g for g in touching if g.size > group.size), None)
+    if wider is not None:
+        return _unconfirmed(group, f"the dependency graph joins its channels with others in {wider.name}, a group "
+                                   f"of {wider.size} (a concatenation)")
+    if any(g.size != touching[0].size or group.size % g.size for g in touching):
+        return _unconfirmed(group, "the dependency graph cuts its channels into groups of different sizes")
     found = {key(m): m for g in touching for m in g.members}
     modules = {key(m): m.target for m in group.members if m.axis is None}  # an unused bare parameter is untraced
     untraced = sorted({target for k, target in modules.items() if k not in found})
@@ -385,7 +394,8 @@ def complete_from_graph(model, group, traced):
         return replace(group, protected=f"{group.protected}; {_untraced(untraced)}")
     unit_of = _unit_of_channel(found.values(), group.size)
     if unit_of is None:
-        return group  # a channel the graph reaches at another place: a concatenation or a reordering
+        return _unconfirmed(group, "the dependency graph reaches its channels at other places too (a concatenation "
+                                   "or a reordering)")
     named = {(m.target, m.role) for m in group.members}
     extra = []
     for member in (m for g in touching for m in g.members):  # every module of a tie (one key), not one for them all
@@ -399,6 +409,11 @@ def complete_from_graph(model, group, traced):
             for m in group.members]
     return replace(group, size=touching[0].size, members=ours + extra, protected=None,
                    unit_channels=group.unit_channels * group.size // touching[0].size)
+
+
+def _unconfirmed(group, why):
+    """``group`` as it was when the graph does not confirm it; a protected one also says ``why``."""
+    return replace(group, protected=f"{group.protected}; {why}") if group.protected else group
 
 
 def _unit_of_channel(members, width):
@@ -517,6 +532,7 @@ def _composite_hidden(model, family, layers, hidden, moe, trace):
     that have the width are missing from the traced graph (not run, or of a type it does not follow): their coupling
     is unknown."""
     group = _hidden_group(model, family, layers, hidden, moe, scan=False)
+    group.name = f"hidden ({_parent(next(iter([*layers, *moe])))})"  # which tower's, in what is logged
     group.protected = "a composite model: its residual stream is pruned only where the dependency graph confirms it"
     traced = None if trace is None else traced_or_none(trace, "to complete the residual stream")
     if traced is None:

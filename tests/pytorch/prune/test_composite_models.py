@@ -289,3 +289,37 @@ def test_a_stream_two_towers_share_is_planned_and_counted_once():
     assert abs(after / before - 0.6) <= 0.02
     assert left == after == desc["__meta__"]["parameters"]["after"]
     assert model.image.layernorm.normalized_shape == model.text.embeddings.LayerNorm.normalized_shape
+
+
+class _FrozenBackbone(nn.Module):
+    """A backbone run under torch.no_grad() in forward(): the dependency graph, which follows gradients, never
+    sees its stream."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        self.backbone = BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=128, vocab_size=100), add_pooling_layer=False)
+        self.adapter = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 64))
+        self.head = nn.Linear(64, 2)
+
+    def forward(self, input_ids):
+        with torch.no_grad():
+            states = self.backbone(input_ids=input_ids).last_hidden_state
+        states = states + self.adapter(states)
+        return self.head(states[:, 0])
+
+
+def test_a_stream_the_graph_cannot_see_is_protected_with_the_likely_cause_named(caplog):
+    torch.manual_seed(0)
+    model = _FrozenBackbone().eval()
+    inputs = CallParams(input_ids=torch.randint(0, 100, (2, 10)))
+    neurons = model.backbone.encoder.layer[0].intermediate.dense.out_features
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        PruneTorch(model, inputs).prune(0.6)
+    assert "Protected from pruning: hidden (backbone.encoder.layer)" in caplog.text
+    assert "torch.no_grad()" in caplog.text
+    assert model.backbone.embeddings.word_embeddings.embedding_dim == 64
+    assert model.backbone.encoder.layer[0].intermediate.dense.out_features < neurons  # the rest is pruned
+    assert model(**inputs.kwargs).shape == (2, 2)
