@@ -391,7 +391,7 @@ def complete_from_graph(model, group, traced):
     modules = {key(m): m.target for m in group.members if m.axis is None}  # an unused bare parameter is untraced
     untraced = sorted({target for k, target in modules.items() if k not in found})
     if untraced:
-        return replace(group, protected=f"{group.protected}; {_untraced(untraced)}")
+        return replace(group, protected="; ".join(filter(None, (group.protected, _untraced(untraced)))))
     unit_of = _unit_of_channel(found.values(), group.size)
     if unit_of is None:
         return _unconfirmed(group, "the dependency graph reaches its channels at other places too (a concatenation "
