@@ -13,7 +13,8 @@ Format (version 1)::
         "patches": {"<module name>": {"<attribute>": int}},   # attributes forward() reads (num_heads ...)
         "config": {"<config field>": int},                     # Hugging Face config fields, when uniform;
                                                                # "text_config.hidden_size": a tower's sub-config
-        "axes": {"<parameter name>": int}                      # axis of entries that are bare parameters
+        "axes": {"<parameter name>": int},                     # axis of entries that are bare parameters
+        "head_splits": [[channels, heads, head size], ...]      # reshapes into heads that must keep their size
       }
     }
 
@@ -63,7 +64,8 @@ def mask_string(size, removed):
 
 
 def build_desc(model, groups, removed_units, engine, patches=None, config=None, params=None):
-    """The desc of removing ``removed_units[g]`` from each group ``groups[g]`` of ``model``."""
+    """The desc of removing ``removed_units[g]`` from each group ``groups[g]`` of ``model``; the reshapes into heads
+    of the groups that lose units go to ``head_splits``."""
     removed = {}
     axes = {}
     for g, units in removed_units.items():
@@ -85,6 +87,9 @@ def build_desc(model, groups, removed_units, engine, patches=None, config=None, 
     desc[META_KEY] = {"format": FORMAT, "version": VERSION, "engine": engine, "fingerprint": fingerprint(model),
                       "parameters": dict(params or {}), "patches": patches or {}, "config": config or {},
                       "axes": axes}
+    splits = sorted({tuple(split) for g, units in removed_units.items() if units for split in groups[g].head_splits})
+    if splits:
+        desc[META_KEY]["head_splits"] = [list(split) for split in splits]
     return desc
 
 
@@ -154,6 +159,12 @@ def _check_meta(meta):
     for target, axis in (meta.get("axes") or {}).items():
         if not _is_count(axis):
             raise _bad(target, f"its axis must be an integer, got {_short(axis, 80)}")
+    splits = meta.get("head_splits") or []
+    if not isinstance(splits, list) or not all(
+            isinstance(s, list) and len(s) == 3 and all(_is_count(n) and n > 0 for n in s) and s[0] == s[1] * s[2]
+            for s in splits):
+        raise ValueError(f"{BELONGS} '{META_KEY}.head_splits' must be a list of [channels, heads, head size] with "
+                         f"channels = heads * head size, got {_short(splits, 120)}.")
 
 
 def _role_keep(target, spec, entry):

@@ -152,11 +152,18 @@ def torch_pruning_groups(model, call):
             members = _renumber_units(members, unit_of_root)
         size = len({r for member in members for r in member.roots})
         members = _merge(members)
-        group = ChannelGroup(name=members[0].target, size=size, members=members, unit_channels=_unit_channels(members))
+        group = ChannelGroup(name=members[0].target, size=size, members=members, unit_channels=_unit_channels(members),
+                             head_splits=_head_splits(tp_group, chunks))
         if unsupported:
             group.protected = "contains layers that cannot be pruned safely: " + ", ".join(sorted(set(unsupported)))
         groups.append(group)
     return _join_at_chunks(groups, partials, chunks)
+
+
+def _head_splits(items, chunks):
+    """``(channels, heads, head size)`` of each reshape into heads that the group's ``items`` reach."""
+    return sorted({chunks[item.dep.target].signature() for item in items
+                   if isinstance(chunks.get(item.dep.target), graph_axes.HeadSplit)})
 
 
 def _unit_channels(members):
@@ -198,7 +205,11 @@ def _join_at_chunks(groups, partials, chunks):
                   for holder, (index, _) in enumerate(found) for m in groups[index].members]
         members = _renumber_units(tagged, {key: units.find(key) for key in list(units.parent)})
         size = len({r for m in members for r in m.roots})
-        groups[found[0][0]] = ChannelGroup(name=groups[found[0][0]].name, size=size, members=_merge(members))
+        splits = {split for index in indices for split in groups[index].head_splits}
+        if isinstance(parts, graph_axes.HeadSplit):
+            splits.add(parts.signature())
+        groups[found[0][0]] = ChannelGroup(name=groups[found[0][0]].name, size=size, members=_merge(members),
+                                           head_splits=sorted(splits))
         used |= indices
         merged_away |= indices - {found[0][0]}
     return [group for index, group in enumerate(groups) if index not in merged_away]

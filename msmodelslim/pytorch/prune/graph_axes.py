@@ -149,6 +149,15 @@ class EqualParts:
         return idx // (self.total // self.part) if self.interleaved else idx % self.part
 
 
+class HeadSplit(EqualParts):
+    """The channels a reshape cuts into ``part`` heads side by side: all channels of a head are one unit, so heads
+    are removed whole (see :mod:`msmodelslim.pytorch.prune.head_splits` for the check that they stay whole)."""
+
+    def signature(self):
+        """``(channels, heads, head size)``."""
+        return self.total, self.part, self.total // self.part
+
+
 def _set_mapping(from_node, to_node, slot, mapping):
     for dep in from_node.dependencies:
         if dep.target is to_node:
@@ -364,6 +373,21 @@ def _split_into_heads(graph, node):
                for k in axes)
 
 
+def head_split(graph, node):
+    """``(channels, heads, head size)`` when reshape ``node`` cuts the channel axis into two axes of more than one
+    entry, heads then head size, and keeps every other axis (``view(b, t, heads, -1)``), else None.
+    Whole heads can be removed from such a split: every head keeps its size, so what each head computes stays."""
+    if not _split_into_heads(graph, node):
+        return None
+    before, after = _input_shapes(node.grad_fn)[0], _output_shapes(node.grad_fn)[0]
+    if len(after) != len(before) + 1:
+        return None
+    for k in _channel_axis(graph, node, before):
+        if before[:k] == after[:k] and before[k + 1:] == after[k + 2:] and after[k] > 1 and after[k + 1] > 1:
+            return before[k], after[k], after[k + 1]
+    return None
+
+
 def _split_axis(before, after):
     """The axis of shape ``before`` that a reshape to ``after`` cuts in two (every other axis kept), or None."""
     if len(after) != len(before) + 1:
@@ -520,8 +544,14 @@ def correct(graph):
         elif node.type == ops.OPTYPE.ELEMENTWISE and _moves_channels(graph, node):
             _cut(node)
     for node in list(graph.module2node.values()):
-        if node.type == ops.OPTYPE.RESHAPE and node not in shuffled and _split_into_heads(graph, node):
+        if node.type != ops.OPTYPE.RESHAPE or node in shuffled or not _split_into_heads(graph, node):
+            continue
+        split = head_split(graph, node)
+        if split is None:
             unsafe[node] = HEADS
+        else:  # all channels of a head are one unit: heads are removed whole
+            channels, heads, _ = split
+            chunks[node] = HeadSplit(heads, channels, interleaved=True)
     return unsafe, chunks
 
 
@@ -556,6 +586,8 @@ def chunk_units(items, chunks):
         node = item.dep.target
         if node not in chunks or (item.dep.source is node and not isinstance(node.module, nn.MultiheadAttention)):
             continue  # (an attention module's heads are its own: the group reaches them through itself)
+        if any(r is None for r in item.root_idxs):
+            continue  # channels the graph cannot trace to a layer: their group is protected for that already
         parts = chunks[node]
         pairs = list(zip((int(i) for i in item.idxs), (int(r) for r in item.root_idxs)))
         if {idx for idx, _ in pairs} != set(range(parts.total)):

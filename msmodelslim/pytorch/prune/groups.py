@@ -38,6 +38,7 @@ class ChannelGroup:
     unit_channels: int = 1
     protected: str = None  # why the group must not be pruned, or None
     divisors: list = field(default_factory=list)  # kept channel counts must be multiples of each
+    head_splits: list = field(default_factory=list)  # (channels, heads, head size) of reshapes it cuts whole heads of
 
     def member_targets(self, role=None):
         return [m.target for m in self.members if role is None or m.role == role]
@@ -50,13 +51,15 @@ class ChannelGroup:
     def to_dict(self):
         return {"name": self.name, "size": self.size, "kind": self.kind, "unit_channels": self.unit_channels,
                 "protected": self.protected, "divisors": list(self.divisors),
+                "head_splits": [list(split) for split in self.head_splits],
                 "members": [[m.target, m.role, list(m.idxs), list(m.roots), m.axis] for m in self.members]}
 
     @classmethod
     def from_dict(cls, data):
         members = [Member(t, r, list(i), list(o), a) for t, r, i, o, a in data["members"]]
         return cls(name=data["name"], size=data["size"], members=members, kind=data["kind"],
-                   unit_channels=data["unit_channels"], protected=data["protected"], divisors=data["divisors"])
+                   unit_channels=data["unit_channels"], protected=data["protected"], divisors=data["divisors"],
+                   head_splits=[tuple(split) for split in data["head_splits"]])
 
 
 def tie_groups(groups, scores, keys):

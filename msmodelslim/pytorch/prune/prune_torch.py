@@ -26,6 +26,7 @@ from msmodelslim.pytorch.prune.config_check import config_mismatch
 from msmodelslim.pytorch.prune.graph import DEFAULT_TRACE_TIMEOUT_S, trace_groups
 from msmodelslim.pytorch.prune.grouped_conv import couple_grouped_convs
 from msmodelslim.pytorch.prune.groups import tie_groups
+from msmodelslim.pytorch.prune.head_splits import check_head_splits, head_count_patches, record_reshapes
 from msmodelslim.pytorch.prune.importance import BUILTIN, group_importance
 from msmodelslim.pytorch.prune.layers import OUTPUT, ParameterSpec, spec_of
 from msmodelslim.pytorch.prune.measure import count_params, profile
@@ -98,6 +99,7 @@ class PruneTorch:
         self._engine = None
         self._default_protection, self._default_unprotected = False, set()
         self._last = None
+        self._reshapes = None  # the model's reshapes on the sample inputs, recorded when a desc cuts heads
         try:
             self._order, _, self._macs, self._output_shapes = profile(network, self._call)
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the model refuses the sample inputs
@@ -365,7 +367,7 @@ class PruneTorch:
         if self._engine is not None:
             patches, fields, notes = self._engine.patches(removed)
         else:
-            patches, fields, notes = {}, {}, []
+            patches, fields, notes = head_count_patches(self._network, groups, removed), {}, []
             if hasattr(getattr(self._network, "config", None), "to_dict") and any(removed.values()):
                 notes.append("no family rules describe this model, so msmodelslim sets none of its config fields")
         desc = desc_format.build_desc(
@@ -379,8 +381,10 @@ class PruneTorch:
         for attempt in _with_and_without_config(self._desc_of(planned.groups, removed)[0]):
             try:
                 operations, meta = desc_format.parse_desc(self._network, attempt)
-                desc_format.apply_operations(self._network, operations, meta, keep=False,
-                                             check=lambda model: self._check_output_shapes(profile(model, self._call)))
+                dense = self._dense_reshapes(meta)
+                desc_format.apply_operations(
+                    self._network, operations, meta, keep=False,
+                    check=lambda model: self._check_output_shapes(self._profiled_pruned(model, meta, dense)[0]))
             except ValueError:  # a layer rule refuses it, or the model fails to run
                 continue
             return True
@@ -482,6 +486,30 @@ class PruneTorch:
             if mismatch is not None:
                 log_config_notes([f"a model rebuilt from it would differ: {mismatch}"])
 
+    def _dense_reshapes(self, meta):
+        """The reshapes the model, not yet pruned by ``meta``'s desc, makes on the sample inputs (recorded once per
+        state of the model), when the desc cuts heads (``meta["head_splits"]``); else None."""
+        if not meta.get("head_splits"):
+            return None
+        if self._reshapes is None:
+            with torch.no_grad(), eval_mode(self._network):
+                self._reshapes = record_reshapes(lambda: self._call(self._network))[1]
+        return self._reshapes
+
+    def _profiled_pruned(self, model, meta, dense):
+        """``(profile, reshapes)`` of the pruned ``model`` on the sample inputs; ``reshapes`` are recorded (see
+        :func:`record_reshapes`) when the desc cuts heads, and checked against ``dense``'s.
+
+        Raises:
+            ValueError: a reshape that cut channels into heads (``meta["head_splits"]``) now cuts them into heads
+                of another size (the heads would mix), or the model fails to run.
+        """
+        if dense is None:
+            return profile(model, self._call), None
+        profiled, reshapes = record_reshapes(lambda: profile(model, self._call))
+        check_head_splits(dense, reshapes, [tuple(split) for split in meta["head_splits"]])
+        return profiled, reshapes
+
     def _apply_desc(self, desc, keep_output_shapes=False):
         operations, meta = desc_format.parse_desc(self._network, desc)
         before_params = count_params(self._network)
@@ -489,15 +517,17 @@ class PruneTorch:
         before_shapes = _role_sizes(operations)
         profiled = []
 
+        dense = self._dense_reshapes(meta)
+
         def runs(model):
             # the post-prune check is also the new profile, so a failure there restores the model too
-            profiled.append(profile(model, self._call))
+            profiled.append(self._profiled_pruned(model, meta, dense))
             if keep_output_shapes:
-                self._check_output_shapes(profiled[0])
+                self._check_output_shapes(profiled[0][0])
 
         desc_format.apply_operations(self._network, operations, meta, check=runs)
         after_params = count_params(self._network)
-        self._order, _, macs_after, self._output_shapes = profiled[0]
+        (self._order, _, macs_after, self._output_shapes), self._reshapes = profiled[0]
         self._last = {"params": (before_params, after_params), "macs": (before_macs, sum(macs_after.values())),
                       "layers": before_shapes, "layer_macs": (dict(self._macs), macs_after)}
         self._macs = macs_after

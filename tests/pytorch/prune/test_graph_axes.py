@@ -342,12 +342,14 @@ def test_channels_reordered_by_an_operation_are_followed_or_protected_never_pair
 
 
 class HeadsByMinusOne(nn.Module):
-    """Plain attention that cuts its channels into heads with ``view(b, t, heads, -1)``: pruning q, k or v alone
-    would move channels from one head to another."""
+    """Plain attention that cuts its channels into heads with ``view(b, t, self.heads, -1)`` (``split="heads"``: an
+    attribute that can follow the pruning), ``view(b, t, 4, -1)`` (``split="literal"``: a number in the code, so
+    fewer channels would be cut into smaller heads, each reading parts of two) or ``view(b, t, -1, head_size)``
+    (``split="size"``: whole heads can go)."""
 
-    def __init__(self, dim=32, heads=4):
+    def __init__(self, dim=32, heads=4, split="heads", sdpa=False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.head_size, self.split, self.sdpa = heads, dim // heads, split, sdpa
         self.embed = nn.Linear(6, dim)
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.head = nn.Linear(dim, 3)
@@ -355,18 +357,67 @@ class HeadsByMinusOne(nn.Module):
     def forward(self, x):
         h = self.embed(x)
         b, t, _ = h.shape
-        q, k, v = (p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
-        attended = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        shape = {"heads": (b, t, self.heads, -1), "literal": (b, t, 4, -1), "size": (b, t, -1, self.head_size)}
+        shape = shape[self.split]
+        q, k, v = (p(h).view(*shape).transpose(1, 2) for p in (self.q, self.k, self.v))
+        if self.sdpa:
+            attended = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            attended = torch.softmax(q @ k.transpose(-1, -2) / self.head_size ** 0.5, -1) @ v
         return self.head(h + self.o(attended.transpose(1, 2).reshape(b, t, -1))).mean(1)
 
 
-def test_channels_cut_into_heads_by_a_reshape_are_protected(caplog):
+def test_channels_cut_into_a_fixed_number_of_heads_are_protected(caplog):
     torch.manual_seed(0)
-    model, x = HeadsByMinusOne(), torch.randn(2, 5, 6)
+    model, x = HeadsByMinusOne(split="literal"), torch.randn(2, 5, 6)
     dense = copy.deepcopy(model)
     with caplog.at_level(logging.INFO, logger="msmodelslim"):
         desc = PruneTorch(model, x, align=1).prune(0.7, un_prune_list=["head"])
-    assert "a reshape that cuts the channels into heads" in caplog.text
+    assert "so the heads would mix" in caplog.text
     assert model.q.out_features == model.k.out_features == model.v.out_features == 32
     assert model.embed.out_features < 32  # the residual stream is pruned
     assert computes_dense_without_removed(dense, model, desc, x)
+    fresh = copy.deepcopy(dense)  # the desc, replayed, keeps the attention whole
+    PruneTorch(fresh, x).prune_by_desc(desc)
+    assert fresh.q.out_features == 32
+
+
+@pytest.mark.parametrize("split, sdpa", [("size", False), ("size", True), ("heads", False)])
+def test_attention_written_by_hand_loses_whole_heads(split, sdpa):
+    """q, k, v and o's inputs are one group (the products couple them); its units are whole heads, and a head
+    count attribute that forward() passes to view follows: the pruned model computes exactly what the dense one
+    does without those heads."""
+    torch.manual_seed(0)
+    model, x = HeadsByMinusOne(split=split, sdpa=sdpa), torch.randn(2, 5, 6)
+    dense, fresh = copy.deepcopy(model), copy.deepcopy(model)
+    desc = PruneTorch(model, x, align=1).prune(0.6, un_prune_list=["head"])
+    assert model.q.out_features == model.k.out_features == model.v.out_features == model.o.in_features < 32
+    assert model.q.out_features % 8 == 0
+    assert desc["__meta__"]["head_splits"] == [[32, 4, 8]]
+    assert desc["__meta__"]["patches"] == {"": {"heads": model.q.out_features // 8}}
+    assert computes_dense_without_removed(dense, model, desc, x)
+    PruneTorch(fresh, x).prune_by_desc(desc)
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_a_desc_whose_heads_a_model_would_recut_is_refused_with_the_model_unchanged():
+    """The same desc on the attention that fixes its number of heads: replayed, the check finds the smaller heads."""
+    torch.manual_seed(0)
+    source, x = HeadsByMinusOne(split="size"), torch.randn(2, 5, 6)
+    desc = PruneTorch(source, x, align=1).prune(0.6, un_prune_list=["head"])
+    target = HeadsByMinusOne(split="literal")
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError, match="the heads would mix"):
+        PruneTorch(target, x).prune_by_desc(desc)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+@pytest.mark.parametrize("splits", [[[32, 4, 7]], [[32, 4]], "x", [[0, 0, 0]]])
+def test_a_malformed_head_split_in_a_desc_is_refused(splits):
+    torch.manual_seed(0)
+    model, x = HeadsByMinusOne(split="size"), torch.randn(2, 5, 6)
+    desc = PruneTorch(copy.deepcopy(model), x, align=1).prune(0.6, un_prune_list=["head"])
+    desc["__meta__"]["head_splits"] = splits
+    with pytest.raises(ValueError, match="head_splits"):
+        PruneTorch(model, x).prune_by_desc(desc)
+    assert model.q.out_features == 32
