@@ -10,7 +10,8 @@ cut the pruned channels into heads of the same size.
 import torch
 from torch.overrides import TorchFunctionMode
 
-_RESHAPES = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten}
+_RESHAPES = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten,
+             torch.Tensor.flatten, torch.flatten}
 
 
 class _Recorder(TorchFunctionMode):
@@ -42,24 +43,53 @@ def _split_axis(before, after, split):
                  and before[:k] == after[:k] and before[k + 1:] == after[k + 2:]), None)
 
 
+def _merge_axis(before, after, split):
+    """The axis of ``after`` into which this reshape merges two axes of ``before`` that are ``split``'s heads and
+    head size, in either order, or None."""
+    channels, heads, size = split
+    if len(before) != len(after) + 1:
+        return None
+    return next((k for k in range(len(after)) if after[k] == channels and sorted(before[k:k + 2]) == sorted((heads, size))
+                 and before[:k] == after[:k] and before[k + 2:] == after[k + 1:]), None)
+
+
 def check_head_splits(dense, pruned, splits):
     """Raise ``ValueError`` when the reshapes ``pruned`` (from :func:`record_reshapes` on the pruned model) cut
-    channels into heads of another size than the same reshapes of the dense model (``dense``) did, for each
-    ``(channels, heads, head size)`` of ``splits``."""
+    channels into heads of another size than the same reshapes of the dense model (``dense``) did, or merge the
+    heads back into channels head size first (channel ``p * heads + h``: whole heads removed, the next layer
+    would lose the wrong inputs), for each ``(channels, heads, head size)`` of ``splits``."""
     if len(dense) != len(pruned):
         raise ValueError(f"the pruned model makes {len(pruned)} reshapes where the dense one made {len(dense)}")
     for (before, after), (now_before, now_after) in zip(dense, pruned):
+        if (before, after) == (now_before, now_after):
+            continue
         for split in splits:
-            k = _split_axis(before, after, split)
-            if k is None:
-                continue
-            size = split[2]
-            width = now_before[k]
-            if width % size or now_after != (*now_before[:k], width // size, size, *now_before[k + 1:]):
-                raise ValueError(
-                    f"a reshape cut {split[0]} channels into {split[1]} heads of {size}; pruned, it cuts {width} into "
-                    f"{now_after[k:k + 2]}, so the heads would mix (forward() fixes the number of heads: pass the "
-                    f"head size and -1 heads to view/reshape, or protect the attention with un_prune_list)")
+            _check_split(split, _split_axis(before, after, split), now_before, now_after)
+            _check_merge(split, _merge_axis(before, after, split), before, now_before, now_after)
+
+
+def _check_split(split, k, now_before, now_after):
+    if k is None:
+        return
+    size, width = split[2], now_before[k]
+    if width % size or now_after != (*now_before[:k], width // size, size, *now_before[k + 1:]):
+        raise ValueError(
+            f"a reshape cut {split[0]} channels into {split[1]} heads of {size}; pruned, it cuts {width} into "
+            f"{now_after[k:k + 2]}, so the heads would mix (forward() fixes the number of heads: pass the head size "
+            f"and -1 heads to view/reshape, or protect the attention with un_prune_list)")
+
+
+def _check_merge(split, k, before, now_before, now_after):
+    if k is None:
+        return
+    _, heads, size = split
+    head_major = tuple(before[k:k + 2]) == (heads, size) if heads != size else now_before[k + 1] == size
+    if not head_major or now_before[k:k + 2] != (now_after[k] // size, size):
+        raise ValueError(
+            f"a reshape merges {heads} heads of {size} back into {split[0]} channels head size first, so the next "
+            f"layer's inputs are not whole heads (pruned, it merges {now_before[k:k + 2]}): removing heads would "
+            f"pair it with the wrong inputs (merge heads first, e.g. y.transpose(1, 2).reshape(b, t, -1), or protect "
+            f"the attention with un_prune_list)")
 
 
 def head_count_patches(model, groups, removed):
@@ -76,9 +106,16 @@ def head_count_patches(model, groups, removed):
         heads = group.head_splits[0][1]
         owner = _common_parent([m.target for m in group.members])
         for attr, value in vars(model.get_submodule(owner)).items():
-            if "head" in attr.lower() and type(value) is int and value == heads:
+            if _names_a_head_count(attr) and type(value) is int and value == heads:
                 patches.setdefault(owner, {})[attr] = heads - len(units)
     return patches
+
+
+def _names_a_head_count(attr):
+    """Whether attribute ``attr`` is named like a number of heads (``num_heads``, ``n_head``), not like their size
+    (``head_dim``, ``dim_head``, ``head_size``), which may equal the count by chance."""
+    name = attr.lower()
+    return "head" in name and not any(word in name for word in ("dim", "size", "width", "channel", "feat"))
 
 
 def _common_parent(targets):

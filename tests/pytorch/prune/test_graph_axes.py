@@ -5,6 +5,8 @@ import logging
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from msmodelslim.pytorch.prune.graph import trace_groups
@@ -347,9 +349,10 @@ class HeadsByMinusOne(nn.Module):
     fewer channels would be cut into smaller heads, each reading parts of two) or ``view(b, t, -1, head_size)``
     (``split="size"``: whole heads can go)."""
 
-    def __init__(self, dim=32, heads=4, split="heads", sdpa=False):
+    def __init__(self, dim=32, heads=4, split="heads", sdpa=False, size_first_merge=False):
         super().__init__()
         self.heads, self.head_size, self.split, self.sdpa = heads, dim // heads, split, sdpa
+        self.size_first_merge = size_first_merge  # o reads channel p * heads + h
         self.embed = nn.Linear(6, dim)
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.head = nn.Linear(dim, 3)
@@ -364,7 +367,8 @@ class HeadsByMinusOne(nn.Module):
             attended = nn.functional.scaled_dot_product_attention(q, k, v)
         else:
             attended = torch.softmax(q @ k.transpose(-1, -2) / self.head_size ** 0.5, -1) @ v
-        return self.head(h + self.o(attended.transpose(1, 2).reshape(b, t, -1))).mean(1)
+        merged = attended.permute(0, 2, 3, 1) if self.size_first_merge else attended.transpose(1, 2)
+        return self.head(h + self.o(merged.reshape(b, t, -1))).mean(1)
 
 
 def test_channels_cut_into_a_fixed_number_of_heads_are_protected(caplog):
@@ -400,6 +404,30 @@ def test_attention_written_by_hand_loses_whole_heads(split, sdpa):
     torch.testing.assert_close(fresh(x), model(x))
 
 
+def test_heads_merged_head_size_first_are_protected(caplog):
+    """o reads channel ``p * heads + h``: with whole heads removed it would lose the wrong inputs."""
+    torch.manual_seed(0)
+    model, x = HeadsByMinusOne(split="size", size_first_merge=True), torch.randn(2, 5, 6)
+    dense = copy.deepcopy(model)
+    with caplog.at_level(logging.INFO, logger="msmodelslim"):
+        desc = PruneTorch(model, x, align=1).prune(0.6, un_prune_list=["head"])
+    assert "head size first" in caplog.text
+    assert model.q.out_features == model.o.in_features == 32
+    assert computes_dense_without_removed(dense, model, desc, x)
+
+
+def test_a_head_size_equal_to_the_head_count_is_not_patched_as_one():
+    """8 heads of 8: ``head_size`` equals the old head count, but only ``heads`` counts heads (the softmax scale
+    reads ``head_size``)."""
+    torch.manual_seed(0)
+    model, x = HeadsByMinusOne(dim=64, heads=8), torch.randn(2, 5, 6)
+    dense = copy.deepcopy(model)
+    desc = PruneTorch(model, x, align=1).prune(0.6, un_prune_list=["head"])
+    assert model.q.out_features < 64 and model.head_size == 8
+    assert desc["__meta__"]["patches"] == {"": {"heads": model.q.out_features // 8}}
+    assert computes_dense_without_removed(dense, model, desc, x)
+
+
 def test_a_desc_whose_heads_a_model_would_recut_is_refused_with_the_model_unchanged():
     """The same desc on the attention that fixes its number of heads: replayed, the check finds the smaller heads."""
     torch.manual_seed(0)
@@ -421,3 +449,25 @@ def test_a_malformed_head_split_in_a_desc_is_refused(splits):
     with pytest.raises(ValueError, match="head_splits"):
         PruneTorch(model, x).prune_by_desc(desc)
     assert model.q.out_features == 32
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(heads=st.sampled_from([2, 4, 8]), head_size=st.sampled_from([2, 4, 8]),
+       split=st.sampled_from(["size", "heads", "literal"]), sdpa=st.booleans(), size_first_merge=st.booleans(),
+       ratio=st.sampled_from([0.5, 0.6, 0.8]), seed=st.integers(0, 2 ** 16))
+def test_hand_written_attention_is_pruned_exactly_or_protected(heads, head_size, split, sdpa, size_first_merge,
+                                                               ratio, seed):
+    """Whatever the layout: the pruned model computes the dense one without the removed channels, keeps whole
+    heads of the old size, and replays equal."""
+    torch.manual_seed(seed)
+    dim = heads * head_size
+    model = HeadsByMinusOne(dim=dim, heads=heads, split=split, sdpa=sdpa, size_first_merge=size_first_merge)
+    if split == "literal" and heads != 4:
+        model.split = "heads"  # the literal is written for 4 heads
+    x = torch.randn(2, 5, 6)
+    dense, fresh = copy.deepcopy(model), copy.deepcopy(model)
+    desc = PruneTorch(model, x, align=1).prune(ratio, un_prune_list=["head"])
+    assert model.q.out_features % head_size == 0 and model.q.out_features == model.o.in_features
+    assert computes_dense_without_removed(dense, model, desc, x)
+    PruneTorch(fresh, x).prune_by_desc(desc)
+    torch.testing.assert_close(fresh(x), model(x))
