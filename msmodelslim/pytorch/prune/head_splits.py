@@ -49,7 +49,8 @@ def _merge_axis(before, after, split):
     channels, heads, size = split
     if len(before) != len(after) + 1:
         return None
-    return next((k for k in range(len(after)) if after[k] == channels and sorted(before[k:k + 2]) == sorted((heads, size))
+    return next((k for k in range(len(after)) if after[k] == channels
+                 and sorted(before[k:k + 2]) == sorted((heads, size))
                  and before[:k] == after[:k] and before[k + 2:] == after[k + 1:]), None)
 
 

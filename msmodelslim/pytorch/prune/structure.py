@@ -324,7 +324,8 @@ def _multihead_attention(model, group):
     """The ``nn.MultiheadAttention`` members of ``group`` with more than one head (e.g. an attention-pooling head
     whose width is the residual stream)."""
     return [m.target for m in group.members if m.axis is None
-            and isinstance(attention := model.get_submodule(m.target), nn.MultiheadAttention) and attention.num_heads > 1]
+            and isinstance(attention := model.get_submodule(m.target), nn.MultiheadAttention)
+            and attention.num_heads > 1]
 
 
 def _heads_from_graph(model, group, trace):
