@@ -104,6 +104,18 @@ def _merge(members):
     return list(merged.values())
 
 
+def _units_sharing_channels(members):
+    """``{root: unit}`` joining the roots that reach one channel of some member: a convolution flattened into a
+    Linear reaches the Linear's features ``c * h * w ...`` from its channel ``c``, so where the Linear's features
+    are the group's roots (a residual add after the flatten), the ``h * w`` features of one channel are one unit."""
+    units = graph_axes.Partition()
+    for member in members:
+        first = {}
+        for idx, root in zip(member.idxs, member.roots):
+            units.join(root, first.setdefault(idx, root))
+    return {root: units.find(root) for root in list(units.parent)}
+
+
 def _renumber_units(members, unit_of_root):
     """Members with their root indices replaced by units (``unit_of_root``; others stay their own unit),
     numbered 0, 1, ... in order of their smallest root."""
@@ -128,8 +140,7 @@ def torch_pruning_groups(model, call):
         graph_tiling.correct(graph)
         chunks.update(_attention_heads(graph))
         unsafe = {**unmapped, **unsafe}
-        tp_groups = list(graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear,
-                                                                 nn.MultiheadAttention)))
+        tp_groups = list(_all_groups(graph, (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)))
     groups, partials = [], []
     for tp_group in tp_groups:
         members, unsupported = [], []
@@ -146,10 +157,12 @@ def torch_pruning_groups(model, call):
             continue
         unit_of_root, partial = graph_axes.chunk_units(tp_group, chunks)
         partials.append(partial if not unsupported else {})
-        if partial:
+        if partial:  # (its roots stay torch-pruning's: _join_at_chunks matches them)
             unsupported.append(graph_axes.PARTIAL_CHUNK)
-        elif unit_of_root:
-            members = _renumber_units(members, unit_of_root)
+        else:
+            if unit_of_root:
+                members = _renumber_units(members, unit_of_root)
+            members = _renumber_units(members, _units_sharing_channels(members))
         size = len({r for member in members for r in member.roots})
         members = _merge(members)
         group = ChannelGroup(name=members[0].target, size=size, members=members, unit_channels=_unit_channels(members),
@@ -158,6 +171,29 @@ def torch_pruning_groups(model, call):
             group.protected = "contains layers that cannot be pruned safely: " + ", ".join(sorted(set(unsupported)))
         groups.append(group)
     return _join_at_chunks(groups, partials, chunks)
+
+
+def _all_groups(graph, root_types):
+    """The dependency graph's groups: one per layer of ``root_types`` whose output channels are not all in an
+    earlier group, over the channels that are not. (torch-pruning's ``get_all_groups`` skips a layer once any of
+    its channels is in a group: a layer half of whose outputs meet another layer's through one part of a
+    ``chunk`` would leave its other half in no group at all.)"""
+    covered = {}  # layer -> its output channels in a group so far
+    for module in list(graph.module2node):
+        if module in graph.IGNORED_LAYERS_IN_TRACING or not isinstance(module, root_types):
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        channels = pruner.get_out_channels(module) if pruner is not None else None
+        if channels is None:
+            continue
+        left = [c for c in range(channels) if c not in covered.get(module, ())]
+        if not left:
+            continue
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, left)
+        for item in group:
+            if graph.is_out_channel_pruning_fn(item.dep.handler):
+                covered.setdefault(item.dep.target.module, set()).update(int(i) for i in item.idxs)
+        yield group
 
 
 def _head_splits(items, chunks):

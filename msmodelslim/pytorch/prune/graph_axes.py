@@ -67,12 +67,65 @@ def _channels(graph, node, upward):
         node = neighbours[0]
         if node.type in _PASS_THROUGH:
             continue
-        try:
-            count = graph.get_out_channels(node) if upward else graph.get_in_channels(node)
-        except (AttributeError, TypeError, KeyError, IndexError):
-            return None
-        return count if isinstance(count, int) and count > 0 else None
+        return _out_channels(graph, node) if upward else _in_channels(graph, node)
     return None
+
+
+def _out_channels(graph, node):
+    try:
+        count = graph.get_out_channels(node)
+    except (AttributeError, TypeError, KeyError, IndexError):
+        return None
+    return count if isinstance(count, int) and count > 0 else None
+
+
+def _in_channels(graph, node):
+    try:
+        count = graph.get_in_channels(node)
+    except (AttributeError, TypeError, KeyError, IndexError):
+        return None
+    return count if isinstance(count, int) and count > 0 else None
+
+
+def _channel_axis_near(graph, node, shape, upward):
+    """The axis of ``shape`` (the tensor at ``node``) that holds the channels of the nearest layer above
+    (``upward``) or below, walking through element-wise operations: located by the layer's channel count, or, for
+    a concatenation, the axis it joins along. None when it cannot be told."""
+    origin = node
+    for _ in range(_MAX_WALK):
+        neighbours = origin.inputs if upward else origin.outputs
+        if not neighbours:
+            return None
+        origin = neighbours[0]
+        if origin.type == ops.OPTYPE.ELEMENTWISE:
+            continue
+        if origin.type == ops.OPTYPE.CONCAT:
+            axis = _concatenated_channels_axis(graph, origin)
+            produced = _output_shapes(origin.grad_fn)
+            return axis if axis is not None and len(produced[0]) == len(shape) else None
+        break
+    return _locate(shape, _channels(graph, node, upward))
+
+
+def _concatenated_channels_axis(graph, node):
+    """The axis concatenation ``node`` joins along when it joins channels - the layer below reads all of them, or
+    each part is as wide as the channels of the layer above it (not tokens: a class token before the patches) -,
+    else None."""
+    grad_fn = node.grad_fn
+    produced = _output_shapes(grad_fn) if grad_fn is not None else None
+    if not produced or not hasattr(grad_fn, "_saved_dim"):
+        return None
+    axis = _signed(grad_fn._saved_dim) % len(produced[0])
+    if axis == 0:
+        return None
+    if _channels(graph, node, upward=False) == produced[0][axis]:
+        return axis
+    parts = _input_shapes(grad_fn)
+    if not parts or any(part is None or len(part) != len(produced[0]) for part in parts):
+        return None
+    above = [_channels(graph, part, upward=True) if part.type in _PASS_THROUGH else _out_channels(graph, part)
+             for part in node.inputs]
+    return axis if sorted(part[axis] for part in parts) == sorted(c for c in above if c is not None) else None
 
 
 def _locate(shape, channels):
@@ -268,14 +321,6 @@ def _correct_concat(graph, node, unsafe):
         _set_mapping(producer, node, 1, _PartMapping(start, end, to_part=False))
 
 
-def _out_channels(graph, node):
-    try:
-        count = graph.get_out_channels(node)
-    except (AttributeError, TypeError, KeyError, IndexError):
-        return None
-    return count if isinstance(count, int) and count > 0 else None
-
-
 def _permutation(grad_fn, rank):
     name = grad_fn.name()
     if name == "PermuteBackward0":
@@ -299,8 +344,8 @@ def _moves_channels(graph, node):
         order = _permutation(grad_fn, len(source[0]))
     except (AttributeError, TypeError, ValueError):
         return False
-    axis_in = _locate(source[0], _channels(graph, node, upward=True))
-    axis_out = _locate(produced[0], _channels(graph, node, upward=False))
+    axis_in = _channel_axis_near(graph, node, source[0], upward=True)
+    axis_out = _channel_axis_near(graph, node, produced[0], upward=False)
     if axis_in is None or axis_out is None:
         return False
     return order[axis_out] != axis_in

@@ -220,6 +220,12 @@ def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, 
     # the closest walk, but stopping short is better than removing more than 2 points beyond what was asked
     removed, kept, counter = min(walks, key=lambda walk: (walk[1] < target - total * REPORTED_MISS,
                                                           abs(walk[1] - target)))
+    if abs(kept - target) > total * REPORTED_MISS:
+        # coarse steps (a large alignment, few prunable groups): the walks, which only ever take the next batch of
+        # the least important units, may step over the target where another mix of group sizes lands on it
+        mix = _combination_search(make_counter, groups, order, allowed, target, total * REPORTED_MISS)
+        if mix is not None:
+            removed, kept, counter = mix
     notes = []
     if kept > target + total * REPORTED_MISS:
         step = _smallest_further_step(counter, groups, order, allowed, removed)
@@ -242,6 +248,80 @@ def plan_pruning(model, groups, scores, reserved_ratio, max_group_ratio, align, 
             params.commit(g, units)
     return Plan(removed={g: u for g, u in removed.items() if u}, params_before=params.base_total,
                 params_after=params.current, target=target, notes=notes)
+
+
+def _units_by_size(group, units, allowed):
+    """``{kept: removed units}`` for each size ``group`` may keep: its least important units (``units`` in order)
+    first, never the last unit of one part of a concatenation or split; sizes that cannot be reached are left
+    out."""
+    parts, taken, by_size = _partial_members(group), [], {}
+    sizes = sorted(allowed, reverse=True)
+    for kept in sizes[1:]:
+        for u in units:
+            if len(taken) >= group.size - kept:
+                break
+            if u not in taken and not any(part <= set(taken) | {u} for part in parts):
+                taken.append(u)
+        if len(taken) < group.size - kept:
+            break
+        by_size[kept] = sorted(taken)
+    return by_size
+
+
+MIX_BUCKETS = 2000  # resolution of the approximate count in the combination search
+MIX_CHECKED = 64  # candidate mixes counted exactly
+
+
+def _combination_search(make_counter, groups, order, allowed, target, window):
+    """A mix of group sizes whose exact count lands within ``window`` of ``target``, removing the least importance
+    (the sum of the removed units' keys in ``order``), as ``(removed, count, counter)``; None when there is none.
+
+    A dynamic programme over the groups on each size's count saving alone (an approximation: removing channels on
+    both sides of one layer saves less than the two savings added) proposes the cheapest mix per approximate
+    count; the closest proposals to ``target`` are then counted exactly.
+    """
+    probe = make_counter()
+    total = probe.base_total
+    keys, units = {}, {g: [] for g in range(len(groups))}
+    for key, g, u in order:
+        keys[(g, u)] = key
+        units[g].append(u)
+    options = []  # per group: [(saving, cost, removed units)]
+    for g, group in enumerate(groups):
+        if group.protected or len(allowed[g]) < 2:
+            continue
+        choices = [(0, 0.0, [])]
+        for removed in _units_by_size(group, units[g], allowed[g]).values():
+            choices.append((total - probe.evaluate(g, removed), sum(keys[(g, u)] for u in removed), removed))
+        if len(choices) > 1:
+            options.append((g, choices))
+    if not options:
+        return None
+    scale = MIX_BUCKETS / total
+    states = {0: (0.0, ())}  # bucket of the approximate saving -> (cost, ((group, removed units), ...))
+    for g, choices in options:
+        grown = {}
+        for bucket, (cost, picks) in states.items():
+            for saving, extra, removed in choices:
+                b = bucket + int(round(saving * scale))
+                if b > MIX_BUCKETS:
+                    continue
+                entry = (cost + extra, picks + ((g, removed),) if removed else picks)
+                if b not in grown or entry[0] < grown[b][0]:
+                    grown[b] = entry
+        states = grown
+    wanted = (total - target) * scale
+    proposals = sorted(states.items(), key=lambda item: (abs(item[0] - wanted), item[1][0]))[:MIX_CHECKED]
+    best = None
+    for _, (cost, picks) in proposals:
+        counter = make_counter()
+        for g, removed in picks:
+            counter.commit(g, removed)
+        if abs(counter.current - target) <= window and (best is None or cost < best[0]):
+            best = (cost, {g: [] for g in range(len(groups))} | dict(picks), counter)
+    if best is None:
+        return None
+    return best[1], best[2].current, best[2]
 
 
 def _smallest_further_step(counter, groups, order, allowed, removed):

@@ -132,6 +132,54 @@ class FlattenBesideTokens(nn.Module):
         return self.image_head(pooled.flatten(1)) + self.text_head(self.embed(ids)).mean(1)
 
 
+class FlattenedIntoAStream(nn.Module):
+    """Pooled image features flattened (16 channels x 2 x 2) and added to a Linear's 64 outputs: each channel's
+    four features are one unit of the sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.norm = nn.BatchNorm2d(16)
+        self.side = nn.Linear(20, 64)
+        self.head = nn.Linear(64, 5)
+
+    def forward(self, image, vector):
+        pooled = nn.functional.adaptive_avg_pool2d(torch.relu(self.norm(self.conv(image))), 2)
+        return self.head(pooled.flatten(1) + self.side(vector))
+
+
+class ConcatThenTokenMix(nn.Module):
+    """Two projections concatenated along the channels, then a Linear over the token axis (transpose in and out)
+    added back: the token mixer reads tokens, not the concatenated channels."""
+
+    def __init__(self, tokens=9):
+        super().__init__()
+        self.left, self.right = nn.Linear(8, 12), nn.Linear(8, 12)
+        self.mix = nn.Linear(tokens, tokens)
+        self.head = nn.Linear(24, 4)
+
+    def forward(self, x):
+        h = torch.cat([torch.relu(self.left(x)), self.right(x)], dim=2)
+        h = h + self.mix(h.transpose(1, 2)).transpose(1, 2)
+        return self.head(h).mean(1)
+
+
+class HalfInAResidual(nn.Module):
+    """A projection chunked in two: its first half is added to a later layer's outputs, its second half feeds that
+    layer's branch. The graph meets the later layer first, with half of the projection's channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 28)
+        self.branch = nn.Linear(14, 6)
+        self.back = nn.Linear(6, 14)
+        self.head = nn.Linear(14, 3)
+
+    def forward(self, x):
+        first, second = torch.relu(self.proj(x)).chunk(2, dim=-1)
+        return self.head(first + self.back(torch.relu(self.branch(second))))
+
+
 class Shuffled(nn.Module):
     """ShuffleNet's channel shuffle between two convolutions: channel i of ``first`` reaches input
     (i % 4) * 2 + i // 4 of ``second``."""
@@ -279,6 +327,76 @@ def test_a_flatten_maps_each_channel_to_its_features_whatever_the_other_tensors_
     assert model.depthwise.out_channels < 16
     PruneTorch(fresh, inputs).prune_by_desc(desc)
     torch.testing.assert_close(fresh(*inputs), model(*inputs))
+
+
+def test_a_flattened_channel_added_to_a_layer_loses_its_features_with_the_layer_outputs_they_meet():
+    torch.manual_seed(0)
+    model, inputs = FlattenedIntoAStream().eval(), (torch.randn(2, 3, 8, 8), torch.randn(2, 20))
+    group, side = _member(trace_groups(model, lambda m: m(*inputs)), "side", "output")
+    _, norm = _member([group], "norm", "input")
+    assert group.protected is None and group.size == 16
+    unit = dict(zip(norm.idxs, norm.roots))[3]
+    assert sorted(i for i, r in zip(side.idxs, side.roots) if r == unit) == [12, 13, 14, 15]
+
+    original, fresh = copy.deepcopy(model), copy.deepcopy(model)
+    desc = PruneTorch(model, inputs, align=1).prune(0.6, un_prune_list=["head"])
+    assert model.side.out_features == model.head.in_features == 4 * model.conv.out_channels < 64
+    assert computes_dense_without_removed(original, model, desc, inputs)
+    PruneTorch(fresh, inputs).prune_by_desc(desc)
+    torch.testing.assert_close(fresh(*inputs), model(*inputs))
+
+
+def test_a_token_mixer_after_a_channel_concatenation_leaves_the_concatenated_layers_prunable():
+    torch.manual_seed(0)
+    model, x = ConcatThenTokenMix().eval(), torch.randn(2, 9, 8)
+    group, _ = _member(_groups(model, x), "left", "output")
+    assert group.protected is None and "mix" not in group.member_targets()
+    kept = _prune_and_replay(model, x, 0.6, un_prune_list=["head"], align=1)
+    assert abs(kept - 0.6) <= 0.02
+    assert model.left.out_features < 12 and (model.mix.in_features, model.mix.out_features) == (9, 9)
+    assert model.head.in_features == model.left.out_features + model.right.out_features
+
+
+def test_a_class_token_concatenated_before_the_patches_is_not_taken_for_channels():
+    """ViT's embedding: patches (conv, flatten, transpose) concatenated after a class token along the token axis;
+    the stream stays one prunable group from the patch convolution to the head."""
+
+    class ClassTokenStem(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch = nn.Conv2d(3, 24, 4, stride=4)
+            self.cls = nn.Parameter(torch.randn(1, 1, 24))
+            self.norm = nn.LayerNorm(24)
+            self.mlp_in, self.mlp_out = nn.Linear(24, 48), nn.Linear(48, 24)
+            self.head = nn.Linear(24, 3)
+
+        def forward(self, image):
+            patches = self.patch(image).flatten(2).transpose(1, 2)
+            h = self.norm(torch.cat([self.cls.expand(image.shape[0], -1, -1), patches], dim=1))
+            h = h + self.mlp_out(torch.relu(self.mlp_in(h)))
+            return self.head(h[:, 0])
+
+    torch.manual_seed(0)
+    model, x = ClassTokenStem().eval(), torch.randn(2, 3, 16, 16)
+    group, _ = _member(_groups(model, x), "patch", "output")
+    assert {"norm", "mlp_out", "head"} <= set(group.member_targets())
+
+
+def test_a_chunk_half_of_which_meets_another_layer_is_pruned_with_both_halves_equal():
+    torch.manual_seed(0)
+    model, x = HalfInAResidual().eval(), torch.randn(4, 8)
+    group, proj = _member(_groups(model, x), "proj", "output")
+    _, back = _member([group], "back", "output")
+    _, branch = _member([group], "branch", "input")
+    assert group.protected is None and group.size == 14 and sorted(proj.idxs) == list(range(28))
+    unit = dict(zip(proj.idxs, proj.roots))
+    assert unit[3] == unit[17] == dict(zip(back.idxs, back.roots))[3] == dict(zip(branch.idxs, branch.roots))[3]
+    original, fresh = copy.deepcopy(model), copy.deepcopy(model)
+    desc = PruneTorch(model, x, align=1).prune(0.6, un_prune_list=["head"])
+    assert model.proj.out_features == 2 * model.back.out_features == 2 * model.branch.in_features < 28
+    assert computes_dense_without_removed(original, model, desc, x)
+    PruneTorch(fresh, x).prune_by_desc(desc)
+    torch.testing.assert_close(fresh(x), model(x))
 
 
 @pytest.mark.parametrize("size", [6, 8], ids=["distinct-lengths", "height-width-and-channels-alike"])

@@ -199,6 +199,37 @@ def test_a_budget_between_two_aligned_steps_is_reported_with_the_step_that_overs
     assert f"from 48 to 32 channels, would keep {after / before:.1%}" in line
 
 
+class ThreeBranches(nn.Module):
+    """Three hidden layers side by side; with an alignment of 16 each can take one step: a (its hidden units feed
+    two outputs, and are the least important) saves 400 parameters, b and c 272 each."""
+
+    def __init__(self):
+        super().__init__()
+        self.a_in, self.a_out1, self.a_out2 = nn.Linear(8, 48), nn.Linear(48, 8), nn.Linear(48, 8)
+        self.b_in, self.b_out = nn.Linear(8, 32), nn.Linear(32, 8)
+        self.c_in, self.c_out = nn.Linear(8, 32), nn.Linear(32, 8)
+        with torch.no_grad():
+            for layer in (self.a_in, self.a_out1, self.a_out2):
+                layer.weight.mul_(0.01)
+
+    def forward(self, x):
+        a = torch.relu(self.a_in(x))
+        b, c = torch.relu(self.b_in(x)), torch.relu(self.c_in(x))
+        return self.a_out1(a) + self.a_out2(a) + self.b_out(b) + self.c_out(c)
+
+
+def test_a_budget_only_a_mix_of_steps_reaches_is_met_exactly():
+    """Taking the least important step first (a) leaves no step that lands on the budget (a + b overshoots by
+    5.5 points, a alone stops 6.9 points short); b + c lands on it exactly."""
+    torch.manual_seed(0)
+    model = ThreeBranches().eval()
+    before = count(model)
+    ratio = (before - 2 * 272) / before
+    PruneTorch(model, torch.randn(4, 8), align=16).prune(ratio, un_prune_list=["a_out1", "a_out2", "b_out", "c_out"])
+    assert count(model) == before - 2 * 272
+    assert (model.a_in.out_features, model.b_in.out_features, model.c_in.out_features) == (48, 16, 16)
+
+
 def test_custom_importance_callable_gets_original_slices():
     model = Chain().eval()
     seen = []
