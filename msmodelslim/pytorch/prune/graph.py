@@ -177,9 +177,11 @@ def _all_groups(graph, root_types):
     """The dependency graph's groups: one per layer of ``root_types`` whose output channels are not all in an
     earlier group, over the channels that are not. (torch-pruning's ``get_all_groups`` skips a layer once any of
     its channels is in a group: a layer half of whose outputs meet another layer's through one part of a
-    ``chunk`` would leave its other half in no group at all.)"""
+    ``chunk`` would leave its other half in no group at all.) A layer only some of whose channels are in an
+    earlier group without a split below it (nothing explains the partial coverage: a reshape the graph followed
+    wrongly) is skipped, as torch-pruning does."""
     covered = {}  # layer -> its output channels in a group so far
-    for module in list(graph.module2node):
+    for module, node in list(graph.module2node.items()):
         if module in graph.IGNORED_LAYERS_IN_TRACING or not isinstance(module, root_types):
             continue
         pruner = graph.get_pruner_of_module(module)
@@ -187,7 +189,7 @@ def _all_groups(graph, root_types):
         if channels is None:
             continue
         left = [c for c in range(channels) if c not in covered.get(module, ())]
-        if not left:
+        if not left or (len(left) < channels and not graph_axes.feeds_a_split(node)):
             continue
         group = graph.get_pruning_group(module, pruner.prune_out_channels, left)
         for item in group:

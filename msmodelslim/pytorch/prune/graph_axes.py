@@ -128,6 +128,21 @@ def _concatenated_channels_axis(graph, node):
     return axis if sorted(part[axis] for part in parts) == sorted(c for c in above if c is not None) else None
 
 
+def feeds_a_split(node):
+    """Whether the output of ``node`` reaches a split or chunk before any convolution or Linear layer."""
+    frontier, seen = list(node.outputs), set()
+    while frontier and len(seen) < 4 * _MAX_WALK:
+        below = frontier.pop()
+        if below in seen:
+            continue
+        seen.add(below)
+        if below.type == ops.OPTYPE.SPLIT:
+            return True
+        if below.type not in (ops.OPTYPE.CONV, ops.OPTYPE.LINEAR, ops.OPTYPE.MHA):
+            frontier.extend(below.outputs)
+    return False
+
+
 def _locate(shape, channels):
     """The one axis (not the batch axis) of ``shape`` that has ``channels`` entries, or None."""
     if shape is None or channels is None:
