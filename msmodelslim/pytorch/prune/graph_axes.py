@@ -551,10 +551,12 @@ def _concatenated(node):
 
 
 def _correct_flatten(graph, node):
-    """Map a flatten of ``(batch, channels, *spatial)`` into ``(batch, channels x spatial)`` where torch-pruning
-    left it unmapped (it maps flattens only in models whose tensors are all 2-D or 4-D, so one token sequence
-    elsewhere in the model costs every flatten its map): channel c becomes features c*stride .. (c+1)*stride - 1,
-    as torch-pruning maps the flattens it handles."""
+    """Map a flatten of ``(batch, channels, *spatial)`` into ``(batch, channels x spatial)``: channel c becomes
+    features c*stride .. (c+1)*stride - 1, as torch-pruning maps the flattens it handles. Where torch-pruning left
+    it unmapped (it maps flattens only in models whose tensors are all 2-D or 4-D, so one token sequence elsewhere
+    in the model costs every flatten its map), the map is added; where it mapped it with another stride (it infers
+    the stride from the next layer's width, which a sum or a chunk after the flatten misleads), the stride is
+    set to the one the shapes give."""
     produced, source = _output_shapes(node.grad_fn), _input_shapes(node.grad_fn)
     if not produced or not source or source[0] is None:
         return
@@ -562,14 +564,24 @@ def _correct_flatten(graph, node):
     if len(shape_in) < 3 or len(shape_out) != 2 or shape_out[1] != math.prod(shape_in[1:]):
         return
     stride = math.prod(shape_in[2:])
-    if stride == 1 or shape_in[1] not in (_channels(graph, node, upward=True), _concatenated(node)):
+    if shape_in[1] not in (_channels(graph, node, upward=True), _concatenated(node)):
         return  # axis 1 is not known to hold channels (attention's (tokens, batch, heads, head size), say)
+    neighbours = list(node.inputs) + list(node.outputs)
+    deps = [dep for dep in node.dependencies if dep.target in neighbours]
+    deps += [dep for n in neighbours for dep in n.dependencies if dep.target is node]
+    maps = [(dep, slot, m) for dep in deps for slot, m in enumerate(dep.index_mapping)
+            if isinstance(m, index_mapping._FlattenIndexMapping)]
+    # right: the maps on the producer's side, dividing toward it and multiplying from it, with this stride
+    right = all(m._stride == stride and m.reverse == (dep.target is not node) and
+                (dep.target in node.inputs or dep.target is node and dep.source in node.inputs) for dep, _, m in maps)
+    if right and (maps or stride == 1):
+        return  # torch-pruning mapped it right, or there is nothing to map
+    for dep, slot, _ in maps:
+        dep.index_mapping[slot] = None
     for producer in node.inputs:
-        maps = [m for dep in node.dependencies if dep.target is producer for m in dep.index_mapping]
-        if any(isinstance(m, index_mapping._FlattenIndexMapping) for m in maps):
-            continue  # torch-pruning mapped it
         _set_mapping(node, producer, 0, index_mapping._FlattenIndexMapping(stride=stride, reverse=True))
         _set_mapping(producer, node, 0, index_mapping._FlattenIndexMapping(stride=stride, reverse=False))
+    node.enable_index_mapping = False  # torch-pruning must not map it again with its own stride
 
 
 def correct(graph):

@@ -9,6 +9,7 @@ derived from the channels its layers keep, with tensors shared by several layers
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from msmodelslim.pytorch.prune.layers import spec_of
@@ -269,6 +270,8 @@ def _units_by_size(group, units, allowed):
 
 
 MIX_BUCKETS = 2000  # resolution of the approximate count in the combination search
+MIX_PER_BUCKET = 4  # mixes kept per approximate count (two groups may save exactly as much alone)
+MIX_SIZES = 64  # sizes per group the search considers at most (evenly spaced, both ends included)
 MIX_CHECKED = 64  # candidate mixes counted exactly
 
 
@@ -277,7 +280,7 @@ def _combination_search(make_counter, groups, order, allowed, target, window):
     (the sum of the removed units' keys in ``order``), as ``(removed, count, counter)``; None when there is none.
 
     A dynamic programme over the groups on each size's count saving alone (an approximation: removing channels on
-    both sides of one layer saves less than the two savings added) proposes the cheapest mix per approximate
+    both sides of one layer saves less than the two savings added) keeps the cheapest few mixes per approximate
     count; the closest proposals to ``target`` are then counted exactly.
     """
     probe = make_counter()
@@ -286,42 +289,52 @@ def _combination_search(make_counter, groups, order, allowed, target, window):
     for key, g, u in order:
         keys[(g, u)] = key
         units[g].append(u)
-    options = []  # per group: [(saving, cost, removed units)]
+    options = []  # per group: [(saving, cost, removed units)], keeping nothing removed first
+    alone = make_counter()
     for g, group in enumerate(groups):
         if group.protected or len(allowed[g]) < 2:
             continue
-        choices = [(0, 0.0, [])]
-        for removed in _units_by_size(group, units[g], allowed[g]).values():
-            choices.append((total - probe.evaluate(g, removed), sum(keys[(g, u)] for u in removed), removed))
-        if len(choices) > 1:
-            options.append((g, choices))
-    if not options:
+        sizes = list(_units_by_size(group, units[g], allowed[g]).values())
+        if len(sizes) > MIX_SIZES:
+            sizes = [sizes[round(i * (len(sizes) - 1) / (MIX_SIZES - 1))] for i in range(MIX_SIZES)]
+        if sizes:
+            probe.commit(g, sizes[-1])  # the most every group can lose, for the reach check below
+            options.append((g, [(0, 0.0, [])] + [(total - alone.evaluate(g, removed),
+                                                  sum(keys[(g, u)] for u in removed), removed) for removed in sizes]))
+    if not options or probe.current > target + window:
         return None
     scale = MIX_BUCKETS / total
-    states = {0: (0.0, ())}  # bucket of the approximate saving -> (cost, ((group, removed units), ...))
+    width = MIX_BUCKETS + 1
+    cost = np.full((MIX_PER_BUCKET, width), np.inf)  # [k, bucket]: the k-th cheapest mix saving about bucket
+    cost[0, 0] = 0.0
+    steps = []  # per group: its choices' bucket shifts, and per [k, bucket] the choice and the earlier k taken
     for g, choices in options:
-        grown = {}
-        for bucket, (cost, picks) in states.items():
-            for saving, extra, removed in choices:
-                b = bucket + int(round(saving * scale))
-                if b > MIX_BUCKETS:
-                    continue
-                entry = (cost + extra, picks + ((g, removed),) if removed else picks)
-                if b not in grown or entry[0] < grown[b][0]:
-                    grown[b] = entry
-        states = grown
+        shifts = [int(round(saving * scale)) for saving, _, _ in choices]
+        candidates = np.full((len(choices) * MIX_PER_BUCKET, width), np.inf)
+        for c, ((_, extra, _), shift) in enumerate(zip(choices, shifts)):
+            if shift < width:
+                candidates[c * MIX_PER_BUCKET:(c + 1) * MIX_PER_BUCKET, shift:] = cost[:, :width - shift] + extra
+        best = np.argsort(candidates, axis=0, kind="stable")[:MIX_PER_BUCKET]
+        cost = np.take_along_axis(candidates, best, axis=0)
+        steps.append((g, choices, shifts, best // MIX_PER_BUCKET, best % MIX_PER_BUCKET))
     wanted = (total - target) * scale
-    proposals = sorted(states.items(), key=lambda item: (abs(item[0] - wanted), item[1][0]))[:MIX_CHECKED]
-    best = None
-    for _, (cost, picks) in proposals:
+    found = [(abs(b - wanted), cost[k, b], k, b) for k, b in zip(*np.nonzero(np.isfinite(cost)))]
+    chosen = None
+    for _, mix_cost, k, b in sorted(found)[:MIX_CHECKED]:
+        picks = {}
+        for g, choices, shifts, choice, earlier in reversed(steps):
+            c = int(choice[k, b])
+            if choices[c][2]:
+                picks[g] = choices[c][2]
+            k, b = int(earlier[k, b]), b - shifts[c]
         counter = make_counter()
-        for g, removed in picks:
+        for g, removed in picks.items():
             counter.commit(g, removed)
-        if abs(counter.current - target) <= window and (best is None or cost < best[0]):
-            best = (cost, {g: [] for g in range(len(groups))} | dict(picks), counter)
-    if best is None:
+        if abs(counter.current - target) <= window and (chosen is None or mix_cost < chosen[0]):
+            chosen = (mix_cost, picks, counter)
+    if chosen is None:
         return None
-    return best[1], best[2].current, best[2]
+    return {g: [] for g in range(len(groups))} | chosen[1], chosen[2].current, chosen[2]
 
 
 def _smallest_further_step(counter, groups, order, allowed, removed):

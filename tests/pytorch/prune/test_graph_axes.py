@@ -346,6 +346,33 @@ def test_a_flattened_channel_added_to_a_layer_loses_its_features_with_the_layer_
     torch.testing.assert_close(fresh(*inputs), model(*inputs))
 
 
+def test_pooled_features_summed_with_a_layer_and_chunked_keep_one_feature_per_channel():
+    """``adaptive_avg_pool2d(x, 1).flatten(1)`` maps channel c to feature c; torch-pruning infers a flatten's
+    stride from the next layer's width, which the chunk halves (it paired channel c with features 2c, 2c + 1)."""
+
+    class PooledChunk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.side = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(10, 16)
+            self.head, self.head2 = nn.Linear(8, 5), nn.Linear(8, 5)
+
+        def forward(self, image, vector):
+            pooled = nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(image)), 1).flatten(1)
+            a, b = torch.chunk(pooled + self.side(vector), 2, dim=-1)
+            return self.head(torch.relu(a)) + self.head2(b)
+
+    torch.manual_seed(0)
+    model, inputs = PooledChunk().eval(), (torch.randn(2, 3, 8, 8), torch.randn(2, 10))
+    group, conv = _member(trace_groups(model, lambda m: m(*inputs)), "conv", "output")
+    assert group.protected is None and sorted(conv.idxs) == list(range(16))
+    original, fresh = copy.deepcopy(model), copy.deepcopy(model)
+    desc = PruneTorch(model, inputs, align=1).prune(0.6, un_prune_list=["head", "head2"])
+    assert model.conv.out_channels == model.side.out_features == 2 * model.head.in_features < 16
+    assert computes_dense_without_removed(original, model, desc, inputs)
+    PruneTorch(fresh, inputs).prune_by_desc(desc)
+    torch.testing.assert_close(fresh(*inputs), model(*inputs))
+
+
 def test_a_token_mixer_after_a_channel_concatenation_leaves_the_concatenated_layers_prunable():
     torch.manual_seed(0)
     model, x = ConcatThenTokenMix().eval(), torch.randn(2, 9, 8)

@@ -230,6 +230,18 @@ def test_a_budget_only_a_mix_of_steps_reaches_is_met_exactly():
     assert (model.a_in.out_features, model.b_in.out_features, model.c_in.out_features) == (48, 16, 16)
 
 
+def test_a_mix_of_steps_is_found_where_two_layers_would_save_as_much_alone():
+    """Four hidden layers in a chain at an alignment of 16: two of them (24 and 40 wide) save exactly as much
+    alone, so a search keeping only the cheapest mix per saving would never try the one that lands."""
+    torch.manual_seed(0)
+    widths = (16, 24, 40, 32, 48)
+    model = nn.Sequential(*[layer for a, b in zip(widths, widths[1:]) for layer in (nn.Linear(a, b), nn.ReLU())],
+                          nn.Linear(48, 5)).eval()
+    before = count(model)
+    PruneTorch(model, torch.randn(2, 16), align=16).prune(0.5, un_prune_list=["8"])
+    assert abs(count(model) / before - 0.5) <= 0.02
+
+
 def test_custom_importance_callable_gets_original_slices():
     model = Chain().eval()
     seen = []
