@@ -128,7 +128,7 @@ class HardCodedWidth(nn.Module):
     def forward(self, x):
         x = torch.relu(self.body(torch.relu(self.stem(x))))
         grid = self.mix(x).view(-1, 8, 8)
-        return self.head((grid + grid.transpose(1, 2)).flatten(1))
+        return self.head(torch.softmax(grid, -1).flatten(1))
 
 
 class DeadEndBranch(nn.Module):

@@ -88,15 +88,34 @@ def _has_pruning_op_in_any_order(self, dep, idxs):
     return False
 
 
+def _add_and_merge_keeping_roots(self, dep, idxs):
+    """torch-pruning's ``Group.add_and_merge`` keeping every (channel, root) pair: it keeps one root per channel,
+    so a channel the walk reaches from several roots (a flatten's features summed with a layer's outputs, reached
+    again through a chunk) would look as if only one of them removed it."""
+    from torch_pruning import _helpers
+
+    for i, (seen_dep, seen) in enumerate(self._group):
+        if seen_dep.target == dep.target and seen_dep.handler == dep.handler:
+            pairs, merged = set(), []
+            for index in list(seen) + list(idxs):
+                if (index.idx, index.root_idx) not in pairs:
+                    merged.append(index)
+                    pairs.add((index.idx, index.root_idx))
+            self._group[i] = _helpers.GroupItem(dep=seen_dep, idxs=merged)
+            return
+    self.add_dep(dep, idxs)
+
+
 @contextlib.contextmanager
 def order_free_walk():
-    """Within the block, torch-pruning's graph walk takes an index list met again in another order as met: a
-    permutation in the graph would otherwise send it round the same channels in every order they can come in."""
+    """Within the block, torch-pruning's graph walk takes an index list met again in another order as met (a
+    permutation in the graph would otherwise send it round the same channels in every order they can come in),
+    and a channel reached from several roots keeps all of them."""
     from torch_pruning.dependency.group import Group
 
-    saved = Group.has_pruning_op
-    Group.has_pruning_op = _has_pruning_op_in_any_order
+    saved = Group.has_pruning_op, Group.add_and_merge
+    Group.has_pruning_op, Group.add_and_merge = _has_pruning_op_in_any_order, _add_and_merge_keeping_roots
     try:
         yield
     finally:
-        Group.has_pruning_op = saved
+        Group.has_pruning_op, Group.add_and_merge = saved
