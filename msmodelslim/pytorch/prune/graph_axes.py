@@ -67,21 +67,14 @@ def _channels(graph, node, upward):
         node = neighbours[0]
         if node.type in _PASS_THROUGH:
             continue
-        return _out_channels(graph, node) if upward else _in_channels(graph, node)
+        return _out_channels(graph, node) if upward else _out_channels(graph, node, inputs=True)
     return None
 
 
-def _out_channels(graph, node):
+def _out_channels(graph, node, inputs=False):
+    """The output (or, with ``inputs``, input) channel count torch-pruning gives ``node``, or None."""
     try:
-        count = graph.get_out_channels(node)
-    except (AttributeError, TypeError, KeyError, IndexError):
-        return None
-    return count if isinstance(count, int) and count > 0 else None
-
-
-def _in_channels(graph, node):
-    try:
-        count = graph.get_in_channels(node)
+        count = graph.get_in_channels(node) if inputs else graph.get_out_channels(node)
     except (AttributeError, TypeError, KeyError, IndexError):
         return None
     return count if isinstance(count, int) and count > 0 else None
