@@ -194,7 +194,7 @@ def _all_groups(graph, root_types):
         group = graph.get_pruning_group(module, pruner.prune_out_channels, left)
         for item in group:
             if graph.is_out_channel_pruning_fn(item.dep.handler):
-                covered.setdefault(item.dep.target.module, set()).update(int(i) for i in item.idxs)
+                covered.setdefault(item.dep.target.module, set()).update(int(i) for i in item.idxs if i is not None)
         yield group
 
 

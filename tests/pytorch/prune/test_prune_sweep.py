@@ -219,3 +219,15 @@ def test_lfm2_rotary_tables_do_not_stop_the_graph_build():
     call = CallParams(**inputs)
     groups = torch_pruning_groups(model, call)
     assert any(not group.protected for group in groups)
+
+
+def test_channels_the_graph_cannot_index_do_not_stop_the_group_listing():
+    """Jamba's Mamba mixer: torch-pruning's index maps fail on some of its operations, which leave channels without
+    an index in a group. Listing the groups of the layers only partly covered by earlier ones once counted those
+    indices and failed (GraphTraceError: the model was refused instead of pruned as far as the rest allows)."""
+    from msmodelslim.pytorch.prune.graph import torch_pruning_groups
+    from msmodelslim.pytorch.prune.prune_torch import CallParams
+
+    model, inputs, _ = sweep.build("jamba", sweep.model_types()["jamba"][0])
+    groups = torch_pruning_groups(model, CallParams(**inputs))
+    assert groups
